@@ -1,0 +1,19 @@
+# Set-up and the two commands the README promises.  Installs into the active
+# Python environment; a GPU user who installed a CUDA torch keeps it.
+PYTHON ?= python3
+
+.PHONY: install demo test bench
+
+install:
+	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install "torch==2.13.0"
+	$(PYTHON) -m pip install -e ".[all,dev]"
+
+demo: install
+	dce-demo --out demo
+
+test: install
+	$(PYTHON) -m pytest
+
+bench: install
+	$(PYTHON) benchmarks/raster_throughput.py
+	$(PYTHON) benchmarks/curvature_speed.py

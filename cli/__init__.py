@@ -1,0 +1,2 @@
+"""Command-line entry points: thin wrappers that parse arguments, call the
+library and report."""

@@ -1,0 +1,46 @@
+"""DCE: Depth-Curvature-Elevation face refinement (Galteri et al., CVIU 2019).
+
+One distribution, one namespace: ``geom/`` installs as ``dce.geom``, ``gan/``
+as ``dce.gan`` and ``cli/`` as ``dce.cli``. ``dce`` itself is an implicit
+namespace package, so nothing generic such as ``gan`` lands in site-packages.
+"""
+from setuptools import setup
+
+GEOM = [
+    "numpy>=1.24",
+    "scipy>=1.10",
+    "libigl>=2.5",
+    "pymeshlab>=2022.2",
+    "numba>=0.58",
+    "face-alignment>=1.4",
+    "h5py>=3.8",
+    "pillow>=9.0",
+]
+# No exact torch pin: a GPU user installs their CUDA build first and keeps it.
+GAN = ["torch>=2.0", "h5py>=3.8", "numpy>=1.24"]
+DEV = ["pytest>=7.0"]
+
+setup(
+    name="dce",
+    version="0.1.0",
+    description="Depth-Curvature-Elevation images and progressive conditional GANs "
+    "for 3D face refinement",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    packages=["dce.geom", "dce.gan", "dce.cli"],
+    package_dir={"dce.geom": "geom", "dce.gan": "gan", "dce.cli": "cli"},
+    install_requires=["numpy>=1.24"],
+    extras_require={
+        "geom": GEOM,
+        "gan": GAN,
+        "all": sorted(set(GEOM + GAN)),
+        "dev": DEV,
+    },
+    entry_points={
+        "console_scripts": [
+            "dce-demo=dce.cli.demo:main",
+        ],
+    },
+    license="MIT",
+)
