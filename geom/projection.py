@@ -1,0 +1,150 @@
+"""Scaled-orthographic cameras: fitting from 2D-3D landmarks, projection,
+back-projection and posed views.
+
+Conventions. The view frame is right-handed with x to the right, y DOWN and z
+AWAY from the viewer (the OpenCV camera frame), so the nearest surface has the
+smallest depth. A pixel (row i, column j) has its centre at x = j, y = i. A
+camera maps a model point X (mm) to::
+
+    [x_px, y_px] = scale * (R @ X)[:2] + translation      (pixels)
+    depth        = (R @ X)[2]                              (mm)
+
+with R a proper rotation (det +1). For data with +Y up and the face looking
+toward +Z, the frontal camera has R = diag(1, -1, -1).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+FRONTAL = np.diag([1.0, -1.0, -1.0])
+
+
+@dataclass(frozen=True)
+class OrthographicCamera:
+    """``scale`` px/mm, ``rotation`` (3, 3) model->view, ``translation`` (2,) px."""
+
+    scale: float
+    rotation: np.ndarray
+    translation: np.ndarray
+
+    def __post_init__(self):
+        object.__setattr__(self, "scale", float(self.scale))
+        object.__setattr__(self, "rotation", np.asarray(self.rotation, dtype=np.float64))
+        object.__setattr__(self, "translation", np.asarray(self.translation, dtype=np.float64))
+
+    @property
+    def matrix(self) -> np.ndarray:
+        """The 2x3 projection P = scale * R[:2] of the paper."""
+        return self.scale * self.rotation[:2]
+
+    @property
+    def view_direction(self) -> np.ndarray:
+        """Unit vector (3,), in model coordinates, pointing from the surface
+        toward the viewer (minus the third row of R)."""
+        return -self.rotation[2]
+
+    def project(self, V: np.ndarray) -> np.ndarray:
+        """(n, 3) model points in mm -> (n, 3) columns x_px, y_px, depth_mm."""
+        P = np.asarray(V, dtype=np.float64) @ self.rotation.T
+        P[:, :2] = self.scale * P[:, :2] + self.translation
+        return P
+
+    def unproject(self, points: np.ndarray) -> np.ndarray:
+        """Inverse of :meth:`project`: (n, 3) x_px, y_px, depth_mm -> model mm."""
+        Q = np.array(points, dtype=np.float64, copy=True)
+        Q[:, :2] = (Q[:, :2] - self.translation) / self.scale
+        return Q @ self.rotation
+
+    def to_dict(self) -> dict:
+        return {"scale": self.scale, "rotation": self.rotation.tolist(),
+                "translation": self.translation.tolist()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "OrthographicCamera":
+        return cls(d["scale"], np.array(d["rotation"]), np.array(d["translation"]))
+
+
+def rotation_from_euler(yaw: float, pitch: float, roll: float) -> np.ndarray:
+    """Rotation (3, 3) of the head in its model frame (+Y up, face toward +Z),
+    angles in degrees: ``yaw`` about +Y (positive turns the face toward +X, the
+    subject's left), ``pitch`` about +X (positive tilts the face down), ``roll``
+    about +Z. Applied as roll @ yaw @ pitch."""
+    a, b, c = np.radians([yaw, pitch, roll])
+    Ry = np.array([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]])
+    Rx = np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
+    Rz = np.array([[np.cos(c), -np.sin(c), 0], [np.sin(c), np.cos(c), 0], [0, 0, 1]])
+    return Rz @ Ry @ Rx
+
+
+def posed_camera(center, scale: float, image_size: int, yaw: float = 0.0,
+                 pitch: float = 0.0, roll: float = 0.0,
+                 base: np.ndarray = FRONTAL) -> OrthographicCamera:
+    """A camera that views the head turned by (yaw, pitch, roll) degrees and puts
+    the model point ``center`` (3,) at the image centre; ``scale`` px/mm.
+    ``base`` is the rotation of the unposed view (frontal by default)."""
+    R = np.asarray(base, dtype=np.float64) @ rotation_from_euler(yaw, pitch, roll)
+    c = (image_size - 1) / 2.0
+    t = np.array([c, c]) - scale * (R[:2] @ np.asarray(center, dtype=np.float64))
+    return OrthographicCamera(scale, R, t)
+
+
+def fit_orthographic(points_2d: np.ndarray, points_3d: np.ndarray,
+                     weights: np.ndarray | None = None,
+                     iterations: int = 10) -> OrthographicCamera:
+    """Least-squares scaled-orthographic camera from k >= 4 correspondences.
+
+    ``points_2d`` (k, 2) pixels (x = column, y = row), ``points_3d`` (k, 3) mm.
+    The affine 2x3 solution is projected onto the nearest scaled rotation (SVD)
+    and refined by Gauss-Newton on (rotation, scale); the translation follows
+    in closed form from the weighted centroids. Exact correspondences give the
+    camera back exactly.
+    """
+    x = np.asarray(points_2d, dtype=np.float64)
+    X = np.asarray(points_3d, dtype=np.float64)
+    if x.ndim != 2 or x.shape[1] != 2 or X.ndim != 2 or X.shape[1] != 3 or len(x) != len(X):
+        raise ValueError(f"fit_orthographic: need (k,2) and (k,3) arrays of equal k, "
+                         f"got {x.shape} and {X.shape}")
+    if len(x) < 4:
+        raise ValueError(f"fit_orthographic: need at least 4 correspondences, got {len(x)}")
+    if not (np.isfinite(x).all() and np.isfinite(X).all()):
+        raise ValueError("fit_orthographic: correspondences contain NaN or infinity")
+    w = np.ones(len(x)) if weights is None else np.asarray(weights, dtype=np.float64)
+    w = w / w.sum()
+    xc, Xc = x - w @ x, X - w @ X
+    sw = np.sqrt(w)[:, None]
+    if np.linalg.matrix_rank(Xc * sw, tol=1e-9 * np.abs(Xc).max()) < 3:
+        raise ValueError("fit_orthographic: the 3D points are coplanar or collinear; "
+                         "a scaled-orthographic camera is not determined")
+
+    A = np.linalg.lstsq(Xc * sw, xc * sw, rcond=None)[0].T  # (2, 3)
+    U, S, Vt = np.linalg.svd(A, full_matrices=False)
+    r12 = U @ Vt
+    R = np.vstack([r12, np.cross(r12[0], r12[1])])
+    s = S.mean()
+    for _ in range(iterations):
+        P = Xc @ R.T
+        r = (s * P[:, :2] - xc) * sw
+        # Left perturbation R <- exp([w]x) R moves P by w x P = -[P]x w.
+        J = np.empty((len(x), 2, 4))
+        J[:, 0, :3] = s * np.stack([np.zeros(len(P)), P[:, 2], -P[:, 1]], axis=1)
+        J[:, 1, :3] = s * np.stack([-P[:, 2], np.zeros(len(P)), P[:, 0]], axis=1)
+        J[:, :, 3] = P[:, :2]
+        J *= sw[:, :, None]
+        step = np.linalg.lstsq(J.reshape(-1, 4), -r.reshape(-1), rcond=None)[0]
+        R = _rodrigues(step[:3]) @ R
+        s += step[3]
+        if np.abs(step).max() < 1e-14:
+            break
+    t = w @ x - s * (w @ X) @ R[:2].T
+    return OrthographicCamera(s, R, t)
+
+
+def _rodrigues(w: np.ndarray) -> np.ndarray:
+    theta = np.linalg.norm(w)
+    if theta < 1e-300:
+        return np.eye(3)
+    k = w / theta
+    K = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
+    return np.eye(3) + np.sin(theta) * K + (1 - np.cos(theta)) * K @ K
