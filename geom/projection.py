@@ -90,6 +90,17 @@ def posed_camera(center, scale: float, image_size: int, yaw: float = 0.0,
     return OrthographicCamera(scale, R, t)
 
 
+def crop_camera(camera: OrthographicCamera, center_px, crop_size_px: float,
+                image_size: int) -> OrthographicCamera:
+    """The camera of a square crop of ``camera``'s image: the crop of side
+    ``crop_size_px`` centred at ``center_px`` (x, y) is resampled to
+    ``image_size`` x ``image_size`` pixels. Depth is unchanged."""
+    f = image_size / float(crop_size_px)
+    c = (image_size - 1) / 2.0
+    t = (camera.translation - np.asarray(center_px, dtype=np.float64)) * f + c
+    return OrthographicCamera(camera.scale * f, camera.rotation, t)
+
+
 def fit_orthographic(points_2d: np.ndarray, points_3d: np.ndarray,
                      weights: np.ndarray | None = None,
                      iterations: int = 10) -> OrthographicCamera:

@@ -98,3 +98,15 @@ def test_serialization_round_trip():
 def test_bad_input_is_explained(x, X, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         fit_orthographic(x, X)
+
+
+def test_crop_camera_maps_the_crop_box_onto_the_image():
+    from dce.geom.projection import crop_camera
+    cam = OrthographicCamera(1.5, FRONTAL @ rotation_from_euler(10, 5, 0), [320.0, 240.0])
+    X = np.random.default_rng(5).normal(size=(50, 3)) * 30
+    crop = crop_camera(cam, center_px=[300.0, 250.0], crop_size_px=200.0, image_size=256)
+    p, q = cam.project(X), crop.project(X)
+    # Pixel centres: x' = (x - 300) * 256/200 + 127.5, depth unchanged.
+    np.testing.assert_allclose(q[:, 0], (p[:, 0] - 300.0) * 1.28 + 127.5)
+    np.testing.assert_allclose(q[:, 1], (p[:, 1] - 250.0) * 1.28 + 127.5)
+    np.testing.assert_allclose(q[:, 2], p[:, 2])
