@@ -22,26 +22,14 @@ from pathlib import Path
 import igl
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1] / "tests")]
 
 import analytic  # noqa: E402  (the analytic test surfaces)
 from dce.geom import curvature as C  # noqa: E402
 from dce.geom.io import load_mesh  # noqa: E402
+from common import DATA, best_and_median  # noqa: E402
 
-DATA = Path(os.environ.get("DCE_SHARED_DATA", ROOT.parent / "shared" / "data"))
 TARGET_S = 0.3
-
-
-def timed(fn, repeats):
-    """(min, median) seconds of ``fn()`` over ``repeats`` calls after a warm-up."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times), float(np.median(times))
 
 
 def steps(V, F, radius, repeats):
@@ -49,7 +37,7 @@ def steps(V, F, radius, repeats):
     out = {}
 
     def step(name, fn):
-        out[name] = timed(fn, repeats)[0]
+        out[name] = best_and_median(fn, repeats)[0]
         return fn()
 
     V, F = step("validate", lambda: C._check_mesh(V, F))
@@ -113,7 +101,7 @@ def main():
     print("-" * len(header))
     for name, V, F in meshes:
         st = steps(V, F, args.radius, repeats)
-        tmin, tmed = timed(lambda: C.mean_curvature(V, F, radius=args.radius), repeats)
+        tmin, tmed = best_and_median(lambda: C.mean_curvature(V, F, radius=args.radius), repeats)
         verdict = "" if len(V) > 100_000 else ("ok" if tmin <= TARGET_S else "SLOW")
         print(f"{name:20s} {len(V):7d} " + " ".join(f"{st[n] * 1e3:8.1f}" for n in names)
               + f" {tmin * 1e3:9.1f} {tmed * 1e3:7.1f}  {verdict}")
@@ -135,7 +123,7 @@ def main():
             return pv1, pv2  # libigl: positive on a sphere with outward faces, like ours
 
         for label, fn in (("normal cycle", normal_cycle), ("igl quadric", quadric)):
-            tmin, _ = timed(fn, repeats)
+            tmin, _ = best_and_median(fn, repeats)
             k1, k2 = fn()
             rel = (0.5 * (k1 + k2) - s.H) / s.H
             krel = np.sqrt(np.mean(np.concatenate([(k1 - s.k1) / s.k1, (k2 - s.k2) / s.k2]) ** 2))

@@ -18,30 +18,20 @@ loaded machine a harmful one: run with ``OPENBLAS_NUM_THREADS=1`` (or
 from __future__ import annotations
 
 import argparse
+import sys
 import os
 import time
 from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import DATA, best_and_median  # noqa: E402
 from dce.geom.morphable import MorphableModel, fit_to_landmarks, load_model
 from dce.geom.projection import posed_camera
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("DCE_SHARED_DATA", ROOT.parent / "shared" / "data"))
 ICT = DATA / "ict-face-model-light" / "ict_face_model.npz"
 TARGET_MS = 50.0
-
-
-def timed(fn, repeats):
-    """(min, median) milliseconds of ``fn()`` over ``repeats`` calls after a warm-up."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * min(times), 1e3 * float(np.median(times))
 
 
 def random_model(n=11248, k=100, e=53, seed=0) -> MorphableModel:
@@ -104,7 +94,7 @@ def main():
     worst = 0.0
     for name, options in cases:
         fit = fit_to_landmarks(model, x, **options)
-        best, median = timed(lambda: fit_to_landmarks(model, x, **options), repeats)
+        best, median = best_and_median(lambda: fit_to_landmarks(model, x, **options), repeats, 1e3)
         print(f"{name:42s} {fit.iterations:5d} {fit.residual_px:7.2f} {best:8.1f} {median:10.1f}")
         if name.startswith("100 identity, fixed"):
             worst = median

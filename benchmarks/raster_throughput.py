@@ -28,9 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-SHARED = Path(os.environ.get("DCE_SHARED_DATA",
-                           Path(__file__).resolve().parents[2] / "shared" / "data"))
-ICT = SHARED / "ict-face-model-light" / "ict_face_model.npz"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import DATA, timed  # noqa: E402
+
+ICT = DATA / "ict-face-model-light" / "ict_face_model.npz"
 
 
 def face_mesh():
@@ -76,16 +77,6 @@ def posed(V, F, yaw_deg, size):
     N = vertex_normals(V, F)
     A = np.column_stack([P[:, 2], elevation(N, -R[2]), V[:, 1]]).astype(np.float32)
     return P, A
-
-
-def timed(fn, repeats):
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return np.array(times)
 
 
 def compile_seconds():

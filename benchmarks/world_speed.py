@@ -14,6 +14,7 @@ cost can be attributed. --quick: 8 identities, 3 repeats.
 from __future__ import annotations
 
 import argparse
+import sys
 import os
 import shutil
 import tempfile
@@ -22,22 +23,13 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import best_and_median  # noqa: E402
 from dce.geom import synthetic as S
 from dce.geom.io import Landmarks, RangeScan, save_mesh, write_abs, write_landmarks
 from dce.geom.morphable import fit_to_landmarks
 
 TARGET_S = 60.0
-
-
-def timed(fn, repeats):
-    """(min, median) seconds of ``fn()`` over ``repeats`` calls after a warm-up."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times), float(np.median(times))
 
 
 def folder_size(path: Path) -> int:
@@ -78,7 +70,7 @@ def step_table(repeats: int) -> None:
     print(f"first render_scan of the process (loads the Numba rasterizer): {t_first:.2f} s\n")
     print(f"{'step (one scan)':52s} {'min s':>8s} {'median s':>9s}")
     for name, fn in steps:
-        lo, med = timed(fn, repeats)
+        lo, med = best_and_median(fn, repeats)
         print(f"{name:52s} {lo:8.3f} {med:9.3f}")
     shutil.rmtree(tmp)
 

@@ -11,7 +11,6 @@ photo's pixel grid and their images are pixel-aligned. Per-mesh geometry
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 

@@ -79,7 +79,6 @@ def test_larger_radius_smooths_noise():
 
 
 def test_plane_is_flat():
-    m = surface("plane", "random")
     k1, k2, _, _ = curvatures("plane", "random")
     assert np.abs(k1).max() < 1e-12 and np.abs(k2).max() < 1e-12
 
