@@ -17,3 +17,5 @@ test: install
 bench: install
 	$(PYTHON) benchmarks/raster_throughput.py
 	$(PYTHON) benchmarks/curvature_speed.py
+	$(PYTHON) benchmarks/fit_speed.py
+	$(PYTHON) benchmarks/world_speed.py

@@ -40,6 +40,7 @@ setup(
     entry_points={
         "console_scripts": [
             "dce-demo=dce.cli.demo:main",
+            "dce-landmarks=dce.cli.landmarks:main",
         ],
     },
     license="MIT",

@@ -389,3 +389,29 @@ def test_bosphorus_needs_photo_size():
     np.testing.assert_allclose(
         lm.landmarks_to_3d([[25.0, 15.0]], _bosphorus_scan(), image_size=(50, 40)),
         _plane([3], [2]), atol=1e-12)
+
+
+def test_cli_writes_pts_with_the_weights_flag(weights_dir, tmp_path):
+    from PIL import Image
+
+    from dce.cli.landmarks import main
+    from dce.geom.io import read_landmarks
+
+    image = tmp_path / "face.png"
+    Image.fromarray(_textured(480, 400, 3)).save(image)  # the FAN crop spans 1.3x the box
+    code = main([str(image), "--landmark-weights", str(weights_dir), "--box", "130", "160", "270",
+                 "320", "--out", str(tmp_path / "pts")])
+    assert code == 0
+    points = read_landmarks(tmp_path / "pts" / "face.pts").points
+    assert points.shape == (68, 2)
+    assert (points[:, 0] >= 0).all() and (points[:, 0] < 400).all()
+    assert (points[:, 1] >= 0).all() and (points[:, 1] < 480).all()
+
+
+def test_cli_missing_weights_exits_2_and_names_the_file(tmp_path, capsys):
+    from dce.cli.landmarks import main
+
+    empty = tmp_path / "none"
+    empty.mkdir()
+    assert main([str(tmp_path / "x.png"), "--landmark-weights", str(empty)]) == 2
+    assert lm.FAN_FILE in capsys.readouterr().err
