@@ -10,12 +10,15 @@ photo's pixel grid and their images are pixel-aligned. Per-mesh geometry
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from dataclasses import asdict, dataclass, field
+from typing import Optional
 
 import numpy as np
 
 from . import crop, filters
 from .dce import DCEImage, SurfaceGeometry, render_dce, surface_geometry
+from .dce import resolve_channels
 from .io import IBUG68_NOSE_TIP, Mesh, RangeScan
 from .landmarks import landmarks_to_3d
 from .projection import OrthographicCamera, crop_camera, fit_orthographic, rotation_from_euler
@@ -34,16 +37,25 @@ class PreparedMesh:
 
 def prepare_ground_truth(scan: RangeScan, landmarks_2d: np.ndarray, median_size: int = 5,
                          curvature: str = "mean", **crop_options) -> PreparedMesh:
-    """Raw range scan and its photo's 68 landmarks (x, y px) -> cropped,
-    filtered mesh with curvature and normals, and the camera fitted from the
-    landmark correspondences."""
+    """Raw range scan and its photo's 68 landmarks (x, y px) -> median-filtered,
+    triangulated, cropped mesh with curvature and normals, and the camera
+    fitted from the landmark correspondences."""
     xyz, valid = filters.median_filter_grid(scan.xyz, scan.valid, size=median_size)
     clean = RangeScan(xyz, valid, scan.texture_path, scan.uv, scan.source)
     landmarks_3d = landmarks_to_3d(landmarks_2d, clean)
-    mesh = crop.crop_mesh(clean.to_mesh(colors=scan.texture_path is not None), landmarks_3d,
-                          **crop_options)
+    mesh = crop.crop_mesh(clean.to_mesh(), landmarks_3d, **crop_options)
     camera = fit_orthographic(landmarks_2d, landmarks_3d)
     return PreparedMesh(mesh, surface_geometry(mesh, curvature), landmarks_3d, camera)
+
+
+def prepare_ground_truth_mesh(mesh: Mesh, landmarks_3d: np.ndarray, landmarks_2d: np.ndarray,
+                              curvature: str = "mean", **crop_options) -> PreparedMesh:
+    """A ground-truth mesh with its 68 landmarks in 3D (mm): median-filtered,
+    cropped, and given the camera that maps its landmarks onto ``landmarks_2d``."""
+    V = filters.median_filter_mesh(mesh.vertices, mesh.faces)
+    mesh = crop.crop_mesh(Mesh(V, mesh.faces, mesh.colors, mesh.uv), landmarks_3d, **crop_options)
+    camera = fit_orthographic(landmarks_2d, landmarks_3d)
+    return PreparedMesh(mesh, surface_geometry(mesh, curvature), np.asarray(landmarks_3d), camera)
 
 
 def prepare_coarse(mesh: Mesh, landmark_vertices: np.ndarray, landmarks_2d: np.ndarray,
@@ -97,3 +109,130 @@ def render_pair(coarse: PreparedMesh, target: PreparedMesh, landmarks_2d: np.nda
     center, side = face_box(landmarks_2d, margin)
     return tuple(render_side(s, posed_view(s, center, side, size, *pose), size, channels,
                              **normalization) for s in (coarse, target))
+
+
+# ----------------------------------------------------------------- samples
+
+
+@dataclass
+class BuildConfig:
+    """Everything that decides a sample's pixels (stored in the file's
+    provenance, and compared when a build resumes)."""
+
+    size: int = 256
+    channels: str = "DCE"
+    poses: int = 5            # extra random poses per pair (pose 0 is the photo's view)
+    max_yaw: float = 45.0     # degrees; poses are uniform in [-max, max]
+    max_pitch: float = 20.0
+    max_roll: float = 20.0
+    seed: int = 0
+    curvature: str = "mean"   # or "absolute" (the authors' demo code)
+    depth_scale: float = 50.0
+    curvature_scale: float = 0.1
+    margin: float = 0.25      # face box margin around the landmarks
+    median_size: int = 5
+    crop_radius: float = 125.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Sample:
+    """One pose of one pair; the record the HDF5 store writes (see
+    ``dce.gan.h5format`` for the file layout). Images are (C, H, W)."""
+
+    sample_id: str
+    pair_id: str
+    subject: str
+    coarse: np.ndarray
+    target: np.ndarray
+    coarse_mask: np.ndarray
+    target_mask: np.ndarray
+    channels: tuple
+    coarse_offset: np.ndarray
+    coarse_scale: np.ndarray
+    target_offset: np.ndarray
+    target_scale: np.ndarray
+    pose: np.ndarray
+    coarse_camera: np.ndarray
+    target_camera: np.ndarray
+    source: dict = field(default_factory=dict)
+
+
+def camera_array(camera: OrthographicCamera) -> np.ndarray:
+    """(4, 3): the rotation's rows, then (scale, tx, ty)."""
+    return np.vstack([camera.rotation, [camera.scale, *camera.translation]])
+
+
+def sample_photo_colors(vertices: np.ndarray, camera: OrthographicCamera,
+                        photo: np.ndarray) -> np.ndarray:
+    """(n, 3) float32 colours in [0, 1]: the photo (H, W, 3) uint8 sampled
+    bilinearly at each vertex's projection (clamped at the border)."""
+    P = camera.project(vertices)
+    H, W = photo.shape[:2]
+    x = np.clip(P[:, 0], 0, W - 1)
+    y = np.clip(P[:, 1], 0, H - 1)
+    x0 = np.minimum(np.floor(x).astype(np.int64), W - 2)
+    y0 = np.minimum(np.floor(y).astype(np.int64), H - 2)
+    fx, fy = (x - x0)[:, None], (y - y0)[:, None]
+    img = photo.astype(np.float32) / 255.0
+    top = img[y0, x0] * (1 - fx) + img[y0, x0 + 1] * fx
+    bottom = img[y0 + 1, x0] * (1 - fx) + img[y0 + 1, x0 + 1] * fx
+    return (top * (1 - fy) + bottom * fy).astype(np.float32)
+
+
+def random_poses(pair_id: str, config: BuildConfig) -> np.ndarray:
+    """(1 + poses, 3) yaw, pitch, roll in degrees: the photo's own view, then
+    uniform random poses. Seeded by the pair id and the build seed, so a
+    pair's poses do not depend on the order or the shard it is built in."""
+    digest = hashlib.sha256(f"{config.seed}/{pair_id}".encode()).digest()
+    rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
+    limits = np.array([config.max_yaw, config.max_pitch, config.max_roll])
+    return np.vstack([np.zeros(3), rng.uniform(-limits, limits, size=(config.poses, 3))])
+
+
+def prepare_pair(pair, config: BuildConfig) -> tuple:
+    """(coarse, target) :class:`PreparedMesh` of a loaded pair (a
+    ``dce.geom.sources.PairInput``: a raw ``scan`` or a ``target_mesh`` with
+    ``landmarks_3d``, ``landmarks_2d``, ``coarse_mesh`` with its
+    ``coarse_landmark_vertices``, and a ``photo`` for the RGB channels)."""
+    crop_options = {"radius": config.crop_radius}
+    if getattr(pair, "scan", None) is not None:
+        target = prepare_ground_truth(pair.scan, pair.landmarks_2d, config.median_size,
+                                      config.curvature, **crop_options)
+    else:
+        target = prepare_ground_truth_mesh(pair.target_mesh, pair.landmarks_3d, pair.landmarks_2d,
+                                           config.curvature, **crop_options)
+    coarse = prepare_coarse(pair.coarse_mesh, pair.coarse_landmark_vertices, pair.landmarks_2d,
+                            config.curvature, **crop_options)
+    if "r" in resolve_channels(config.channels):
+        if getattr(pair, "photo", None) is None:
+            raise ValueError(f"{pair.pair_id}: the RGB channels need a photo, and this pair has none")
+        for side in (coarse, target):
+            side.mesh.colors = sample_photo_colors(side.mesh.vertices, side.camera, pair.photo)
+    return coarse, target
+
+
+def pair_samples(pair_id: str, subject: str, coarse: PreparedMesh, target: PreparedMesh,
+                 landmarks_2d: np.ndarray, config: BuildConfig,
+                 source: Optional[dict] = None) -> list:
+    """All poses of one prepared pair as :class:`Sample` records."""
+    channels = resolve_channels(config.channels)
+    center, side = face_box(landmarks_2d, config.margin)
+    samples = []
+    for k, pose in enumerate(random_poses(pair_id, config)):
+        images = []
+        for prepared in (coarse, target):
+            camera = posed_view(prepared, center, side, config.size, *pose)
+            images.append(render_side(prepared, camera, config.size, channels,
+                                      depth_scale=config.depth_scale,
+                                      curvature_scale=config.curvature_scale))
+        c, t = images
+        samples.append(Sample(
+            f"{pair_id}/pose{k}", pair_id, subject,
+            np.ascontiguousarray(c.image.transpose(2, 0, 1)),
+            np.ascontiguousarray(t.image.transpose(2, 0, 1)), c.mask, t.mask, channels,
+            c.offset, c.scale, t.offset, t.scale, pose,
+            camera_array(c.camera), camera_array(t.camera), dict(source or {})))
+    return samples
