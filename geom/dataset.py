@@ -76,19 +76,19 @@ def face_box(landmarks_2d: np.ndarray, margin: float = 0.25) -> tuple:
     return (lo + hi) / 2.0, float((hi - lo).max() * (1.0 + 2.0 * margin))
 
 
-def posed_view(side: PreparedMesh, center_px, crop_size_px: float, size: int,
+def posed_view(side: PreparedMesh, anchor_px, center_px, crop_size_px: float, size: int,
                yaw: float = 0.0, pitch: float = 0.0, roll: float = 0.0) -> OrthographicCamera:
-    """The side's photo camera, rotated by (yaw, pitch, roll) degrees about its
-    nose tip in the view frame, then cropped to ``size`` px. The nose tip keeps
-    its pixel, so two sides posed alike stay aligned."""
+    """The side's photo camera rotated by (yaw, pitch, roll) degrees about its
+    nose tip in the view frame, with the nose tip put on the photo pixel
+    ``anchor_px`` (the nose-tip landmark), then cropped to ``size`` px. Both
+    sides of a pair posed alike therefore share the nose pixel exactly."""
     cam = side.camera
     nose = side.landmarks_3d[IBUG68_NOSE_TIP]
     # The head turns in its own frame: conjugate the model-frame Euler rotation
     # by the frontal camera so that +yaw turns the face toward its left.
     frontal = np.diag([1.0, -1.0, -1.0])
     R = frontal @ rotation_from_euler(yaw, pitch, roll) @ frontal @ cam.rotation
-    nose_px = cam.scale * (cam.rotation[:2] @ nose) + cam.translation
-    t = nose_px - cam.scale * (R[:2] @ nose)
+    t = np.asarray(anchor_px, dtype=np.float64) - cam.scale * (R[:2] @ nose)
     return crop_camera(OrthographicCamera(cam.scale, R, t), center_px, crop_size_px, size)
 
 
@@ -107,7 +107,8 @@ def render_pair(coarse: PreparedMesh, target: PreparedMesh, landmarks_2d: np.nda
     """Pixel-aligned (coarse, target) DCE images at ``pose`` = (yaw, pitch,
     roll) degrees, framed on the photo landmarks."""
     center, side = face_box(landmarks_2d, margin)
-    return tuple(render_side(s, posed_view(s, center, side, size, *pose), size, channels,
+    nose = landmarks_2d[IBUG68_NOSE_TIP]
+    return tuple(render_side(s, posed_view(s, nose, center, side, size, *pose), size, channels,
                              **normalization) for s in (coarse, target))
 
 
@@ -224,7 +225,8 @@ def pair_samples(pair_id: str, subject: str, coarse: PreparedMesh, target: Prepa
     for k, pose in enumerate(random_poses(pair_id, config)):
         images = []
         for prepared in (coarse, target):
-            camera = posed_view(prepared, center, side, config.size, *pose)
+            camera = posed_view(prepared, landmarks_2d[IBUG68_NOSE_TIP], center, side,
+                                config.size, *pose)
             images.append(render_side(prepared, camera, config.size, channels,
                                       depth_scale=config.depth_scale,
                                       curvature_scale=config.curvature_scale))
