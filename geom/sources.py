@@ -1,0 +1,639 @@
+"""Input pairs for the dataset builder: enumeration and loading.
+
+A *pair* is one ground truth (a raw range scan, or a mesh with 3D landmarks),
+the 68 iBUG landmarks of its photo, the photo when there is one, and a coarse
+mesh with its 68 landmark vertices. Building a data set is two steps:
+
+1. an enumerator lists the pairs as :class:`PairSpec` records (paths and ids
+   only: cheap, picklable, sorted by ``pair_id``);
+2. :func:`load` reads one spec's files into a :class:`PairInput` (run it in
+   the worker processes, so files are read in parallel).
+
+Enumerators
+-----------
+- :func:`synthetic_world`: a world written by
+  :func:`dce.geom.synthetic.generate_world` (``world.json``).
+- :func:`frgc_directory`: FRGC v2, every ``*.abs`` / ``*.abs.gz`` below a
+  folder. ``pair_id`` = the stem (``02463d452``), subject = the text before
+  the ``d`` (``02463``). Photo: the sibling ``<stem>.ppm`` (else ``.png``,
+  ``.jpg``, ``.jpeg``). Landmarks: ``<stem>.pts`` or ``<stem>.txt`` beside the
+  scan, else in ``landmarks_dir`` (flat, or mirroring the tree below
+  ``root``), else detected on the photo at load time.
+- :func:`bosphorus_directory`: every ``*.bnt`` below a folder. ``pair_id`` =
+  the stem (``bs001_E_HAPPY_0``), subject = the ``bsNNN`` prefix. Photo: the
+  texture the ``.bnt`` header names, else ``<stem>.png``. Bosphorus ships 22
+  *named* landmarks (``.lm2`` in the photo, ``.lm3`` in mm), not the 68 iBUG
+  points that the coarse fit and both cameras need, and the two sets cannot be
+  converted into each other. So the 68 come from ``<stem>.pts`` (beside the
+  scan or in ``landmarks_dir``), else they are detected on the photo; the
+  ``.lm2`` / ``.lm3`` paths are kept in the provenance only.
+- :func:`manifest`: a CSV (header row) or JSON (a list of objects, or
+  ``{"pairs": [...]}``) of arbitrary pairs; see :data:`MANIFEST_COLUMNS`.
+
+Landmarks
+---------
+2D landmarks are (68, 2) float64 photo pixels, x = column, y = row, 0-based
+pixel centres (the project's convention; ``.pts`` files are taken as stored,
+so 300-W style files that count from 1 must be shifted beforehand). When a
+pair has no landmark file they are detected on its photo with face-alignment
+(:func:`dce.geom.landmarks.detect_landmarks`), its weights taken from the
+enumerator's ``landmark_weights`` folder, else ``$DCE_FACE_ALIGNMENT_WEIGHTS``,
+else the torch hub cache. Without weights the pair fails with
+:class:`MissingLandmarksError`, which names the landmark files looked for and
+the ways to give the weights.
+
+Mesh ground truth (manifest rows whose ``target`` is a mesh): the mesh and its
+68 3D landmarks (mm, sample-data model frame: +Y up, face toward +Z) are
+loaded into ``PairInput.target_mesh`` / ``landmarks_3d`` and ``scan`` is None.
+Its 2D landmarks are, in order: the ``landmarks_2d`` file; detected on the
+``photo``; else *synthesized*: the 3D landmarks projected by the frontal
+camera ``posed_camera(nose tip, s, 2 * FACE_PX)`` with s chosen so that the
+larger side of the 3D landmarks' x-y bounding box spans :data:`FACE_PX` px
+(a 512 px virtual photo with the nose tip at its centre). A fit of a
+scaled-orthographic camera to the synthesized landmarks then returns exactly
+that frontal camera.
+
+Coarse side (:class:`CoarseSource`)
+-----------------------------------
+The coarse mesh of a pair comes from, in order of precedence:
+
+1. ``model_path``: a morphable model (``.npz`` / BFM ``.h5``,
+   :func:`dce.geom.morphable.load_model`) FITTED to the pair's 2D landmarks
+   (:func:`dce.geom.morphable.fit_to_landmarks`); the landmark vertices are
+   the fit's (``model.landmarks_68``, jaw ones moved with
+   ``contour="sliding"``);
+2. ``coarse_dir``: meshes made elsewhere, ``<coarse_dir>/<pair_id>.ply``
+   (or ``.obj``, ``.off``), their 68 landmark vertex indices from
+   ``<pair_id>.landmarks.txt`` / ``.landmarks.npy`` beside them, else from
+   ``landmark_vertices``;
+3. the spec's own coarse mesh: the manifest's ``coarse`` column (indices
+   from its ``coarse_landmarks`` column, the same sidecars, or
+   ``landmark_vertices``), or, for the synthetic world, the world's fitted
+   meshes ``coarse/<stem>.ply`` with ``world_model.npz``'s ``landmarks_68``.
+
+Vertex-index files: ``.txt`` (68 integers, '#' comments), ``.npy`` (68,)
+or ``.npz`` (key ``landmarks_68``, e.g. a morphable model file).
+
+Errors
+------
+A missing or corrupt file raises :class:`dce.geom.io.FormatError` naming the
+file and the problem; a pair that lacks an input raises ``ValueError`` naming
+the pair (and the manifest row) and what is missing. Both are ``ValueError``,
+so the builder can catch them per pair, report and skip.
+"""
+from __future__ import annotations
+
+import csv
+import functools
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+
+from .io import (IBUG68_NOSE_TIP, FormatError, Mesh, RangeScan, load_mesh, read_abs, read_bnt,
+                 read_landmarks)
+from .landmarks import WEIGHTS_ENV, WEIGHTS_FLAG, MissingWeightsError, detect_landmarks, load_image
+from .morphable import fit_to_landmarks, load_model
+from .projection import posed_camera
+
+PathLike = Union[str, os.PathLike]
+
+#: Side (px) of the synthesized frontal view's landmark box (mesh targets).
+FACE_PX = 256.0
+MESH_EXTENSIONS = (".ply", ".obj", ".off", ".stl", ".wrl")
+PHOTO_EXTENSIONS = (".ppm", ".png", ".jpg", ".jpeg")
+LANDMARK_EXTENSIONS = (".pts", ".txt")
+#: Manifest columns: ``target`` and ``subject`` are required, the rest optional.
+MANIFEST_COLUMNS = {
+    "target": "ground truth: a scan (.abs, .abs.gz, .bnt) or a mesh (.ply, .obj, ...)",
+    "subject": "identity id (the train/test split keeps identities apart)",
+    "id": "pair id (default: the target's file stem); unique",
+    "landmarks": "scan targets: 68 photo landmarks (.pts/.txt, x y px); mesh targets: "
+                 "68 3D landmarks (.txt/.pts, x y z mm)",
+    "landmarks_2d": "mesh targets: 68 photo landmarks (optional; else detected on the photo "
+                    "or synthesized)",
+    "photo": "the colour photo (optional)",
+    "coarse": "coarse mesh (optional when a CoarseSource gives one)",
+    "coarse_landmarks": "68 vertex indices of the coarse mesh (.txt/.npy/.npz)",
+}
+
+
+class MissingLandmarksError(ValueError):
+    """A pair has no landmark file and they cannot be detected (no photo or no
+    face-alignment weights); the message says what to provide."""
+
+
+# ------------------------------------------------------------------ records
+
+@dataclass(frozen=True)
+class PairSpec:
+    """Where one pair's inputs are: paths (str) and ids, no data.
+
+    ``target``: the ground-truth scan or mesh; ``landmarks``: 68 photo
+    landmarks file or None (then detected on ``photo``, or for a mesh target
+    synthesized); ``landmarks_3d``: mesh targets' 68 3D landmarks file;
+    ``coarse_mesh`` / ``coarse_landmarks``: the pair's own coarse mesh and its
+    vertex-index file (used when the :class:`CoarseSource` gives neither a
+    model nor a folder); ``landmark_weights``: face-alignment weights folder
+    for detection; ``expected_landmarks``: the landmark files looked for (for
+    messages); ``extra``: further (name, path) provenance, e.g. Bosphorus
+    ``.lm2``/``.lm3``; ``origin``: where the spec came from (a manifest row).
+    """
+
+    pair_id: str
+    subject: str
+    target: str
+    landmarks: Optional[str] = None
+    photo: Optional[str] = None
+    landmarks_3d: Optional[str] = None
+    coarse_mesh: Optional[str] = None
+    coarse_landmarks: Optional[str] = None
+    landmark_weights: Optional[str] = None
+    expected_landmarks: tuple = ()
+    extra: tuple = ()
+    origin: str = ""
+
+    @property
+    def is_mesh_target(self) -> bool:
+        return Path(self.target).suffix.lower() in MESH_EXTENSIONS
+
+    def where(self) -> str:
+        """The pair as named in messages: its id and origin."""
+        return f"pair {self.pair_id}" + (f" ({self.origin})" if self.origin else "")
+
+
+@dataclass
+class PairInput:
+    """Everything the pipeline needs for one pair, loaded.
+
+    ``scan``: the raw ground-truth range scan (None for a mesh target; its
+    ``texture_path`` is the pair's photo); ``landmarks_2d`` (68, 2) float64
+    photo pixels, iBUG order; ``photo`` (H, W, 3) uint8 RGB or None;
+    ``coarse_mesh`` and ``coarse_landmark_vertices`` (68,) int64 vertex
+    indices; ``source``: provenance strings (input paths, and how the
+    landmarks and the coarse mesh were obtained); for a mesh target
+    ``target_mesh`` and ``landmarks_3d`` (68, 3) mm.
+    """
+
+    pair_id: str
+    subject: str
+    scan: Optional[RangeScan]
+    landmarks_2d: np.ndarray
+    photo: Optional[np.ndarray]
+    coarse_mesh: Mesh
+    coarse_landmark_vertices: np.ndarray
+    source: dict = field(default_factory=dict)
+    target_mesh: Optional[Mesh] = None
+    landmarks_3d: Optional[np.ndarray] = None
+
+
+@dataclass(frozen=True)
+class CoarseSource:
+    """Where coarse meshes come from (see the module docstring for the
+    precedence). ``model_path``: morphable model to fit, with the fit options
+    ``n_identity`` (None = all modes), ``n_expression`` (None = all, 0 =
+    none), ``regularization`` (px^2) and ``contour``; ``coarse_dir``: folder
+    of ``<pair_id>.ply|.obj|.off``; ``landmark_vertices``: the 68 vertex
+    indices shared by all coarse meshes without a sidecar, a file path or a
+    sequence of ints. ``CoarseSource()`` uses each spec's own coarse mesh."""
+
+    model_path: Optional[str] = None
+    coarse_dir: Optional[str] = None
+    landmark_vertices: Union[None, str, tuple] = None
+    n_identity: Optional[int] = None
+    n_expression: Optional[int] = None
+    regularization: float = 4.0
+    contour: str = "fixed"
+
+    def __post_init__(self):
+        if self.model_path is not None and self.coarse_dir is not None:
+            raise ValueError("CoarseSource: give model_path (fit) or coarse_dir (read), not both")
+        for name in ("model_path", "coarse_dir"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, str(value))
+        lv = self.landmark_vertices
+        if lv is not None:
+            lv = str(lv) if isinstance(lv, (str, os.PathLike)) else tuple(int(i) for i in lv)
+            object.__setattr__(self, "landmark_vertices", lv)
+
+
+# ------------------------------------------------------------------ helpers
+
+def _str(path) -> Optional[str]:
+    return None if path is None else str(path)
+
+
+def _first_file(candidates) -> Optional[Path]:
+    return next((p for p in candidates if p.is_file()), None)
+
+
+def _scan_stem(path: Path) -> str:
+    name = path.name
+    return name[:-len(".abs.gz")] if name.lower().endswith(".abs.gz") else path.stem
+
+
+def _unique(specs: list, what: str) -> list:
+    """``specs`` sorted by pair_id; ValueError naming both targets of a
+    repeated pair_id (ids key the samples and the resume logic)."""
+    specs = sorted(specs, key=lambda s: s.pair_id)
+    for a, b in zip(specs, specs[1:]):
+        if a.pair_id == b.pair_id:
+            raise ValueError(f"{what}: pair id {a.pair_id!r} occurs twice ({a.target} and "
+                             f"{b.target}); pair ids must be unique")
+    return specs
+
+
+def _landmark_candidates(stem: str, folders: Sequence[Path], extensions=LANDMARK_EXTENSIONS):
+    return tuple(d / (stem + ext) for d in folders for ext in extensions)
+
+
+def _landmark_folders(scan: Path, root: Path, landmarks_dir: Optional[PathLike]) -> list:
+    """Beside the scan, then ``landmarks_dir`` flat, then ``landmarks_dir``
+    mirroring the scan's sub-folder below ``root``."""
+    folders = [scan.parent]
+    if landmarks_dir is not None:
+        lm = Path(landmarks_dir)
+        folders.append(lm)
+        rel = scan.parent.relative_to(root)
+        if rel != Path("."):
+            folders.append(lm / rel)
+    return folders
+
+
+def _walk(root: PathLike, patterns: Sequence[str], what: str) -> tuple:
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such {what} folder")
+    found = sorted({p for pattern in patterns for p in root.rglob(pattern) if p.is_file()})
+    if not found:
+        raise FileNotFoundError(f"{root}: no {' or '.join(patterns)} files below this folder")
+    return root, found
+
+
+def read_vertex_indices(path: PathLike, n_vertices: Optional[int] = None) -> np.ndarray:
+    """68 landmark vertex indices (68,) int64 from ``.txt`` (whitespace or
+    comma separated integers, '#' comments), ``.npy`` or ``.npz`` (key
+    ``landmarks_68``). ``n_vertices``: the mesh size they must fit. Raises
+    :class:`FormatError` naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FormatError(f"{path}: no such file (68 landmark vertex indices)")
+    ext = path.suffix.lower()
+    try:
+        if ext == ".npy":
+            values = np.load(path, allow_pickle=False)
+        elif ext == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                if "landmarks_68" not in z.files:
+                    raise FormatError(f"{path}: no 'landmarks_68' array (has: "
+                                      f"{', '.join(z.files)})")
+                values = z["landmarks_68"]
+        else:
+            text = re.sub(r"#[^\n]*", "", path.read_text(errors="replace"))
+            values = np.array(text.replace(",", " ").split(), dtype=np.float64)
+    except FormatError:
+        raise
+    except (OSError, ValueError) as e:
+        raise FormatError(f"{path}: cannot read landmark vertex indices ({e})") from None
+    return _checked_indices(values, str(path), n_vertices)
+
+
+def _checked_indices(values, src: str, n_vertices: Optional[int]) -> np.ndarray:
+    values = np.asarray(values).ravel()
+    if values.shape != (68,) or not np.issubdtype(values.dtype, np.number) \
+            or not np.all(values == np.round(values)):
+        raise FormatError(f"{src}: expected 68 integer landmark vertex indices, got "
+                          f"{values.size} values of type {values.dtype}")
+    values = values.astype(np.int64)
+    if n_vertices is not None and (values.min() < 0 or values.max() >= n_vertices):
+        raise FormatError(f"{src}: landmark vertex indices span [{values.min()}, "
+                          f"{values.max()}] but the coarse mesh has {n_vertices} vertices")
+    return values
+
+
+# -------------------------------------------------------------- enumerators
+
+def synthetic_world(world_dir: PathLike) -> list:
+    """Pairs of a synthetic world (``world.json``): scan ``scans/<stem>.abs.gz``,
+    photo, ``.pts`` landmarks, and the world's own coarse fit
+    ``coarse/<stem>.ply`` with ``world_model.npz``'s ``landmarks_68``
+    (a :class:`CoarseSource` with ``model_path`` refits instead)."""
+    from .synthetic import load_world
+    root = Path(world_dir)
+    world = load_world(root)
+    model = root / world.get("model", "world_model.npz")
+    specs = []
+    for k, rec in enumerate(world["scans"]):
+        try:
+            files, stem, subject = rec["files"], rec["stem"], rec["subject"]
+            spec = PairSpec(
+                pair_id=stem, subject=str(subject), target=str(root / files["range"]),
+                landmarks=str(root / files["landmarks"]), photo=str(root / files["photo"]),
+                coarse_mesh=str(root / files["coarse_mesh"]), coarse_landmarks=str(model),
+                expected_landmarks=(str(root / files["landmarks"]),),
+                origin=f"{root / 'world.json'} scan {k}")
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"{root / 'world.json'}: scan {k} lacks {e}") from None
+        specs.append(spec)
+    return _unique(specs, str(root / "world.json"))
+
+
+def frgc_directory(root: PathLike, landmarks_dir: Optional[PathLike] = None,
+                   landmark_weights: Optional[PathLike] = None) -> list:
+    """Pairs of an FRGC v2 tree: every ``*.abs`` / ``*.abs.gz`` below ``root``
+    (see the module docstring for ids, photos and landmarks).
+    ``landmark_weights``: face-alignment weights folder for scans without a
+    landmark file."""
+    root, scans = _walk(root, ("*.abs", "*.abs.gz"), "FRGC")
+    specs = []
+    for scan in scans:
+        stem = _scan_stem(scan)
+        subject = stem.split("d", 1)[0] or stem
+        candidates = _landmark_candidates(stem, _landmark_folders(scan, root, landmarks_dir))
+        specs.append(PairSpec(
+            pair_id=stem, subject=subject, target=str(scan),
+            landmarks=_str(_first_file(candidates)),
+            photo=_str(_first_file(scan.with_name(stem + e) for e in PHOTO_EXTENSIONS)),
+            landmark_weights=_str(landmark_weights),
+            expected_landmarks=tuple(str(p) for p in candidates)))
+    return _unique(specs, f"FRGC folder {root}")
+
+
+_BOSPHORUS_SUBJECT = re.compile(r"(bs\d+)", re.IGNORECASE)
+
+
+def bosphorus_directory(root: PathLike, landmarks_dir: Optional[PathLike] = None,
+                        landmark_weights: Optional[PathLike] = None) -> list:
+    """Pairs of a Bosphorus tree: every ``*.bnt`` below ``root``. The 68 iBUG
+    landmarks come from ``<stem>.pts`` or detection on the photo (the
+    ``.lm2``/``.lm3`` 22-point files go to the provenance only; see the
+    module docstring)."""
+    root, scans = _walk(root, ("*.bnt",), "Bosphorus")
+    specs = []
+    for scan in scans:
+        stem = scan.stem
+        m = _BOSPHORUS_SUBJECT.match(stem)
+        subject = m.group(1).lower() if m else stem.split("_", 1)[0]
+        candidates = _landmark_candidates(stem, _landmark_folders(scan, root, landmarks_dir),
+                                          (".pts",))
+        extra = tuple((ext[1:], str(scan.with_suffix(ext))) for ext in (".lm2", ".lm3")
+                      if scan.with_suffix(ext).is_file())
+        specs.append(PairSpec(
+            pair_id=stem, subject=subject, target=str(scan),
+            landmarks=_str(_first_file(candidates)),
+            photo=_str(_bosphorus_photo(scan)), landmark_weights=_str(landmark_weights),
+            expected_landmarks=tuple(str(p) for p in candidates), extra=extra))
+    return _unique(specs, f"Bosphorus folder {root}")
+
+
+def _bosphorus_photo(scan: Path) -> Optional[Path]:
+    """The texture named in the .bnt header (when it exists), else
+    ``<stem>.png``; reading the name costs one small read."""
+    try:
+        with open(scan, "rb") as fh:
+            head = fh.read(14)
+            if len(head) == 14:
+                n = int.from_bytes(head[12:14], "little")
+                name = fh.read(n).decode("ascii", "replace").strip("\x00 ")
+                if name and scan.with_name(name).is_file():
+                    return scan.with_name(name)
+    except OSError:
+        pass  # unreadable: load() reports it with the reader's message
+    return _first_file(scan.with_suffix(e) for e in PHOTO_EXTENSIONS)
+
+
+def manifest(path: PathLike, landmark_weights: Optional[PathLike] = None) -> list:
+    """Pairs listed in a CSV (header row) or JSON manifest; columns in
+    :data:`MANIFEST_COLUMNS`. Relative paths are resolved against the
+    manifest's folder. Raises ``ValueError`` naming the manifest and the row
+    for a missing required column, an unknown column or a repeated id; files
+    that do not exist are reported when the pair is loaded (so one bad row
+    does not stop a build)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such manifest")
+    base = path.parent
+    rows = _manifest_rows(path)
+    specs = []
+    for no, row in rows:
+        where = f"{path} row {no}"
+        unknown = sorted(set(row) - set(MANIFEST_COLUMNS))
+        if unknown:
+            raise ValueError(f"{where}: unknown column(s) {', '.join(map(repr, unknown))} "
+                             f"(known: {', '.join(MANIFEST_COLUMNS)})")
+        values = {k: str(v).strip() for k, v in row.items() if v is not None and str(v).strip()}
+        for required in ("target", "subject"):
+            if required not in values:
+                raise ValueError(f"{where}: missing {required!r} "
+                                 f"({MANIFEST_COLUMNS[required]})")
+
+        def resolve(key):
+            return str(base / values[key]) if key in values else None
+
+        target = Path(resolve("target"))
+        is_mesh = target.suffix.lower() in MESH_EXTENSIONS
+        if not is_mesh and not (target.suffix.lower() == ".bnt" or
+                                target.name.lower().endswith((".abs", ".abs.gz"))):
+            raise ValueError(f"{where}: target {target}: unknown type (a scan .abs, .abs.gz, "
+                             f".bnt or a mesh {', '.join(MESH_EXTENSIONS)})")
+        if is_mesh and "landmarks" not in values:
+            raise ValueError(f"{where}: a mesh target needs 'landmarks' (its 68 3D landmarks)")
+        if not is_mesh and "landmarks_2d" in values:
+            raise ValueError(f"{where}: 'landmarks_2d' is for mesh targets; a scan target's "
+                             f"photo landmarks go in 'landmarks'")
+        landmarks = resolve("landmarks_2d" if is_mesh else "landmarks")
+        specs.append(PairSpec(
+            pair_id=values.get("id") or (target.stem if is_mesh else _scan_stem(target)),
+            subject=values["subject"], target=str(target), landmarks=landmarks,
+            photo=resolve("photo"), landmarks_3d=resolve("landmarks") if is_mesh else None,
+            coarse_mesh=resolve("coarse"), coarse_landmarks=resolve("coarse_landmarks"),
+            landmark_weights=_str(landmark_weights),
+            expected_landmarks=() if landmarks is None else (landmarks,), origin=where))
+    return _unique(specs, str(path))
+
+
+def _manifest_rows(path: Path) -> list:
+    """[(row number from 1, {column: value})] of a CSV or JSON manifest."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        raise FormatError(f"{path}: cannot read the manifest ({e})") from None
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(text)
+        except ValueError as e:
+            raise FormatError(f"{path}: not valid JSON ({e})") from None
+        if isinstance(data, dict):
+            data = data.get("pairs")
+        if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+            raise FormatError(f"{path}: expected a list of objects or {{\"pairs\": [...]}}")
+        rows = list(enumerate(data, 1))
+    else:
+        reader = csv.DictReader(text.splitlines())
+        if not reader.fieldnames:
+            raise FormatError(f"{path}: empty manifest (no header row)")
+        rows = []
+        for no, row in enumerate(reader, 1):
+            if None in row:  # more cells than header columns
+                raise FormatError(f"{path} row {no}: {len(row[None])} cell(s) beyond the "
+                                  f"{len(reader.fieldnames)} header columns")
+            rows.append((no, {k.strip(): v for k, v in row.items()}))
+    if not rows:
+        raise FormatError(f"{path}: the manifest lists no pairs")
+    return rows
+
+
+# ------------------------------------------------------------------- loading
+
+def load(spec: PairSpec, coarse: CoarseSource = CoarseSource()) -> PairInput:
+    """Read one pair's files: the ground truth, the photo, the 68 photo
+    landmarks (read, detected or synthesized) and the coarse mesh (read or
+    fitted). Raises :class:`FormatError` / ``ValueError`` naming the file or
+    the pair and the problem."""
+    source = {"target": spec.target, **dict(spec.extra)}
+    if spec.origin:
+        source["origin"] = spec.origin
+    scan = target_mesh = landmarks_3d = photo = None
+    _require(spec.target, "target", spec)
+    if spec.photo is not None:
+        _require(spec.photo, "photo", spec)
+        photo, _ = load_image(spec.photo)
+        source["photo"] = spec.photo
+    if spec.is_mesh_target:
+        target_mesh = load_mesh(spec.target)
+        _require(spec.landmarks_3d, "landmarks", spec)
+        landmarks_3d = _read_points(spec.landmarks_3d, 3, "68 3D landmarks of the mesh")
+        source["landmarks_3d"] = spec.landmarks_3d
+    else:
+        scan = read_bnt(spec.target) if spec.target.lower().endswith(".bnt") \
+            else read_abs(spec.target)
+        if spec.photo is not None:  # the photo the landmarks live in sizes the lifting
+            scan.texture_path = Path(spec.photo)
+
+    landmarks_2d, how = _photo_landmarks(spec, photo, landmarks_3d)
+    source["landmarks_2d"] = how
+    mesh, vertices, how = _coarse_side(spec, coarse, landmarks_2d)
+    source.update(how)
+    return PairInput(spec.pair_id, spec.subject, scan, landmarks_2d, photo, mesh, vertices,
+                     source, target_mesh, landmarks_3d)
+
+
+def _require(path: Optional[str], column: str, spec: PairSpec) -> None:
+    if path is None:
+        raise ValueError(f"{spec.where()}: no {column!r} file given")
+    if not Path(path).is_file():
+        raise FormatError(f"{path}: no such file ({column!r} of {spec.where()})")
+
+
+def _read_points(path: str, dim: int, what: str) -> np.ndarray:
+    lm = read_landmarks(path, expected=68)
+    if lm.dim != dim:
+        raise FormatError(f"{path}: expected {what} ({dim} numbers a point), found "
+                          f"{lm.dim} numbers a point")
+    return lm.points
+
+
+def _photo_landmarks(spec: PairSpec, photo, landmarks_3d) -> tuple:
+    """(68, 2) photo landmarks and how they were obtained (provenance)."""
+    if spec.landmarks is not None:
+        _require(spec.landmarks, "landmarks", spec)
+        return _read_points(spec.landmarks, 2, "68 photo landmarks (x y px)"), spec.landmarks
+    if photo is not None:
+        try:
+            points = detect_landmarks(photo, weights_dir=spec.landmark_weights)
+        except MissingWeightsError as e:
+            raise MissingLandmarksError(
+                f"{spec.where()}: no landmark file ({_looked_for(spec)}) and no face-alignment "
+                f"weights to detect them on {spec.photo}. Provide the 68 landmarks as a file "
+                f"or the weights (landmark_weights option, {WEIGHTS_FLAG} DIR, or "
+                f"${WEIGHTS_ENV}).\n{e}") from None
+        return points, f"detected on {spec.photo}"
+    if landmarks_3d is not None:
+        return frontal_landmarks(landmarks_3d), f"projected frontally from {spec.landmarks_3d}"
+    raise MissingLandmarksError(
+        f"{spec.where()}: no landmark file ({_looked_for(spec)}) and no photo to detect them "
+        f"on; provide the 68 landmarks as a file")
+
+
+def _looked_for(spec: PairSpec) -> str:
+    return ("looked for " + ", ".join(spec.expected_landmarks)) if spec.expected_landmarks \
+        else "none given"
+
+
+def frontal_landmarks(landmarks_3d: np.ndarray, face_px: float = FACE_PX) -> np.ndarray:
+    """(68, 2) pixels of 68 3D landmarks (mm, +Y up, face toward +Z) seen by
+    the frontal camera :func:`~dce.geom.projection.posed_camera` centred on the
+    nose tip, in a ``2 * face_px`` image, scaled so that the larger side of
+    the landmarks' x-y box spans ``face_px`` px."""
+    L = np.asarray(landmarks_3d, dtype=np.float64)
+    extent = float(np.ptp(L[:, :2], axis=0).max())
+    if not extent > 0:
+        raise ValueError("landmarks_3d: the 68 points have no extent in x-y")
+    camera = posed_camera(L[IBUG68_NOSE_TIP], face_px / extent, int(2 * face_px))
+    return camera.project(L)[:, :2]
+
+
+# Each worker process fits many pairs with one model: read it once (a BFM
+# file takes seconds), keyed by path and modification time.
+@functools.lru_cache(maxsize=2)
+def _model(path: str, mtime_ns: int):
+    return load_model(path)
+
+
+def _coarse_side(spec: PairSpec, coarse: CoarseSource, landmarks_2d) -> tuple:
+    """(coarse mesh, its 68 landmark vertices, provenance dict)."""
+    if coarse.model_path is not None:
+        path = Path(coarse.model_path)
+        if not path.is_file():
+            raise FormatError(f"{path}: no such morphable model file")
+        fit = fit_to_landmarks(_model(str(path), path.stat().st_mtime_ns), landmarks_2d,
+                               n_identity=coarse.n_identity, n_expression=coarse.n_expression,
+                               regularization=coarse.regularization, contour=coarse.contour)
+        return fit.mesh, np.asarray(fit.landmark_vertices, dtype=np.int64), \
+            {"coarse": f"fit of {path} to the 2D landmarks "
+                       f"(residual {fit.residual_px:.2f} px)"}
+    if coarse.coarse_dir is not None:
+        folder = Path(coarse.coarse_dir)
+        candidates = [folder / (spec.pair_id + ext) for ext in (".ply", ".obj", ".off")]
+        mesh_path = _first_file(candidates)
+        if mesh_path is None:
+            raise FormatError(f"{spec.where()}: no coarse mesh in {folder} (looked for "
+                              f"{', '.join(p.name for p in candidates)})")
+        indices = None
+    elif spec.coarse_mesh is not None:
+        _require(spec.coarse_mesh, "coarse", spec)
+        mesh_path, indices = Path(spec.coarse_mesh), spec.coarse_landmarks
+    else:
+        raise ValueError(f"{spec.where()}: no coarse mesh: give a morphable model to fit "
+                         f"(model_path), a folder of coarse meshes (coarse_dir) or a "
+                         f"'coarse' manifest column")
+    mesh = load_mesh(mesh_path)
+    vertices, where = _coarse_vertices(mesh_path, indices, coarse, mesh.n_vertices, spec)
+    return mesh, vertices, {"coarse": str(mesh_path), "coarse_landmarks": where}
+
+
+def _coarse_vertices(mesh_path: Path, indices: Optional[str], coarse: CoarseSource,
+                     n_vertices: int, spec: PairSpec) -> tuple:
+    """The 68 landmark vertex indices of a coarse mesh: the spec's file, a
+    sidecar ``<stem>.landmarks.txt|.npy``, or ``coarse.landmark_vertices``."""
+    if indices is None:
+        sidecars = [mesh_path.with_name(mesh_path.stem + ".landmarks" + e)
+                    for e in (".txt", ".npy")]
+        indices = _str(_first_file(sidecars))
+        if indices is None:
+            lv = coarse.landmark_vertices
+            if lv is None:
+                raise FormatError(
+                    f"{mesh_path}: no landmark vertex indices for this coarse mesh "
+                    f"({spec.where()}): looked for {', '.join(p.name for p in sidecars)} beside it; or give "
+                    f"the 68 indices for all coarse meshes (landmark_vertices)")
+            if isinstance(lv, str):
+                return read_vertex_indices(lv, n_vertices), lv
+            return _checked_indices(lv, "landmark_vertices option", n_vertices), \
+                "landmark_vertices option"
+    return read_vertex_indices(indices, n_vertices), indices
