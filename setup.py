@@ -15,6 +15,7 @@ GEOM = [
     "face-alignment>=1.4",
     "h5py>=3.8",
     "pillow>=9.0",
+    "tqdm>=4.60",
 ]
 # No exact torch pin: a GPU user installs their CUDA build first and keeps it.
 GAN = ["torch>=2.0", "h5py>=3.8", "numpy>=1.24"]
@@ -39,6 +40,7 @@ setup(
     },
     entry_points={
         "console_scripts": [
+            "dce-build=dce.cli.build:main",
             "dce-demo=dce.cli.demo:main",
             "dce-landmarks=dce.cli.landmarks:main",
         ],

@@ -1,0 +1,258 @@
+"""dce-build: aligned coarse/ground-truth DCE image pairs in HDF5.
+
+Sources (sub-commands): the built-in synthetic world, an FRGC v2 directory,
+a Bosphorus directory, or a CSV/JSON manifest of arbitrary pairs. Each pair
+goes through the paper's pipeline (median filter, crop, curvature, normals,
+cameras from the photo landmarks) once, then is rendered in its photo's view
+and in --poses random poses. Samples are written to one HDF5 file (layout:
+dce.gan.h5format). Builds are resumable (rerun the same command), can be
+split with --shard K/N and joined with `dce-build merge`, and a bad input is
+reported and skipped. `dce-build inspect FILE` prints what a file holds.
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import sys
+import time
+import traceback
+from collections import defaultdict
+from pathlib import Path
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("build options")
+    g.add_argument("-o", "--out", type=Path, default=Path("dce_pairs.h5"),
+                   help="output HDF5 file (default: dce_pairs.h5)")
+    g.add_argument("--size", type=int, default=256, help="image side in pixels (default: 256)")
+    g.add_argument("--channels", default="DCE", choices=["D", "DCE", "DCE+RGB"],
+                   help="channels rendered for both sides (default: DCE)")
+    g.add_argument("--poses", type=int, default=5,
+                   help="extra random poses per pair: yaw +-45, pitch +-20, roll +-20 degrees "
+                        "(default: 5, as the paper)")
+    g.add_argument("--seed", type=int, default=0,
+                   help="seed of the poses and the identity split (default: 0)")
+    g.add_argument("--test-fraction", type=float, default=1 / 3,
+                   help="fraction of identities in the test split (default: 1/3)")
+    g.add_argument("--curvature", default="mean", choices=["mean", "absolute"],
+                   help="curvature channel: mean curvature (paper) or the authors' demo "
+                        "|k1|+|k2| (default: mean)")
+    g.add_argument("--workers", type=int, default=os.cpu_count(),
+                   help=f"worker processes (default: all cores, {os.cpu_count()})")
+    g.add_argument("--shard", default=None, metavar="K/N",
+                   help="build only shard K of N (1-based), for cluster array jobs; "
+                        "join the shard files with `dce-build merge`")
+    g.add_argument("--preview", type=int, default=0, metavar="K",
+                   help="write a PNG grid of K random pairs next to the output (default: 0)")
+    g.add_argument("--model", type=Path, default=None,
+                   help="morphable model (.npz, ICT .npz, BFM .h5) to fit the coarse side "
+                        "from the landmarks")
+    g.add_argument("--coarse-dir", type=Path, default=None,
+                   help="folder of coarse meshes made elsewhere, matched by name")
+    g.add_argument("--landmark-weights", type=Path, default=None, metavar="DIR",
+                   help="face-alignment weights, for photos without landmark files")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="dce-build", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("synthetic", help="the built-in synthetic world")
+    s.add_argument("--world", type=Path, default=Path("dce_world"),
+                   help="world folder; generated there if missing (default: dce_world)")
+    s.add_argument("--identities", type=int, default=60,
+                   help="identities when generating the world (default: 60)")
+    _common(s)
+    for name, what in (("frgc", "an FRGC v2 folder (.abs/.abs.gz, .ppm, landmarks)"),
+                       ("bosphorus", "a Bosphorus folder (.bnt, .png, .lm2/.lm3, landmarks)")):
+        s = sub.add_parser(name, help=what)
+        s.add_argument("root", type=Path, help="the folder, searched recursively")
+        s.add_argument("--landmarks-dir", type=Path, default=None,
+                       help="folder of <stem>.pts landmark files (default: beside the scans)")
+        _common(s)
+    s = sub.add_parser("manifest", help="a CSV or JSON list of pairs")
+    s.add_argument("manifest", type=Path, help="columns: target, coarse, landmarks, photo, "
+                                               "subject, id")
+    _common(s)
+    s = sub.add_parser("merge", help="join shard files into one")
+    s.add_argument("out", type=Path, help="merged output file")
+    s.add_argument("shards", type=Path, nargs="+", help="shard files")
+    s.add_argument("--seed", type=int, default=0, help="seed of the identity split (default: 0)")
+    s.add_argument("--test-fraction", type=float, default=1 / 3,
+                   help="fraction of identities in the test split (default: 1/3)")
+    s = sub.add_parser("inspect", help="print what a DCE pair file holds")
+    s.add_argument("file", type=Path)
+    s = sub.add_parser("preview", help="PNG grid of random pairs of a file")
+    s.add_argument("file", type=Path)
+    s.add_argument("-k", type=int, default=8, help="pairs shown (default: 8)")
+    s.add_argument("-o", "--out", type=Path, default=None, help="PNG (default: FILE.png)")
+    s.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def enumerate_pairs(args):
+    """(specs, coarse source) for the chosen input."""
+    from dce.geom import sources
+
+    coarse = sources.CoarseSource(model_path=args.model, coarse_dir=args.coarse_dir)
+    if args.command == "synthetic":
+        if not (args.world / "world.json").is_file():
+            from dce.geom.synthetic import generate_world
+            print(f"generating the synthetic world ({args.identities} identities) in {args.world}")
+            generate_world(args.world, identities=args.identities, seed=args.seed,
+                           workers=args.workers)
+        return sources.synthetic_world(args.world), coarse
+    if args.command == "frgc":
+        return sources.frgc_directory(args.root, landmarks_dir=args.landmarks_dir,
+                                      landmark_weights=args.landmark_weights), coarse
+    if args.command == "bosphorus":
+        return sources.bosphorus_directory(args.root, landmarks_dir=args.landmarks_dir,
+                                           landmark_weights=args.landmark_weights), coarse
+    return sources.manifest(args.manifest), coarse
+
+
+def build_pair(job):
+    """Worker: load, prepare and render one pair. Returns (pair_id, samples,
+    timings) or (pair_id, None, error text)."""
+    from dce.geom import dataset, sources
+
+    spec, coarse, config = job
+    try:
+        t0 = time.perf_counter()
+        pair = sources.load(spec, coarse)
+        t1 = time.perf_counter()
+        prepared = dataset.prepare_pair(pair, config)
+        t2 = time.perf_counter()
+        samples = dataset.pair_samples(pair.pair_id, pair.subject, *prepared, pair.landmarks_2d,
+                                       config, pair.source)
+        t3 = time.perf_counter()
+        return spec.pair_id, samples, {"load": t1 - t0, "geometry": t2 - t1, "render": t3 - t2}
+    except Exception as error:  # reported per sample; the build goes on
+        detail = str(error) or error.__class__.__name__
+        if not isinstance(error, (ValueError, OSError)):
+            detail += "\n" + traceback.format_exc(limit=3)
+        return spec.pair_id, None, detail
+
+
+def _init_worker():
+    # One BLAS thread per worker: the workers already use every core.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+
+def run_build(args) -> int:
+    from tqdm import tqdm
+
+    from dce.geom import store
+    from dce.geom.dataset import BuildConfig
+    from dce.geom.dce import resolve_channels
+
+    from dce.gan.h5format import PairFileError, validate
+
+    try:
+        shard = store.parse_shard(args.shard) if args.shard else None
+    except ValueError as error:
+        print(f"dce-build: {error}", file=sys.stderr)
+        return 2
+    config = BuildConfig(size=args.size, channels=args.channels, poses=args.poses,
+                         seed=args.seed, curvature=args.curvature)
+    t_start = time.perf_counter()
+    specs, coarse = enumerate_pairs(args)
+    if shard:
+        specs = [s for s in specs if store.shard_of(s.pair_id, *shard)]
+    out = args.out if not shard else args.out.with_name(
+        f"{args.out.stem}.shard{shard[0]}-of-{shard[1]}{args.out.suffix}")
+    record = {**config.to_dict(), "command": args.command}
+    if out.exists() and not Path(store.partial_path(out)).exists():
+        try:
+            if validate(out)["config"] == record:
+                print(f"dce-build: {out} is already built with this configuration; nothing to do")
+                return 0
+        except PairFileError:
+            pass  # not a finished file of ours: rebuilt below, replaced only at the end
+    channels = resolve_channels(config.channels)
+    writer = store.PairWriter(out, channels, config.size, config.size, record, shard=shard)
+    failures, stage_time, written = [], defaultdict(float), 0
+    with writer:
+        done = writer.done_ids()
+        todo = [s for s in specs
+                if any(f"{s.pair_id}/pose{k}" not in done for k in range(config.poses + 1))]
+        print(f"dce-build: {len(specs)} pairs, {len(specs) - len(todo)} already built, "
+              f"{len(todo)} to build with {args.workers} worker(s) -> {out}")
+        jobs = [(s, coarse, config) for s in todo]
+        bar = tqdm(total=len(jobs), unit="pair", dynamic_ncols=True, file=sys.stdout)
+        try:
+            if args.workers > 1 and len(jobs) > 1:
+                context = multiprocessing.get_context("spawn")
+                with context.Pool(args.workers, initializer=_init_worker) as pool:
+                    results = pool.imap_unordered(build_pair, jobs)
+                    written += _consume(results, writer, failures, stage_time, bar)
+            else:
+                written += _consume(map(build_pair, jobs), writer, failures, stage_time, bar)
+        except KeyboardInterrupt:
+            bar.close()
+            print(f"\ninterrupted: {written} new samples kept in {writer.partial}; rerun the "
+                  "same command to resume", file=sys.stderr)
+            return 130
+        bar.close()
+        summary = writer.finalize(seed=args.seed, test_fraction=args.test_fraction)
+    elapsed = time.perf_counter() - t_start
+    print(f"done: {written} new samples, {summary['n_samples']} in the file "
+          f"({summary['n_train']} train / {summary['n_test']} test), "
+          f"{len(failures)} pair(s) failed, {elapsed:.1f} s -> {out}")
+    if stage_time:
+        total = sum(stage_time.values())
+        print("time per stage (summed over workers): " + ", ".join(
+            f"{k} {v:.1f} s ({100 * v / total:.0f} %)" for k, v in stage_time.items()))
+    for pair_id, reason in failures:
+        print(f"FAILED {pair_id}: {reason}", file=sys.stderr)
+    if args.preview and shard is None:
+        png = store.preview_pairs(out, args.preview, out.with_suffix(".png"), seed=args.seed)
+        print(f"preview: {png}")
+    return 1 if failures else 0
+
+
+def _consume(results, writer, failures, stage_time, bar) -> int:
+    written = 0
+    for pair_id, samples, info in results:
+        if samples is None:
+            failures.append((pair_id, info))
+        else:
+            for sample in samples:
+                if not writer.has(sample.sample_id):
+                    writer.append(sample)
+                    written += 1
+            writer.commit()
+            for k, v in info.items():
+                stage_time[k] += v
+        bar.update(1)
+        bar.set_postfix(failed=len(failures))
+    return written
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from dce.geom import store
+
+    if args.command == "inspect":
+        from dce.gan.h5format import PairFileError, describe
+        try:
+            print(describe(args.file))
+        except PairFileError as error:
+            print(f"dce-build: {error}", file=sys.stderr)
+            return 2
+        return 0
+    if args.command == "preview":
+        print(store.preview_pairs(args.file, args.k, args.out or args.file.with_suffix(".png"),
+                                  seed=args.seed))
+        return 0
+    if args.command == "merge":
+        store.merge_shards(args.shards, args.out, seed=args.seed, test_fraction=args.test_fraction)
+        print(f"merged {len(args.shards)} shards -> {args.out}")
+        return 0
+    return run_build(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
