@@ -19,3 +19,4 @@ bench: install
 	$(PYTHON) benchmarks/curvature_speed.py
 	$(PYTHON) benchmarks/fit_speed.py
 	$(PYTHON) benchmarks/world_speed.py
+	$(PYTHON) benchmarks/build_throughput.py
