@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-from dataclasses import dataclass, field
 
 import h5py
 import numpy as np
@@ -19,30 +18,11 @@ from PIL import Image
 
 from dce.gan import h5format as fmt
 from dce.geom import store
+from dce.geom.dataset import Sample
 
 H, W = 24, 32  # deliberately not square: catches transposed images
 DCE = ("depth", "curvature", "elevation")
 CONFIG = {"source": "test", "poses": 2, "size": [H, W], "seed": 7}
-
-
-@dataclass
-class Sample:
-    sample_id: str
-    pair_id: str
-    subject: str
-    coarse: np.ndarray
-    target: np.ndarray
-    coarse_mask: np.ndarray
-    target_mask: np.ndarray
-    channels: tuple
-    coarse_offset: np.ndarray
-    coarse_scale: np.ndarray
-    target_offset: np.ndarray
-    target_scale: np.ndarray
-    pose: np.ndarray
-    coarse_camera: np.ndarray
-    target_camera: np.ndarray
-    source: dict = field(default_factory=dict)
 
 
 DEPTH_OFFSET, DEPTH_SCALE = 40.0, 50.0  # mm: physical = 40 + 50 * x
