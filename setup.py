@@ -43,6 +43,7 @@ setup(
             "dce-build=dce.cli.build:main",
             "dce-demo=dce.cli.demo:main",
             "dce-landmarks=dce.cli.landmarks:main",
+            "dce-train=dce.cli.train:main",
         ],
     },
     license="MIT",

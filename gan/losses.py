@@ -62,7 +62,7 @@ def discriminator_loss(d_real, d_fake, gp, drift: float = 0.0):
     drift_term = drift * d_real.pow(2).mean()
     loss = -wasserstein + gp + drift_term
     return loss, {"loss": loss.item(), "wasserstein": wasserstein.item(),
-                  "gp": float(gp), "drift": drift_term.item()}
+                  "gp": float(gp.detach()), "drift": drift_term.item()}
 
 
 def generator_loss(d_fake, fake, target, pixel_idx, kappa: float):

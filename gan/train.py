@@ -1,0 +1,282 @@
+"""Progressive training of the encoder-decoder conditional GAN (paper
+section 4 and 5.4), resumable exactly.
+
+One iteration = one discriminator step (WGAN-GP) and one generator step (L1
+on the pixel-loss channels + kappa x adversarial). The stage table
+(:func:`dce.gan.networks.paper_schedule`, or a preset) decides the
+resolution and the fade alpha of every iteration; the same alpha drives the
+generator's two ends, the discriminator and the real images.
+
+Exact resume: the batches of iteration i are a pure function of (seed, i)
+(epoch = i // batches per epoch, a seeded permutation per epoch, the
+augmentation seeded by epoch and sample), and checkpoints hold the weights,
+both optimizers, the grad scaler, the iteration and alpha, and every RNG.
+"""
+from __future__ import annotations
+
+import json
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from . import checkpoint as ckpt
+from .configs import get_config, kappa
+from .data import PairDataset, downsample, seed_worker
+from .losses import discriminator_loss, generator_loss, gradient_penalty
+from .networks import Discriminator, Generator, Stage, fade_reals, paper_schedule, stage_at
+
+PRESETS = {
+    # The paper: 10,000 iterations per resolution, 4 -> 256.
+    "paper": dict(iters_per_resolution=10000, end=256),
+    # A useful model on the built-in world in minutes on 2 CPU cores.
+    "cpu": dict(iters_per_resolution=400, end=32),
+    # Smoke runs and tests.
+    "tiny": dict(iters_per_resolution=20, end=16),
+}
+
+
+@dataclass
+class TrainSettings:
+    data: str
+    out: str
+    config: str = "DCE|D|DCE"
+    preset: str = "paper"
+    iters_per_resolution: Optional[int] = None  # overrides the preset
+    max_resolution: Optional[int] = None        # overrides the preset
+    batch_size: int = 4
+    lr: float = 1e-5
+    betas: tuple = (0.0, 0.99)
+    gp_lambda: float = 10.0
+    drift: float = 0.0
+    crop_pad: int = 16
+    equalized_lr: bool = False
+    seed: int = 0
+    device: str = "auto"
+    amp: str = "auto"            # "auto" (bf16 on CUDA if supported, else fp16), "bf16", "fp16", "off"
+    workers: int = 2
+    checkpoint_every: int = 500
+    log_every: int = 25
+    sample_every: int = 0        # 0: once per stage (at its end)
+    extra: dict = field(default_factory=dict)
+
+    def schedule(self) -> list:
+        options = dict(PRESETS[self.preset])
+        if self.iters_per_resolution is not None:
+            options["iters_per_resolution"] = self.iters_per_resolution
+        if self.max_resolution is not None:
+            options["end"] = self.max_resolution
+        return paper_schedule(**options)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} asked for, but torch sees no CUDA GPU "
+                           f"(torch {torch.__version__}, CUDA build: {torch.version.cuda})")
+    return device
+
+
+def amp_dtype(mode: str, device: torch.device):
+    """The autocast dtype, or None for full precision. Mixed precision is a
+    CUDA feature here; on CPU training runs in float32."""
+    if mode == "off" or device.type != "cuda":
+        return None
+    if mode == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[mode]
+
+
+class EpochSampler(Sampler):
+    """The sample order from a given (epoch, position): a permutation seeded
+    by (seed, epoch), so the batches of any iteration can be regenerated."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch, self.start = n, seed, 0, 0
+
+    def set_position(self, epoch: int, start: int) -> None:
+        self.epoch, self.start = epoch, start
+
+    def __iter__(self):
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+        return iter(order[self.start:].tolist())
+
+    def __len__(self):
+        return self.n - self.start
+
+
+class Trainer:
+    """Holds the networks, optimizers and data of one run."""
+
+    def __init__(self, settings: TrainSettings, log=print):
+        self.s = settings
+        self.log = log
+        self.out = Path(settings.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.device = pick_device(settings.device)
+        self.amp = amp_dtype(settings.amp, self.device)
+        self.cfg = get_config(settings.config)
+        self.kappa = kappa(self.cfg)
+        self.schedule: list[Stage] = settings.schedule()
+        self.total = sum(s.stable_iters + s.fade_iters for s in self.schedule)
+        torch.manual_seed(settings.seed)
+        self.data = PairDataset(settings.data, "train", self.cfg.generator_in,
+                                self.cfg.generator_out, augment=settings.crop_pad > 0,
+                                crop_pad=settings.crop_pad, seed=settings.seed)
+        if len(self.data) < settings.batch_size:
+            raise ValueError(f"{settings.data}: {len(self.data)} training samples, fewer than "
+                             f"one batch of {settings.batch_size}")
+        self.batches_per_epoch = len(self.data) // settings.batch_size
+        self.sampler = EpochSampler(len(self.data), settings.seed)
+        self.loader = DataLoader(self.data, settings.batch_size, sampler=self.sampler,
+                                 num_workers=settings.workers, worker_init_fn=seed_worker,
+                                 drop_last=True, persistent_workers=settings.workers > 0,
+                                 pin_memory=self.device.type == "cuda",
+                                 # Its own generator: creating an iterator must not draw
+                                 # from the global RNG that the training step uses.
+                                 generator=torch.Generator().manual_seed(settings.seed))
+        top = self.schedule[-1].resolution
+        self.G = Generator(len(self.cfg.generator_in), len(self.cfg.generator_out), top,
+                           settings.equalized_lr).to(self.device)
+        self.D = Discriminator(self.cfg.discriminator_channels, top,
+                               settings.equalized_lr).to(self.device)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+            self.G = self.G.to(memory_format=torch.channels_last)
+            self.D = self.D.to(memory_format=torch.channels_last)
+        self.opt_g = torch.optim.Adam(self.G.parameters(), settings.lr, betas=settings.betas)
+        self.opt_d = torch.optim.Adam(self.D.parameters(), settings.lr, betas=settings.betas)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16)
+        self.iteration = 0
+        self.interrupted = False
+
+    # ------------------------------------------------------------ state
+    def state(self) -> dict:
+        stage, alpha = stage_at(self.schedule, self.iteration)
+        return {"iteration": self.iteration, "stage": stage, "alpha": alpha,
+                "resolution": self.schedule[stage].resolution,
+                "settings": asdict(self.s), "G": self.G.state_dict(), "D": self.D.state_dict(),
+                "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
+                "scaler": self.scaler.state_dict(), "rng": ckpt.rng_state()}
+
+    def save(self, name: str = "last.pt") -> Path:
+        return ckpt.save_checkpoint(self.out / name, self.state())
+
+    def resume(self, path) -> None:
+        state = ckpt.load_checkpoint(path, map_location=self.device)
+        mine, theirs = asdict(self.s), dict(state["settings"])
+        for key in ("config", "preset", "iters_per_resolution", "max_resolution", "batch_size",
+                    "seed", "equalized_lr"):
+            if mine[key] != theirs.get(key):
+                raise ValueError(f"{path}: trained with {key}={theirs.get(key)!r}, now "
+                                 f"{mine[key]!r}; start a new run folder to change it")
+        self.G.load_state_dict(state["G"])
+        self.D.load_state_dict(state["D"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        self.scaler.load_state_dict(state["scaler"])
+        ckpt.set_rng_state(state["rng"])
+        self.iteration = int(state["iteration"])
+
+    # ------------------------------------------------------------ steps
+    def batches(self):
+        """(iteration, batch) from the current iteration on, forever."""
+        while True:
+            epoch, k = divmod(self.iteration, self.batches_per_epoch)
+            self.sampler.set_position(epoch, k * self.s.batch_size)
+            self.data.set_epoch(epoch)
+            for batch in self.loader:
+                yield batch
+                if self.iteration % self.batches_per_epoch == 0:
+                    break  # the epoch is over: reseed the order and the augmentation
+
+    def step(self, batch) -> dict:
+        stage, alpha = stage_at(self.schedule, self.iteration)
+        r = self.schedule[stage].resolution
+        cfg, dev = self.cfg, self.device
+        x = downsample(batch["coarse"], r).to(dev, non_blocking=True)
+        y = downsample(batch["target"], r).to(dev, non_blocking=True)
+        condition = x[:, list(cfg.condition_idx)]
+        real = fade_reals(y[:, list(cfg.discriminator_idx)], alpha)
+
+        def critic(c, image):
+            return self.D(torch.cat([c, image], dim=1), r, alpha)
+
+        autocast = torch.autocast(dev.type, dtype=self.amp, enabled=self.amp is not None)
+        # Discriminator.
+        with autocast:
+            fake = self.G(x, r, alpha)
+            d_real = critic(condition, real)
+            d_fake = critic(condition, fake.detach()[:, list(cfg.discriminator_idx)])
+        gp = gradient_penalty(critic, real.float(), fake.detach()[:, list(cfg.discriminator_idx)]
+                              .float(), condition.float(), self.s.gp_lambda)
+        d_loss, d_parts = discriminator_loss(d_real.float(), d_fake.float(), gp, self.s.drift)
+        self.opt_d.zero_grad(set_to_none=True)
+        self.scaler.scale(d_loss).backward()
+        self.scaler.step(self.opt_d)
+        # Generator.
+        with autocast:
+            d_fake = critic(condition, fake[:, list(cfg.discriminator_idx)])
+        g_loss, g_parts = generator_loss(d_fake.float(), fake.float(), y.float(),
+                                         list(cfg.pixel_idx), self.kappa)
+        self.opt_g.zero_grad(set_to_none=True)
+        self.scaler.scale(g_loss).backward()
+        self.scaler.step(self.opt_g)
+        self.scaler.update()
+        self.iteration += 1
+        return {"iteration": self.iteration, "resolution": r, "alpha": alpha,
+                **{f"d_{k}": float(v) for k, v in d_parts.items()},
+                **{f"g_{k}": float(v) for k, v in g_parts.items()}}
+
+    # ------------------------------------------------------------ loop
+    def train(self, until: Optional[int] = None) -> dict:
+        """Train to iteration ``until`` (default: the end of the schedule),
+        checkpointing every ``checkpoint_every`` iterations, at each stage's
+        end, on Ctrl-C / SIGTERM and at the end."""
+        until = self.total if until is None else min(until, self.total)
+        log_path = self.out / "log.jsonl"
+        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+        def stop(signum, frame):
+            self.interrupted = True
+
+        for s in previous:
+            signal.signal(s, stop)
+        record, t0, start = {}, time.perf_counter(), self.iteration
+        try:
+            with open(log_path, "a", encoding="utf-8") as log_file:
+                for batch in self.batches():
+                    if self.iteration >= until or self.interrupted:
+                        break
+                    stage_before = stage_at(self.schedule, self.iteration)[0]
+                    record = self.step(batch)
+                    done = self.iteration - start
+                    rate = done * self.s.batch_size / max(time.perf_counter() - t0, 1e-9)
+                    record["images_per_s"] = rate
+                    if self.iteration % self.s.log_every == 0 or self.iteration == until:
+                        log_file.write(json.dumps(record) + "\n")
+                        log_file.flush()
+                        eta = (until - self.iteration) * self.s.batch_size / max(rate, 1e-9)
+                        self.log(f"it {self.iteration}/{until}  {record['resolution']}px "
+                                 f"alpha {record['alpha']:.2f}  D {record['d_loss']:+.3f}  "
+                                 f"G pixel {record['g_pixel']:.4f} adv {record['g_adversarial']:+.3f}"
+                                 f"  {rate:.1f} img/s  ETA {eta / 60:.1f} min")
+                    stage_after = stage_at(self.schedule, self.iteration)[0]
+                    if (self.iteration % self.s.checkpoint_every == 0
+                            or stage_after != stage_before):
+                        self.save()
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+            self.save()
+        if self.interrupted:
+            self.log(f"interrupted at iteration {self.iteration}; checkpoint "
+                     f"{self.out / 'last.pt'} — rerun with --resume to continue")
+        return record
