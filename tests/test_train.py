@@ -50,3 +50,15 @@ def test_stopped_and_resumed_run_equals_an_uninterrupted_one(pairs, tmp_path):
         a, b = getattr(whole, name).state_dict(), getattr(second, name).state_dict()
         for key in a:
             torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+
+def test_pixel_loss_falls_tenfold_when_overfitting(pairs, tmp_path):
+    trainer = Trainer(settings(pairs, tmp_path, iters_per_resolution=500, max_resolution=4,
+                               crop_pad=0, lr=3e-3), log=lambda *a: None)
+    losses = []
+    for batch in trainer.batches():
+        if trainer.iteration >= trainer.total:
+            break
+        losses.append(trainer.step(batch)["g_pixel"])
+    early, late = np.mean(losses[:10]), np.mean(losses[-10:])
+    assert late < early / 10, (early, late)
