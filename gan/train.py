@@ -62,7 +62,6 @@ class TrainSettings:
     workers: int = 2
     checkpoint_every: int = 500
     log_every: int = 25
-    sample_every: int = 0        # 0: once per stage (at its end)
     extra: dict = field(default_factory=dict)
 
     def schedule(self) -> list:
@@ -235,6 +234,37 @@ class Trainer:
                 **{f"d_{k}": float(v) for k, v in d_parts.items()},
                 **{f"g_{k}": float(v) for k, v in g_parts.items()}}
 
+    def write_samples(self, count: int = 4) -> Path:
+        """PNG grid of the first ``count`` training samples at the current
+        stage: one row per sample; per generated channel, coarse | refined |
+        target side by side. Uses no random numbers (resume stays exact)."""
+        from PIL import Image
+
+        stage, alpha = stage_at(self.schedule, max(self.iteration - 1, 0))
+        r = self.schedule[stage].resolution
+        items = [self.data[i] for i in range(min(count, len(self.data)))]
+        x = downsample(torch.stack([it["coarse"] for it in items]), r).to(self.device)
+        y = downsample(torch.stack([it["target"] for it in items]), r)
+        with torch.no_grad():
+            fake = self.G(x, r, alpha).float().cpu()
+        coarse = x.cpu()
+        rows = []
+        for n in range(len(items)):
+            tiles = []
+            for c, name in enumerate(self.cfg.generator_out):
+                source = coarse[n, self.cfg.generator_in.index(name)]
+                tiles += [source, fake[n, c], y[n, c]]
+            rows.append(torch.cat([torch.nn.functional.pad(t, (1, 1, 1, 1), value=-1.0)
+                                   for t in tiles], dim=1))
+        grid = ((torch.cat(rows, dim=0).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        scale = max(1, 256 // r)
+        picture = Image.fromarray(grid.numpy()).resize(
+            (grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST)
+        path = self.out / "samples" / f"it{self.iteration:07d}_{r}px.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        picture.save(path)
+        return path
+
     # ------------------------------------------------------------ loop
     def train(self, until: Optional[int] = None) -> dict:
         """Train to iteration ``until`` (default: the end of the schedule),
@@ -269,6 +299,8 @@ class Trainer:
                                  f"G pixel {record['g_pixel']:.4f} adv {record['g_adversarial']:+.3f}"
                                  f"  {rate:.1f} img/s  ETA {eta / 60:.1f} min")
                     stage_after = stage_at(self.schedule, self.iteration)[0]
+                    if stage_after != stage_before or self.iteration == self.total:
+                        self.log(f"samples: {self.write_samples()}")
                     if (self.iteration % self.s.checkpoint_every == 0
                             or stage_after != stage_before):
                         self.save()

@@ -62,3 +62,18 @@ def test_pixel_loss_falls_tenfold_when_overfitting(pairs, tmp_path):
         losses.append(trainer.step(batch)["g_pixel"])
     early, late = np.mean(losses[:10]), np.mean(losses[-10:])
     assert late < early / 10, (early, late)
+
+
+def test_sample_grids_are_written_per_stage(pairs, tmp_path):
+    from PIL import Image
+
+    trainer = Trainer(settings(pairs, tmp_path, iters_per_resolution=2, max_resolution=8),
+                      log=lambda *a: None)
+    trainer.train()
+    grids = sorted((tmp_path / "samples").glob("*.png"))
+    assert [g.name for g in grids] == ["it0000002_4px.png", "it0000004_8px.png"]
+    # Up to 4 samples x (8 px + 2 border) rows, 3 channels x (coarse, refined, target)
+    # tiles, scaled by 256 / 8.
+    rows = min(4, len(trainer.data))
+    picture = np.asarray(Image.open(grids[1]))
+    assert picture.shape == (rows * 10 * 32, 9 * 10 * 32)
