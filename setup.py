@@ -42,6 +42,7 @@ setup(
         "console_scripts": [
             "dce-build=dce.cli.build:main",
             "dce-demo=dce.cli.demo:main",
+            "dce-eval=dce.cli.evaluate:main",
             "dce-landmarks=dce.cli.landmarks:main",
             "dce-train=dce.cli.train:main",
         ],

@@ -77,3 +77,35 @@ def test_sample_grids_are_written_per_stage(pairs, tmp_path):
     rows = min(4, len(trainer.data))
     picture = np.asarray(Image.open(grids[1]))
     assert picture.shape == (rows * 10 * 32, 9 * 10 * 32)
+
+
+def test_eq4_mae_hand_computed():
+    from dce.gan.evaluate import image_mae
+
+    target = torch.full((1, 2, 3), -1.0)
+    target[0, 0, :2] = torch.tensor([0.0, 0.5])
+    prediction = torch.full((1, 2, 3), -1.0)
+    prediction[0, 0, 1:] = torch.tensor([0.25, 0.0])
+    # Foreground of either: (0,0), (0,1), (0,2); errors 1.0, 0.25, 1.0.
+    torch.testing.assert_close(image_mae(prediction, target), torch.tensor([0.75]))
+    torch.testing.assert_close(image_mae(target, target), torch.tensor([0.0]))
+
+
+def test_dce_eval_writes_table_and_heatmaps(pairs, tmp_path):
+    from PIL import Image
+
+    from dce.cli.evaluate import main
+
+    trainer = Trainer(settings(pairs, tmp_path / "run", iters_per_resolution=2, max_resolution=8),
+                      log=lambda *a: None)
+    trainer.train()
+    code = main([str(pairs), str(tmp_path / "run" / "last.pt"), "-o", str(tmp_path / "eval"),
+                 "--heatmaps", "2"])
+    assert code == 0
+    table = (tmp_path / "eval" / "mae.md").read_text()
+    assert "coarse input" in table and "refined" in table and "mm" in table
+    rows = (tmp_path / "eval" / "mae.csv").read_text().splitlines()
+    assert rows[0].startswith("model,images,mae_norm_mean") and len(rows) == 3
+    heat = sorted((tmp_path / "eval" / "heatmaps").glob("*.png"))
+    assert len(heat) == 2
+    assert np.asarray(Image.open(heat[0])).shape == (12 * 32, 24 * 32, 3)
