@@ -20,3 +20,5 @@ bench: install
 	$(PYTHON) benchmarks/fit_speed.py
 	$(PYTHON) benchmarks/world_speed.py
 	$(PYTHON) benchmarks/build_throughput.py
+	$(PYTHON) benchmarks/train_throughput.py
+	$(PYTHON) benchmarks/loader_throughput.py
