@@ -27,6 +27,10 @@ def parse_args(argv=None):
     p.add_argument("--config", default=DEFAULT_CONFIG, choices=sorted(CONFIGS),
                    help=f"Generator|Discriminator|Pixel-loss channels (default: {DEFAULT_CONFIG}, "
                         "the paper's choice)")
+    p.add_argument("--model", default="progressive", choices=["progressive", "pix2pix"],
+                   help="the paper's progressive encoder-decoder, or the pix2pix baseline "
+                        "(U-Net + 70x70 PatchGAN, L1 weight 100, no growing: one stage at the "
+                        "last resolution with the same iteration budget) (default: progressive)")
     p.add_argument("--preset", default="paper", choices=sorted(PRESETS),
                    help="growing schedule (default: paper)")
     p.add_argument("--iters-per-resolution", type=int, default=None,
@@ -34,7 +38,8 @@ def parse_args(argv=None):
     p.add_argument("--max-resolution", type=int, default=None,
                    help="override the preset's last resolution (4 ... 256)")
     p.add_argument("--batch-size", type=int, default=4, help="batch size (default: 4, paper)")
-    p.add_argument("--lr", type=float, default=1e-5, help="Adam learning rate (default: 1e-5, paper)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="Adam learning rate (default: 1e-5, the paper's; 2e-4 for pix2pix)")
     p.add_argument("--gp-lambda", type=float, default=10.0,
                    help="gradient-penalty weight (default: 10)")
     p.add_argument("--drift", type=float, default=0.0,
@@ -64,7 +69,8 @@ def main(argv=None) -> int:
     from dce.gan.train import Trainer, TrainSettings
 
     settings = TrainSettings(
-        data=str(args.data), out=str(args.out), config=args.config, preset=args.preset,
+        data=str(args.data), out=str(args.out), config=args.config, model=args.model,
+        preset=args.preset,
         iters_per_resolution=args.iters_per_resolution, max_resolution=args.max_resolution,
         batch_size=args.batch_size, lr=args.lr, gp_lambda=args.gp_lambda, drift=args.drift,
         crop_pad=args.crop_pad, equalized_lr=args.equalized_lr, seed=args.seed,

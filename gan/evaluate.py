@@ -21,8 +21,8 @@ import torch
 from .checkpoint import load_checkpoint
 from .configs import get_config
 from .data import PairDataset, downsample
-from .networks import Generator, stage_at
-from .train import TrainSettings
+from .networks import stage_at
+from .train import TrainSettings, build_networks, generate
 
 BACKGROUND = -1.0
 
@@ -62,8 +62,7 @@ def load_generator(checkpoint, device="cpu"):
                                 if k in TrainSettings.__dataclass_fields__})
     cfg = get_config(settings.config)
     schedule = settings.schedule()
-    G = Generator(len(cfg.generator_in), len(cfg.generator_out), schedule[-1].resolution,
-                  settings.equalized_lr)
+    G, _ = build_networks(settings, cfg, schedule[-1].resolution)
     G.load_state_dict(state["G"])
     stage, alpha = stage_at(schedule, max(int(state["iteration"]) - 1, 0))
     return G.to(device).eval(), settings, schedule[stage].resolution, alpha
@@ -83,7 +82,7 @@ def evaluate(checkpoint, data, split: str = "test", batch_size: int = 8, device:
         for batch in loader:
             x = downsample(batch["coarse"], r).to(device)
             y = downsample(batch["target"], r)[:, depth_out]
-            refined = G(x, r, alpha).float().cpu()[:, depth_out]
+            refined = generate(G, settings.model, x, r, alpha).float().cpu()[:, depth_out]
             coarse = x.cpu()[:, depth_in]
             mm = batch["target_scale"][:, depth_out].abs().float()
             for name, prediction in (("coarse", coarse), ("refined", refined)):

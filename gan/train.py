@@ -15,6 +15,7 @@ both optimizers, the grad scaler, the iteration and alpha, and every RNG.
 from __future__ import annotations
 
 import json
+import math
 import signal
 import time
 from dataclasses import asdict, dataclass, field
@@ -30,6 +31,13 @@ from .configs import get_config, kappa
 from .data import PairDataset, downsample, seed_worker
 from .losses import discriminator_loss, generator_loss, gradient_penalty
 from .networks import Discriminator, Generator, Stage, fade_reals, paper_schedule, stage_at
+from .pix2pix import (PatchDiscriminator, UnetGenerator, init_weights, pix2pix_discriminator_loss,
+                      pix2pix_generator_loss)
+
+MODELS = ("progressive", "pix2pix")
+# Optimizer defaults: the paper's for the progressive GAN, pix2pix's own.
+DEFAULT_LR = {"progressive": 1e-5, "pix2pix": 2e-4}
+DEFAULT_BETAS = {"progressive": (0.0, 0.99), "pix2pix": (0.5, 0.999)}
 
 PRESETS = {
     # The paper: 10,000 iterations per resolution, 4 -> 256.
@@ -46,12 +54,13 @@ class TrainSettings:
     data: str
     out: str
     config: str = "DCE|D|DCE"
+    model: str = "progressive"   # or "pix2pix", the paper's baseline
     preset: str = "paper"
     iters_per_resolution: Optional[int] = None  # overrides the preset
     max_resolution: Optional[int] = None        # overrides the preset
     batch_size: int = 4
-    lr: float = 1e-5
-    betas: tuple = (0.0, 0.99)
+    lr: Optional[float] = None      # None: DEFAULT_LR of the model
+    betas: Optional[tuple] = None
     gp_lambda: float = 10.0
     drift: float = 0.0
     crop_pad: int = 16
@@ -65,12 +74,19 @@ class TrainSettings:
     extra: dict = field(default_factory=dict)
 
     def schedule(self) -> list:
+        """The stage table. pix2pix does not grow: one stage at the last
+        resolution with the progressive run's whole iteration budget, so both
+        see the same number of iterations."""
         options = dict(PRESETS[self.preset])
         if self.iters_per_resolution is not None:
             options["iters_per_resolution"] = self.iters_per_resolution
         if self.max_resolution is not None:
             options["end"] = self.max_resolution
-        return paper_schedule(**options)
+        stages = paper_schedule(**options)
+        if self.model == "pix2pix":
+            total = sum(s.stable_iters + s.fade_iters for s in stages)
+            return [Stage(stages[-1].resolution, total, 0)]
+        return stages
 
 
 def pick_device(name: str) -> torch.device:
@@ -141,17 +157,18 @@ class Trainer:
                                  # Its own generator: creating an iterator must not draw
                                  # from the global RNG that the training step uses.
                                  generator=torch.Generator().manual_seed(settings.seed))
-        top = self.schedule[-1].resolution
-        self.G = Generator(len(self.cfg.generator_in), len(self.cfg.generator_out), top,
-                           settings.equalized_lr).to(self.device)
-        self.D = Discriminator(self.cfg.discriminator_channels, top,
-                               settings.equalized_lr).to(self.device)
+        if settings.model not in MODELS:
+            raise ValueError(f"model must be one of {MODELS}, got {settings.model!r}")
+        self.G, self.D = build_networks(settings, self.cfg, self.schedule[-1].resolution)
+        self.G, self.D = self.G.to(self.device), self.D.to(self.device)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
             self.G = self.G.to(memory_format=torch.channels_last)
             self.D = self.D.to(memory_format=torch.channels_last)
-        self.opt_g = torch.optim.Adam(self.G.parameters(), settings.lr, betas=settings.betas)
-        self.opt_d = torch.optim.Adam(self.D.parameters(), settings.lr, betas=settings.betas)
+        lr = settings.lr or DEFAULT_LR[settings.model]
+        betas = tuple(settings.betas or DEFAULT_BETAS[settings.model])
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr, betas=betas)
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr, betas=betas)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16)
         self.iteration = 0
         self.interrupted = False
@@ -171,8 +188,8 @@ class Trainer:
     def resume(self, path) -> None:
         state = ckpt.load_checkpoint(path, map_location=self.device)
         mine, theirs = asdict(self.s), dict(state["settings"])
-        for key in ("config", "preset", "iters_per_resolution", "max_resolution", "batch_size",
-                    "seed", "equalized_lr"):
+        for key in ("config", "model", "preset", "iters_per_resolution", "max_resolution",
+                    "batch_size", "seed", "equalized_lr"):
             if mine[key] != theirs.get(key):
                 raise ValueError(f"{path}: trained with {key}={theirs.get(key)!r}, now "
                                  f"{mine[key]!r}; start a new run folder to change it")
@@ -205,6 +222,9 @@ class Trainer:
         condition = x[:, list(cfg.condition_idx)]
         real = fade_reals(y[:, list(cfg.discriminator_idx)], alpha)
 
+        if self.s.model == "pix2pix":
+            return self._pix2pix_step(x, y, condition, r)
+
         def critic(c, image):
             return self.D(torch.cat([c, image], dim=1), r, alpha)
 
@@ -234,6 +254,30 @@ class Trainer:
                 **{f"d_{k}": float(v) for k, v in d_parts.items()},
                 **{f"g_{k}": float(v) for k, v in g_parts.items()}}
 
+    def _pix2pix_step(self, x, y, condition, r) -> dict:
+        cfg, d_idx = self.cfg, list(self.cfg.discriminator_idx)
+        autocast = torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None)
+        with autocast:
+            fake = self.G(x)
+            d_real = self.D(condition, y[:, d_idx])
+            d_fake = self.D(condition, fake.detach()[:, d_idx])
+        d_loss, d_parts = pix2pix_discriminator_loss(d_real.float(), d_fake.float())
+        self.opt_d.zero_grad(set_to_none=True)
+        self.scaler.scale(d_loss).backward()
+        self.scaler.step(self.opt_d)
+        with autocast:
+            d_fake = self.D(condition, fake[:, d_idx])
+        g_loss, g_parts = pix2pix_generator_loss(d_fake.float(), fake.float(), y.float(),
+                                                 list(cfg.pixel_idx))
+        self.opt_g.zero_grad(set_to_none=True)
+        self.scaler.scale(g_loss).backward()
+        self.scaler.step(self.opt_g)
+        self.scaler.update()
+        self.iteration += 1
+        return {"iteration": self.iteration, "resolution": r, "alpha": 1.0,
+                **{f"d_{k}": float(v) for k, v in d_parts.items()},
+                **{f"g_{k}": float(v) for k, v in g_parts.items()}}
+
     def write_samples(self, count: int = 4) -> Path:
         """PNG grid of the first ``count`` training samples at the current
         stage: one row per sample; per generated channel, coarse | refined |
@@ -246,7 +290,7 @@ class Trainer:
         x = downsample(torch.stack([it["coarse"] for it in items]), r).to(self.device)
         y = downsample(torch.stack([it["target"] for it in items]), r)
         with torch.no_grad():
-            fake = self.G(x, r, alpha).float().cpu()
+            fake = generate(self.G, self.s.model, x, r, alpha).float().cpu()
         coarse = x.cpu()
         rows = []
         for n in range(len(items)):
@@ -312,3 +356,25 @@ class Trainer:
             self.log(f"interrupted at iteration {self.iteration}; checkpoint "
                      f"{self.out / 'last.pt'} — rerun with --resume to continue")
         return record
+
+
+def build_networks(settings: TrainSettings, cfg, resolution: int) -> tuple:
+    """(generator, discriminator) of ``settings.model`` for images up to
+    ``resolution``."""
+    if settings.model == "pix2pix":
+        downs = int(round(math.log2(resolution)))
+        if 2 ** downs != resolution or downs < 5:
+            raise ValueError(f"pix2pix needs a power-of-two resolution >= 32, got {resolution}")
+        G = UnetGenerator(len(cfg.generator_in), len(cfg.generator_out), num_downs=downs)
+        D = PatchDiscriminator(cfg.discriminator_channels)
+        init_weights(G)
+        init_weights(D)
+        return G, D
+    return (Generator(len(cfg.generator_in), len(cfg.generator_out), resolution,
+                      settings.equalized_lr),
+            Discriminator(cfg.discriminator_channels, resolution, settings.equalized_lr))
+
+
+def generate(G, model: str, x, resolution: int, alpha: float):
+    """The generator's output for (N, C, r, r) inputs, either model."""
+    return G(x) if model == "pix2pix" else G(x, resolution, alpha)

@@ -109,3 +109,16 @@ def test_dce_eval_writes_table_and_heatmaps(pairs, tmp_path):
     heat = sorted((tmp_path / "eval" / "heatmaps").glob("*.png"))
     assert len(heat) == 2
     assert np.asarray(Image.open(heat[0])).shape == (12 * 32, 24 * 32, 3)
+
+
+def test_pix2pix_baseline_trains_and_evaluates(pairs, tmp_path):
+    from dce.gan.evaluate import evaluate
+
+    s = settings(pairs, tmp_path, model="pix2pix", config="DCE|D|D", iters_per_resolution=1,
+                 max_resolution=32, lr=None)
+    trainer = Trainer(s, log=lambda *a: None)
+    assert [(st.resolution, st.stable_iters) for st in trainer.schedule] == [(32, 4)]
+    trainer.train()
+    assert trainer.iteration == 4
+    scores, _, info = evaluate(tmp_path / "last.pt", pairs)
+    assert info["resolution"] == 32 and np.isfinite(scores.refined_mm).all()
