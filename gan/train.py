@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import time
 from dataclasses import asdict, dataclass, field
@@ -111,20 +112,44 @@ def amp_dtype(mode: str, device: torch.device):
 
 class EpochSampler(Sampler):
     """The sample order from a given (epoch, position): a permutation seeded
-    by (seed, epoch), so the batches of any iteration can be regenerated."""
+    by (seed, epoch), so the batches of any iteration can be regenerated.
+    Under DDP each of ``world`` ranks takes every world-th sample of it."""
 
-    def __init__(self, n: int, seed: int):
-        self.n, self.seed, self.epoch, self.start = n, seed, 0, 0
+    def __init__(self, n: int, seed: int, rank: int = 0, world: int = 1):
+        self.n, self.seed, self.rank, self.world = n, seed, rank, world
+        self.epoch = self.start = 0
+
+    @property
+    def per_rank(self) -> int:
+        return self.n // self.world
 
     def set_position(self, epoch: int, start: int) -> None:
         self.epoch, self.start = epoch, start
 
     def __iter__(self):
         order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
-        return iter(order[self.start:].tolist())
+        mine = order[self.rank::self.world][:self.per_rank]
+        return iter(mine[self.start:].tolist())
 
     def __len__(self):
-        return self.n - self.start
+        return self.per_rank - self.start
+
+
+def init_distributed(device: torch.device) -> tuple:
+    """(rank, world size, device) under torchrun (WORLD_SIZE > 1): joins the
+    process group (NCCL on CUDA, gloo on CPU) and gives each rank its GPU."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, device
+    import torch.distributed as dist
+
+    if device.type == "cuda":
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size(), device
 
 
 class Trainer:
@@ -132,10 +157,10 @@ class Trainer:
 
     def __init__(self, settings: TrainSettings, log=print):
         self.s = settings
-        self.log = log
+        self.rank, self.world, self.device = init_distributed(pick_device(settings.device))
+        self.log = log if self.rank == 0 else (lambda *a, **k: None)
         self.out = Path(settings.out)
         self.out.mkdir(parents=True, exist_ok=True)
-        self.device = pick_device(settings.device)
         self.amp = amp_dtype(settings.amp, self.device)
         self.cfg = get_config(settings.config)
         self.kappa = kappa(self.cfg)
@@ -145,11 +170,11 @@ class Trainer:
         self.data = PairDataset(settings.data, "train", self.cfg.generator_in,
                                 self.cfg.generator_out, augment=settings.crop_pad > 0,
                                 crop_pad=settings.crop_pad, seed=settings.seed)
-        if len(self.data) < settings.batch_size:
+        self.sampler = EpochSampler(len(self.data), settings.seed, self.rank, self.world)
+        if self.sampler.per_rank < settings.batch_size:
             raise ValueError(f"{settings.data}: {len(self.data)} training samples, fewer than "
-                             f"one batch of {settings.batch_size}")
-        self.batches_per_epoch = len(self.data) // settings.batch_size
-        self.sampler = EpochSampler(len(self.data), settings.seed)
+                             f"one batch of {settings.batch_size} per process ({self.world})")
+        self.batches_per_epoch = self.sampler.per_rank // settings.batch_size
         self.loader = DataLoader(self.data, settings.batch_size, sampler=self.sampler,
                                  num_workers=settings.workers, worker_init_fn=seed_worker,
                                  drop_last=True, persistent_workers=settings.workers > 0,
@@ -170,6 +195,16 @@ class Trainer:
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr, betas=betas)
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr, betas=betas)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16)
+        # Training goes through these; under DDP they synchronize gradients.
+        # The stages not being trained leave parameters unused, hence
+        # find_unused_parameters. self.G / self.D stay the bare modules.
+        self.G_train, self.D_train = self.G, self.D
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.G_train = DDP(self.G, device_ids=ids, find_unused_parameters=True)
+            self.D_train = DDP(self.D, device_ids=ids, find_unused_parameters=True)
         self.iteration = 0
         self.interrupted = False
 
@@ -183,7 +218,10 @@ class Trainer:
                 "scaler": self.scaler.state_dict(), "rng": ckpt.rng_state()}
 
     def save(self, name: str = "last.pt") -> Path:
-        return ckpt.save_checkpoint(self.out / name, self.state())
+        """Rank 0 writes; every rank holds the same weights under DDP."""
+        if self.rank == 0:
+            ckpt.save_checkpoint(self.out / name, self.state())
+        return self.out / name
 
     def resume(self, path) -> None:
         state = ckpt.load_checkpoint(path, map_location=self.device)
@@ -225,28 +263,33 @@ class Trainer:
         if self.s.model == "pix2pix":
             return self._pix2pix_step(x, y, condition, r)
 
-        def critic(c, image):
+        def critic(c, image):  # the bare module: no DDP hooks in the penalty's double backward
             return self.D(torch.cat([c, image], dim=1), r, alpha)
 
         autocast = torch.autocast(dev.type, dtype=self.amp, enabled=self.amp is not None)
-        # Discriminator.
+        d_idx = list(cfg.discriminator_idx)
+        # Discriminator: real and fake in one forward, so DDP sees one call.
         with autocast:
-            fake = self.G(x, r, alpha)
-            d_real = critic(condition, real)
-            d_fake = critic(condition, fake.detach()[:, list(cfg.discriminator_idx)])
-        gp = gradient_penalty(critic, real.float(), fake.detach()[:, list(cfg.discriminator_idx)]
-                              .float(), condition.float(), self.s.gp_lambda)
+            fake = self.G_train(x, r, alpha)
+            both = torch.cat([torch.cat([condition, real], 1),
+                              torch.cat([condition, fake.detach()[:, d_idx]], 1)])
+            d_real, d_fake = self.D_train(both, r, alpha).chunk(2)
+        gp = gradient_penalty(critic, real.float(), fake.detach()[:, d_idx].float(),
+                              condition.float(), self.s.gp_lambda)
         d_loss, d_parts = discriminator_loss(d_real.float(), d_fake.float(), gp, self.s.drift)
         self.opt_d.zero_grad(set_to_none=True)
         self.scaler.scale(d_loss).backward()
         self.scaler.step(self.opt_d)
-        # Generator.
+        # Generator. D is frozen meanwhile: no wasted gradients, and under DDP
+        # no gradient hooks of D firing outside D's own backward.
+        self.D.requires_grad_(False)
         with autocast:
-            d_fake = critic(condition, fake[:, list(cfg.discriminator_idx)])
+            d_fake = critic(condition, fake[:, d_idx])
         g_loss, g_parts = generator_loss(d_fake.float(), fake.float(), y.float(),
                                          list(cfg.pixel_idx), self.kappa)
         self.opt_g.zero_grad(set_to_none=True)
         self.scaler.scale(g_loss).backward()
+        self.D.requires_grad_(True)
         self.scaler.step(self.opt_g)
         self.scaler.update()
         self.iteration += 1
@@ -257,20 +300,25 @@ class Trainer:
     def _pix2pix_step(self, x, y, condition, r) -> dict:
         cfg, d_idx = self.cfg, list(self.cfg.discriminator_idx)
         autocast = torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None)
+        # Real and fake share one PatchGAN forward (one DDP call); its batch norm
+        # then normalizes over both halves together.
         with autocast:
-            fake = self.G(x)
-            d_real = self.D(condition, y[:, d_idx])
-            d_fake = self.D(condition, fake.detach()[:, d_idx])
+            fake = self.G_train(x)
+            d_real, d_fake = self.D_train(torch.cat([condition, condition]),
+                                          torch.cat([y[:, d_idx], fake.detach()[:, d_idx]])
+                                          ).chunk(2)
         d_loss, d_parts = pix2pix_discriminator_loss(d_real.float(), d_fake.float())
         self.opt_d.zero_grad(set_to_none=True)
         self.scaler.scale(d_loss).backward()
         self.scaler.step(self.opt_d)
+        self.D.requires_grad_(False)
         with autocast:
             d_fake = self.D(condition, fake[:, d_idx])
         g_loss, g_parts = pix2pix_generator_loss(d_fake.float(), fake.float(), y.float(),
                                                  list(cfg.pixel_idx))
         self.opt_g.zero_grad(set_to_none=True)
         self.scaler.scale(g_loss).backward()
+        self.D.requires_grad_(True)
         self.scaler.step(self.opt_g)
         self.scaler.update()
         self.iteration += 1
@@ -289,8 +337,12 @@ class Trainer:
         items = [self.data[i] for i in range(min(count, len(self.data)))]
         x = downsample(torch.stack([it["coarse"] for it in items]), r).to(self.device)
         y = downsample(torch.stack([it["target"] for it in items]), r)
+        # Eval mode: pix2pix's batch norm must not update its statistics and its
+        # dropout must not draw random numbers here.
+        self.G.eval()
         with torch.no_grad():
             fake = generate(self.G, self.s.model, x, r, alpha).float().cpu()
+        self.G.train()
         coarse = x.cpu()
         rows = []
         for n in range(len(items)):

@@ -122,3 +122,35 @@ def test_pix2pix_baseline_trains_and_evaluates(pairs, tmp_path):
     assert trainer.iteration == 4
     scores, _, info = evaluate(tmp_path / "last.pt", pairs)
     assert info["resolution"] == 32 and np.isfinite(scores.refined_mm).all()
+
+
+def _ddp_rank(rank, world, port, pairs, out):
+    import os
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    trainer = Trainer(settings(pairs, out, iters_per_resolution=2, max_resolution=8),
+                      log=lambda *a: None)
+    trainer.train()
+    torch.save({k: v.clone() for k, v in trainer.G.state_dict().items()},
+               f"{out}/rank{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+def test_ddp_on_cpu_keeps_ranks_in_step(pairs, tmp_path):
+    """Two gloo processes, as torchrun would start them: the ranks end with
+    identical weights and only rank 0 writes the checkpoint."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(_ddp_rank, args=(2, port, str(pairs), str(tmp_path)), nprocs=2, join=True)
+    a, b = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+    assert (tmp_path / "last.pt").is_file()
+    assert torch.load(tmp_path / "last.pt", weights_only=False)["iteration"] == 4
