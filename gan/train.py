@@ -361,6 +361,18 @@ class Trainer:
         picture.save(path)
         return path
 
+    def _tensorboard(self):
+        """A SummaryWriter in OUT/tensorboard on rank 0, when the optional
+        tensorboard package is installed (pip install tensorboard)."""
+        if self.rank != 0:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            self.log("tensorboard is not installed: logging to log.jsonl and PNGs only")
+            return None
+        return SummaryWriter(str(self.out / "tensorboard"))
+
     # ------------------------------------------------------------ loop
     def train(self, until: Optional[int] = None) -> dict:
         """Train to iteration ``until`` (default: the end of the schedule),
@@ -368,6 +380,7 @@ class Trainer:
         end, on Ctrl-C / SIGTERM and at the end."""
         until = self.total if until is None else min(until, self.total)
         log_path = self.out / "log.jsonl"
+        board = self._tensorboard()
         previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
 
         def stop(signum, frame):
@@ -386,17 +399,29 @@ class Trainer:
                     done = self.iteration - start
                     rate = done * self.s.batch_size / max(time.perf_counter() - t0, 1e-9)
                     record["images_per_s"] = rate
-                    if self.iteration % self.s.log_every == 0 or self.iteration == until:
+                    if (self.iteration % self.s.log_every == 0 or self.iteration == until) \
+                            and self.rank == 0:
                         log_file.write(json.dumps(record) + "\n")
                         log_file.flush()
+                        if board is not None:
+                            for key, value in record.items():
+                                if key != "iteration":
+                                    board.add_scalar(key, value, self.iteration)
                         eta = (until - self.iteration) * self.s.batch_size / max(rate, 1e-9)
                         self.log(f"it {self.iteration}/{until}  {record['resolution']}px "
                                  f"alpha {record['alpha']:.2f}  D {record['d_loss']:+.3f}  "
                                  f"G pixel {record['g_pixel']:.4f} adv {record['g_adversarial']:+.3f}"
                                  f"  {rate:.1f} img/s  ETA {eta / 60:.1f} min")
                     stage_after = stage_at(self.schedule, self.iteration)[0]
-                    if stage_after != stage_before or self.iteration == self.total:
-                        self.log(f"samples: {self.write_samples()}")
+                    if (stage_after != stage_before or self.iteration == self.total) \
+                            and self.rank == 0:
+                        grid = self.write_samples()
+                        self.log(f"samples: {grid}")
+                        if board is not None:
+                            from PIL import Image
+                            board.add_image("coarse|refined|target", np.asarray(
+                                Image.open(grid).convert("RGB")), self.iteration,
+                                dataformats="HWC")
                     if (self.iteration % self.s.checkpoint_every == 0
                             or stage_after != stage_before):
                         self.save()
@@ -404,6 +429,8 @@ class Trainer:
             for s, handler in previous.items():
                 signal.signal(s, handler)
             self.save()
+            if board is not None:
+                board.close()
         if self.interrupted:
             self.log(f"interrupted at iteration {self.iteration}; checkpoint "
                      f"{self.out / 'last.pt'} — rerun with --resume to continue")

@@ -154,3 +154,17 @@ def test_ddp_on_cpu_keeps_ranks_in_step(pairs, tmp_path):
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
     assert (tmp_path / "last.pt").is_file()
     assert torch.load(tmp_path / "last.pt", weights_only=False)["iteration"] == 4
+
+
+def test_tensorboard_scalars_and_images(pairs, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    trainer = Trainer(settings(pairs, tmp_path, iters_per_resolution=2, max_resolution=8,
+                               log_every=1), log=lambda *a: None)
+    trainer.train()
+    events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"images": 0})
+    events.Reload()
+    assert "g_pixel" in events.Tags()["scalars"] and "d_gp" in events.Tags()["scalars"]
+    assert [e.step for e in events.Scalars("g_pixel")] == [1, 2, 3, 4]
+    assert len(events.Images("coarse|refined|target")) == 2  # one grid per stage
