@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+from contextlib import contextmanager
 import os
 import signal
 import time
@@ -277,20 +278,31 @@ class Trainer:
         gp = gradient_penalty(critic, real.float(), fake.detach()[:, d_idx].float(),
                               condition.float(), self.s.gp_lambda)
         d_loss, d_parts = discriminator_loss(d_real.float(), d_fake.float(), gp, self.s.drift)
-        self.opt_d.zero_grad(set_to_none=True)
-        self.scaler.scale(d_loss).backward()
-        self.scaler.step(self.opt_d)
-        # Generator. D is frozen meanwhile: no wasted gradients, and under DDP
-        # no gradient hooks of D firing outside D's own backward.
+        self._descend(d_loss, self.opt_d)
+        with self._frozen_discriminator():
+            with autocast:
+                d_fake = critic(condition, fake[:, d_idx])
+            g_loss, g_parts = generator_loss(d_fake.float(), fake.float(), y.float(),
+                                             list(cfg.pixel_idx), self.kappa)
+            self._descend(g_loss, self.opt_g)
+        return self._finish(r, alpha, d_parts, g_parts)
+
+    def _descend(self, loss, optimizer) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(optimizer)
+
+    @contextmanager
+    def _frozen_discriminator(self):
+        """D is frozen during the generator step: no wasted gradients, and under
+        DDP no gradient hooks of D firing outside D's own backward."""
         self.D.requires_grad_(False)
-        with autocast:
-            d_fake = critic(condition, fake[:, d_idx])
-        g_loss, g_parts = generator_loss(d_fake.float(), fake.float(), y.float(),
-                                         list(cfg.pixel_idx), self.kappa)
-        self.opt_g.zero_grad(set_to_none=True)
-        self.scaler.scale(g_loss).backward()
-        self.D.requires_grad_(True)
-        self.scaler.step(self.opt_g)
+        try:
+            yield
+        finally:
+            self.D.requires_grad_(True)
+
+    def _finish(self, r, alpha, d_parts, g_parts) -> dict:
         self.scaler.update()
         self.iteration += 1
         return {"iteration": self.iteration, "resolution": r, "alpha": alpha,
@@ -308,23 +320,14 @@ class Trainer:
                                           torch.cat([y[:, d_idx], fake.detach()[:, d_idx]])
                                           ).chunk(2)
         d_loss, d_parts = pix2pix_discriminator_loss(d_real.float(), d_fake.float())
-        self.opt_d.zero_grad(set_to_none=True)
-        self.scaler.scale(d_loss).backward()
-        self.scaler.step(self.opt_d)
-        self.D.requires_grad_(False)
-        with autocast:
-            d_fake = self.D(condition, fake[:, d_idx])
-        g_loss, g_parts = pix2pix_generator_loss(d_fake.float(), fake.float(), y.float(),
-                                                 list(cfg.pixel_idx))
-        self.opt_g.zero_grad(set_to_none=True)
-        self.scaler.scale(g_loss).backward()
-        self.D.requires_grad_(True)
-        self.scaler.step(self.opt_g)
-        self.scaler.update()
-        self.iteration += 1
-        return {"iteration": self.iteration, "resolution": r, "alpha": 1.0,
-                **{f"d_{k}": float(v) for k, v in d_parts.items()},
-                **{f"g_{k}": float(v) for k, v in g_parts.items()}}
+        self._descend(d_loss, self.opt_d)
+        with self._frozen_discriminator():
+            with autocast:
+                d_fake = self.D(condition, fake[:, d_idx])
+            g_loss, g_parts = pix2pix_generator_loss(d_fake.float(), fake.float(), y.float(),
+                                                     list(cfg.pixel_idx))
+            self._descend(g_loss, self.opt_g)
+        return self._finish(r, 1.0, d_parts, g_parts)
 
     def write_samples(self, count: int = 4) -> Path:
         """PNG grid of the first ``count`` training samples at the current
