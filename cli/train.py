@@ -39,7 +39,8 @@ def parse_args(argv=None):
                    help="override the preset's last resolution (4 ... 256)")
     p.add_argument("--batch-size", type=int, default=4, help="batch size (default: 4, paper)")
     p.add_argument("--lr", type=float, default=None,
-                   help="Adam learning rate (default: 1e-5, the paper's; 2e-4 for pix2pix)")
+                   help="Adam learning rate (default: 1e-5, the paper's; 5e-4 with --preset cpu; "
+                        "2e-4 for pix2pix)")
     p.add_argument("--gp-lambda", type=float, default=10.0,
                    help="gradient-penalty weight (default: 10)")
     p.add_argument("--drift", type=float, default=0.0,

@@ -39,6 +39,10 @@ from .pix2pix import (PatchDiscriminator, UnetGenerator, init_weights, pix2pix_d
 MODELS = ("progressive", "pix2pix")
 # Optimizer defaults: the paper's for the progressive GAN, pix2pix's own.
 DEFAULT_LR = {"progressive": 1e-5, "pix2pix": 2e-4}
+# The paper's 1e-5 suits 10,000 iterations per resolution; the short CPU
+# preset needs a larger step (measured: 5e-4 beats the coarse input on the
+# built-in world's held-out identities, 1e-5 does not yet).
+PRESET_LR = {"cpu": 5e-4}
 DEFAULT_BETAS = {"progressive": (0.0, 0.99), "pix2pix": (0.5, 0.999)}
 
 PRESETS = {
@@ -191,7 +195,8 @@ class Trainer:
             torch.backends.cudnn.benchmark = True
             self.G = self.G.to(memory_format=torch.channels_last)
             self.D = self.D.to(memory_format=torch.channels_last)
-        lr = settings.lr or DEFAULT_LR[settings.model]
+        lr = settings.lr or (PRESET_LR.get(settings.preset) if settings.model == "progressive"
+                             else None) or DEFAULT_LR[settings.model]
         betas = tuple(settings.betas or DEFAULT_BETAS[settings.model])
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr, betas=betas)
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr, betas=betas)
