@@ -89,6 +89,13 @@ def test_eq4_mae_hand_computed():
     # Foreground of either: (0,0), (0,1), (0,2); errors 1.0, 0.25, 1.0.
     torch.testing.assert_close(image_mae(prediction, target), torch.tensor([0.75]))
     torch.testing.assert_close(image_mae(target, target), torch.tensor([0.0]))
+    # Over the ground truth's own pixels (0,0), (0,1): errors 1.0 and 0.25.
+    torch.testing.assert_close(image_mae(prediction, target, face_only=True),
+                               torch.tensor([0.625]))
+    # A stray output one 8-bit step above the background counts as foreground.
+    prediction[0, 1, 2] = -1.0 + 2.0 / 255.0
+    torch.testing.assert_close(image_mae(prediction, target),
+                               torch.tensor([(1.0 + 0.25 + 1.0 + 2.0 / 255.0) / 4]))
 
 
 def test_dce_eval_writes_table_and_heatmaps(pairs, tmp_path):
