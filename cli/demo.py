@@ -64,10 +64,11 @@ def parse_args(argv=None):
 
 
 def synthetic_pairs(args) -> None:
-    """Build the world and render coarse/ground-truth pairs from it."""
+    """Build the world and render coarse/ground-truth pairs from it, through
+    the same source loader and pair pipeline as dce-build."""
     import json
 
-    from dce.geom import dataset, dce, io, morphable, synthetic
+    from dce.geom import dataset, dce, sources, synthetic
 
     world_dir = args.out / "world"
     t0 = time.perf_counter()
@@ -77,25 +78,19 @@ def synthetic_pairs(args) -> None:
     previews = synthetic.preview_world(world_dir, n=min(3, args.identities))
     print(f"synthetic world: {len(manifest['scans'])} scans of {args.identities} identities "
           f"in {t1 - t0:.1f} s -> {world_dir} (previews: {previews[-1]})")
-    model = morphable.load_model(world_dir / "world_model.npz")
-    rng = np.random.default_rng(args.seed)
+    config = dataset.BuildConfig(size=args.size, poses=1, seed=args.seed)
     rows, labels = [], []
-    for record in manifest["scans"][:args.pairs]:
-        files = {k: world_dir / v for k, v in record["files"].items()}
+    for spec in sources.synthetic_world(world_dir)[:args.pairs]:
         t0 = time.perf_counter()
-        landmarks_2d = io.read_landmarks(files["landmarks"]).points
-        target = dataset.prepare_ground_truth(io.read_abs(files["range"]), landmarks_2d)
-        coarse = dataset.prepare_coarse(io.load_mesh(files["coarse_mesh"]), model.landmarks_68,
-                                        landmarks_2d)
+        pair = sources.load(spec)
+        coarse, target = dataset.prepare_pair(pair, config)
         t1 = time.perf_counter()
-        pose = (rng.uniform(-45, 45), rng.uniform(-20, 20), rng.uniform(-20, 20))
-        for p in ((0.0, 0.0, 0.0), pose):
-            pair = dataset.render_pair(coarse, target, landmarks_2d, args.size, pose=p)
-            rows += pair
-            labels += [f"{record['stem']} coarse {p[0]:+.0f}/{p[1]:+.0f}/{p[2]:+.0f}",
-                       f"{record['stem']} ground truth"]
+        for p in dataset.random_poses(pair.pair_id, config):  # the photo's view + one random
+            rows += dataset.render_pair(coarse, target, pair.landmarks_2d, args.size, pose=p)
+            labels += [f"{pair.pair_id} coarse {p[0]:+.0f}/{p[1]:+.0f}/{p[2]:+.0f}",
+                       f"{pair.pair_id} ground truth"]
         t2 = time.perf_counter()
-        print(f"  {record['stem']}: geometry {t1 - t0:.2f} s, 2 poses x 2 sides "
+        print(f"  {pair.pair_id}: load + geometry {t1 - t0:.2f} s, 2 poses x 2 sides "
               f"{1e3 * (t2 - t1) / 4:.1f} ms per render")
     png = dce.save_preview(args.out / "synthetic_pairs.png", rows, labels)
     (args.out / "synthetic_pairs.json").write_text(json.dumps(labels, indent=1))

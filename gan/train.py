@@ -20,7 +20,7 @@ from contextlib import contextmanager
 import os
 import signal
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -77,7 +77,6 @@ class TrainSettings:
     workers: int = 2
     checkpoint_every: int = 500
     log_every: int = 25
-    extra: dict = field(default_factory=dict)
 
     def schedule(self) -> list:
         """The stage table. pix2pix does not grow: one stage at the last

@@ -220,17 +220,11 @@ def pair_samples(pair_id: str, subject: str, coarse: PreparedMesh, target: Prepa
                  source: Optional[dict] = None) -> list:
     """All poses of one prepared pair as :class:`Sample` records."""
     channels = resolve_channels(config.channels)
-    center, side = face_box(landmarks_2d, config.margin)
     samples = []
     for k, pose in enumerate(random_poses(pair_id, config)):
-        images = []
-        for prepared in (coarse, target):
-            camera = posed_view(prepared, landmarks_2d[IBUG68_NOSE_TIP], center, side,
-                                config.size, *pose)
-            images.append(render_side(prepared, camera, config.size, channels,
-                                      depth_scale=config.depth_scale,
-                                      curvature_scale=config.curvature_scale))
-        c, t = images
+        c, t = render_pair(coarse, target, landmarks_2d, config.size, channels, pose,
+                           config.margin, depth_scale=config.depth_scale,
+                           curvature_scale=config.curvature_scale)
         samples.append(Sample(
             f"{pair_id}/pose{k}", pair_id, subject,
             np.ascontiguousarray(c.image.transpose(2, 0, 1)),

@@ -1,14 +1,11 @@
 """The per-pair pipeline: alignment of the two sides, poses, colours."""
-import json
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from dce.geom import dataset, io, morphable, synthetic
+from dce.geom import dataset, sources, synthetic
 from dce.geom.io import IBUG68_NOSE_TIP
-from dce.geom.projection import FRONTAL, OrthographicCamera
+from dce.geom.projection import OrthographicCamera
 
 
 @pytest.fixture(scope="module")
@@ -19,14 +16,7 @@ def world(tmp_path_factory):
 
 
 def load_pair(world, index=0):
-    record = json.loads((world / "world.json").read_text())["scans"][index]
-    f = {k: world / v for k, v in record["files"].items()}
-    model = morphable.load_model(world / "world_model.npz")
-    return SimpleNamespace(
-        pair_id=record["stem"], subject=record["subject"], scan=io.read_abs(f["range"]),
-        landmarks_2d=io.read_landmarks(f["landmarks"]).points,
-        photo=np.asarray(Image.open(f["photo"]).convert("RGB")),
-        coarse_mesh=io.load_mesh(f["coarse_mesh"]), coarse_landmark_vertices=model.landmarks_68)
+    return sources.load(sources.synthetic_world(world)[index])
 
 
 def test_poses_are_seeded_per_pair_and_within_the_paper_ranges():
