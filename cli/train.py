@@ -49,6 +49,9 @@ def parse_args(argv=None):
                    help="online random crop-and-pad shift in pixels (default: 16; 0 = off)")
     p.add_argument("--equalized-lr", action="store_true",
                    help="equalized learning rate (Progressive GAN) instead of plain init")
+    p.add_argument("--residual", action=argparse.BooleanOptionalAction, default=None,
+                   help="the generator learns a correction added to the coarse input "
+                        "(our addition; default: on for --preset cpu, off for the paper preset)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (default: auto)")
     p.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"],
                    help="mixed precision on CUDA (default: auto = bf16 where supported)")
@@ -74,7 +77,8 @@ def main(argv=None) -> int:
         preset=args.preset,
         iters_per_resolution=args.iters_per_resolution, max_resolution=args.max_resolution,
         batch_size=args.batch_size, lr=args.lr, gp_lambda=args.gp_lambda, drift=args.drift,
-        crop_pad=args.crop_pad, equalized_lr=args.equalized_lr, seed=args.seed,
+        crop_pad=args.crop_pad, equalized_lr=args.equalized_lr, residual=args.residual,
+        seed=args.seed,
         device=args.device, amp=args.amp, workers=args.workers,
         checkpoint_every=args.checkpoint_every, log_every=args.log_every)
     try:
@@ -89,6 +93,11 @@ def main(argv=None) -> int:
     except (PairFileError, CheckpointError, ValueError, RuntimeError) as error:
         print(f"dce-train: {error}", file=sys.stderr)
         return 2
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        print(f"distributed: {trainer.world} process(es), backend {dist.get_backend()}, "
+              f"rank {trainer.rank}")
     print(f"training {settings.config} on {trainer.device} ({len(trainer.data)} samples, "
           f"{trainer.total} iterations: " + ", ".join(
               f"{s.resolution}px" for s in trainer.schedule) + ")")

@@ -53,8 +53,10 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
+    """Inverse of :func:`rng_state`. The states are byte tensors that torch
+    wants on the CPU, whatever map_location the checkpoint was loaded with."""
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
+    torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])

@@ -21,15 +21,12 @@ import torch
 
 from .checkpoint import load_checkpoint
 from .configs import get_config
-from .data import PairDataset, downsample
+from .data import FOREGROUND_ABOVE, PairDataset, downsample
 from .networks import stage_at
 from .train import TrainSettings, build_networks, generate
 
-BACKGROUND = -1.0
-# The paper's images are 8-bit with background 0, so "G(x) != 0" means "at
-# least one 8-bit step above the background": a network output within one step
-# of -1 is background, as it would be once written as an 8-bit image.
-FOREGROUND_ABOVE = BACKGROUND + 2.0 / 255.0
+# "G(x) != 0" of Eq. 4, on 8-bit images with background 0, is "at least one
+# 8-bit step above the background": FOREGROUND_ABOVE.
 
 
 @dataclass

@@ -54,6 +54,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .data import BACKGROUND, FOREGROUND_ABOVE
+
 RESOLUTIONS = (4, 8, 16, 32, 64, 128, 256)
 LRELU_SLOPE = 0.2
 TRUNCATION = 2.0  # truncated normal: |w| <= 2 standard deviations
@@ -237,7 +239,12 @@ def _check_input(name: str, x: torch.Tensor, channels: int, resolution: int, alp
 
 def _lerp(old: torch.Tensor, new: torch.Tensor, alpha: float) -> torch.Tensor:
     # alpha = 1 returns `new` bit for bit (lerp would round old + (new - old)).
-    return new if alpha >= 1.0 else torch.lerp(old, new, float(alpha))
+    # Under autocast the two paths can differ in dtype (a bf16 conv beside a
+    # float32 resampling); lerp wants one.
+    if alpha >= 1.0:
+        return new
+    dtype = torch.promote_types(old.dtype, new.dtype)
+    return torch.lerp(old.to(dtype), new.to(dtype), float(alpha))
 
 
 # ---------------------------------------------------------------------------
@@ -339,17 +346,43 @@ class Generator(nn.Module):
 
     forward(x (N, in_channels, r, r), r, alpha) -> (N, out_channels, r, r);
     alpha in [0, 1] blends the stage-r layers in at both ends (no effect at r = 4).
+
+    Residual mode (our addition, not in the paper), when ``skip`` lists
+    (output channel, input channel) pairs: each listed output channel is the
+    input channel plus the network's correction, the toRGB layers start at
+    zero (an untrained network returns the coarse image), and with
+    ``support`` (an input channel, the depth) the output is background
+    wherever that input is background, so the network corrects the coarse
+    surface and never paints surface outside it. Through the 4x4 -> 1x1
+    bottleneck the paper's network must otherwise re-synthesize the whole face
+    from 128 numbers. During a fade the blended correction is added to the
+    stage-r input.
     """
 
     def __init__(self, in_channels: int, out_channels: int, max_resolution: int = 256,
-                 equalized_lr: bool = False):
+                 equalized_lr: bool = False, skip=(), support: int | None = None):
         super().__init__()
         self.encoder = Encoder(in_channels, max_resolution, pixel_norm=True,
                                equalized_lr=equalized_lr)
         self.decoder = Decoder(out_channels, max_resolution, equalized_lr=equalized_lr)
+        routing = torch.zeros(out_channels, in_channels)
+        for out_c, in_c in skip:
+            routing[out_c, in_c] = 1.0
+        self.skip, self.support = tuple(skip), support
+        self.register_buffer("routing", routing, persistent=False)
+        if self.skip:
+            for layer in self.decoder.to_rgb.values():
+                nn.init.zeros_(layer.weight)
+                nn.init.zeros_(layer.bias)
 
     def forward(self, x, stage_resolution: int, alpha: float = 1.0):
-        return self.decoder(self.encoder(x, stage_resolution, alpha), stage_resolution, alpha)
+        y = self.decoder(self.encoder(x, stage_resolution, alpha), stage_resolution, alpha)
+        if self.skip:
+            y = y + torch.einsum("oc,nchw->nohw", self.routing.to(y.dtype), x.to(y.dtype))
+        if self.support is not None:
+            inside = x[:, self.support:self.support + 1] >= FOREGROUND_ABOVE
+            y = torch.where(inside, y, torch.full_like(y, BACKGROUND))
+        return y
 
 
 class Discriminator(nn.Module):

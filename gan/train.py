@@ -43,6 +43,9 @@ DEFAULT_LR = {"progressive": 1e-5, "pix2pix": 2e-4}
 # preset needs a larger step (measured: 5e-4 beats the coarse input on the
 # built-in world's held-out identities, 1e-5 does not yet).
 PRESET_LR = {"cpu": 5e-4}
+# Presets whose generator learns a correction to the coarse input (see
+# networks.Generator's ``skip``); the paper preset keeps the paper's network.
+PRESET_RESIDUAL = {"cpu": True, "tiny": False, "paper": False}
 DEFAULT_BETAS = {"progressive": (0.0, 0.99), "pix2pix": (0.5, 0.999)}
 
 PRESETS = {
@@ -71,6 +74,7 @@ class TrainSettings:
     drift: float = 0.0
     crop_pad: int = 16
     equalized_lr: bool = False
+    residual: Optional[bool] = None  # None: the preset's choice (PRESET_RESIDUAL)
     seed: int = 0
     device: str = "auto"
     amp: str = "auto"            # "auto" (bf16 on CUDA if supported, else fp16), "bf16", "fp16", "off"
@@ -92,6 +96,13 @@ class TrainSettings:
             total = sum(s.stable_iters + s.fade_iters for s in stages)
             return [Stage(stages[-1].resolution, total, 0)]
         return stages
+
+    def uses_residual(self) -> bool:
+        """Whether the progressive generator adds its output to the coarse
+        input's matching channels (pix2pix's U-Net has its own skips)."""
+        if self.model == "pix2pix":
+            return False
+        return PRESET_RESIDUAL[self.preset] if self.residual is None else bool(self.residual)
 
 
 def pick_device(name: str) -> torch.device:
@@ -140,15 +151,15 @@ class EpochSampler(Sampler):
 
 
 def init_distributed(device: torch.device) -> tuple:
-    """(rank, world size, device) under torchrun (WORLD_SIZE > 1): joins the
-    process group (NCCL on CUDA, gloo on CPU) and gives each rank its GPU."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    """(rank, world size, device) of this process. Under torchrun (LOCAL_RANK
+    and WORLD_SIZE set, even with one process) it joins the process group
+    (NCCL on CUDA, gloo on CPU) and gives each rank its own GPU."""
+    if "LOCAL_RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return 0, 1, device
     import torch.distributed as dist
 
     if device.type == "cuda":
-        local = int(os.environ.get("LOCAL_RANK", "0"))
+        local = int(os.environ["LOCAL_RANK"])
         torch.cuda.set_device(local)
         device = torch.device("cuda", local)
     if not dist.is_initialized():
@@ -204,7 +215,7 @@ class Trainer:
         # The stages not being trained leave parameters unused, hence
         # find_unused_parameters. self.G / self.D stay the bare modules.
         self.G_train, self.D_train = self.G, self.D
-        if self.world > 1:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -232,7 +243,7 @@ class Trainer:
         state = ckpt.load_checkpoint(path, map_location=self.device)
         mine, theirs = asdict(self.s), dict(state["settings"])
         for key in ("config", "model", "preset", "iters_per_resolution", "max_resolution",
-                    "batch_size", "seed", "equalized_lr"):
+                    "batch_size", "seed", "equalized_lr", "residual"):
             if mine[key] != theirs.get(key):
                 raise ValueError(f"{path}: trained with {key}={theirs.get(key)!r}, now "
                                  f"{mine[key]!r}; start a new run folder to change it")
@@ -456,8 +467,12 @@ def build_networks(settings: TrainSettings, cfg, resolution: int) -> tuple:
         init_weights(G)
         init_weights(D)
         return G, D
+    residual = settings.uses_residual()
+    skip = [(o, cfg.generator_in.index(name)) for o, name in enumerate(cfg.generator_out)
+            if name in cfg.generator_in] if residual else []
     return (Generator(len(cfg.generator_in), len(cfg.generator_out), resolution,
-                      settings.equalized_lr),
+                      settings.equalized_lr, skip,
+                      cfg.generator_in.index("depth") if residual else None),
             Discriminator(cfg.discriminator_channels, resolution, settings.equalized_lr))
 
 

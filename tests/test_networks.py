@@ -207,3 +207,22 @@ def test_import_is_lean():
             "print(bad)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_residual_generator_starts_at_the_coarse_image_inside_its_support():
+    """Untrained, the residual generator returns the routed input channels
+    where the support (depth) channel is surface and background elsewhere;
+    once its toRGB layers are non-zero it adds a correction there only."""
+    torch.manual_seed(0)
+    G = Generator(3, 2, 32, skip=[(0, 0), (1, 2)], support=0)
+    x = torch.rand(2, 3, 16, 16) * 1.5 - 0.5  # surface values, well above background
+    x[:, 0, :4] = -1.0  # background rows of the depth channel
+    inside = (x[:, :1] > -1.0).expand(-1, 2, -1, -1)
+    expected = torch.where(inside, x[:, [0, 2]], torch.full_like(x[:, :2], -1.0))
+    torch.testing.assert_close(G(x, 16, 0.5), expected, rtol=0, atol=0)
+    with torch.no_grad():
+        for layer in G.decoder.to_rgb.values():
+            layer.bias.fill_(0.25)
+    out = G(x, 16, 0.5)
+    torch.testing.assert_close(out[inside], expected[inside] + 0.25)
+    assert (out[~inside] == -1.0).all()
