@@ -45,6 +45,7 @@ setup(
             "dce-demo=dce.cli.demo:main",
             "dce-eval=dce.cli.evaluate:main",
             "dce-landmarks=dce.cli.landmarks:main",
+            "dce-refine=dce.cli.refine:main",
             "dce-train=dce.cli.train:main",
         ],
     },
