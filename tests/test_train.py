@@ -98,6 +98,26 @@ def test_eq4_mae_hand_computed():
                                torch.tensor([(1.0 + 0.25 + 1.0 + 2.0 / 255.0) / 4]))
 
 
+def test_roughness_is_zero_on_a_plane_and_the_laplacian_of_a_paraboloid():
+    """Mean |4-neighbour Laplacian| over pixels whose 3x3 block is valid and
+    surface: 0 for a tilted plane, exactly 4a for z = a (x^2 + y^2)."""
+    from dce.gan.evaluate import depth_roughness
+
+    i, j = torch.meshgrid(torch.arange(12.0), torch.arange(12.0), indexing="ij")
+    plane = 0.01 * i - 0.02 * j
+    bowl = 0.003 * ((i - 6) ** 2 + (j - 6) ** 2) - 0.5
+    valid = torch.ones(1, 12, 12, dtype=torch.bool)
+    valid[0, :, 9:] = False  # e.g. a hole: excluded with its neighbours
+    torch.testing.assert_close(depth_roughness(plane[None], valid), torch.tensor([0.0]))
+    torch.testing.assert_close(depth_roughness(bowl[None], valid), torch.tensor([4 * 0.003]))
+    stepped = bowl.clone()
+    stepped[:, 9:] = 5.0  # a cliff inside the invalid columns changes nothing
+    torch.testing.assert_close(depth_roughness(stepped[None], valid), torch.tensor([4 * 0.003]))
+    noisy = bowl.clone()
+    noisy[5, 5] += 0.1  # one spike, seen by itself and its 4 neighbours
+    assert depth_roughness(noisy[None], valid) > depth_roughness(bowl[None], valid)
+
+
 def test_dce_eval_writes_table_and_heatmaps(pairs, tmp_path):
     from PIL import Image
 

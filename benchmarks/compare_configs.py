@@ -1,0 +1,146 @@
+"""The comparison table (paper Table 3, on the built-in world): the same
+data, the same schedule and iteration budget for each model, evaluated on the
+held-out identities.
+
+Rows: D|D|D, DCE|D|D, DCE|D|DCE (the paper's configuration) and
+DCE+RGB|D|DCE with our residual progressive generator; DCE|D|DCE with the
+paper's network unchanged; pix2pix in DCE|D|D. Columns: Eq. 4 MAE
+(normalized and mm), the MAE over the ground truth's face pixels (mm) and the
+surface roughness (mean |Laplacian| of the depth, mm/px^2) beside the ground
+truth's.
+
+    python benchmarks/compare_configs.py                 # builds the world with RGB, cpu preset
+    python benchmarks/compare_configs.py --data pairs.h5 --out out/compare --device cuda
+
+Without --data it builds the default synthetic world with the RGB channels
+(about a minute and a half here). Every run lives in OUT/<name>/ and is
+skipped when finished, so an interrupted comparison continues where it
+stopped. On 2 CPU cores each cpu-preset run takes about 4-5 minutes.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+
+ROWS = [
+    # name, model, config, residual generator
+    ("DCE|D|DCE", "progressive", "DCE|D|DCE", True),
+    ("D|D|D", "progressive", "D|D|D", True),
+    ("DCE|D|D", "progressive", "DCE|D|D", True),
+    ("DCE+RGB|D|DCE", "progressive", "DCE+RGB|D|DCE", True),
+    ("DCE|D|DCE, paper network", "progressive", "DCE|D|DCE", False),
+    ("pix2pix DCE|D|D", "pix2pix", "DCE|D|D", False),
+]
+
+
+def build_world(out: Path) -> Path:
+    from dce.cli.build import main as build
+
+    data = out / "pairs.h5"
+    if not data.exists():
+        code = build(["synthetic", "--world", str(out / "world"), "-o", str(data),
+                      "--channels", "DCE+RGB"])
+        if code != 0:
+            sys.exit(f"dce-build failed ({code})")
+    return data
+
+
+def run(name, model, config, residual, args, data) -> dict:
+    from dce.gan.checkpoint import load_checkpoint
+    from dce.gan.evaluate import evaluate
+    from dce.gan.train import Trainer, TrainSettings
+
+    folder = args.out / name.replace("|", "-").replace(", ", "_").replace(" ", "_")
+    settings = TrainSettings(data=str(data), out=str(folder), config=config, model=model,
+                             preset=args.preset, iters_per_resolution=args.iters_per_resolution,
+                             residual=residual if model == "progressive" else None,
+                             crop_pad=args.crop_pad, device=args.device, workers=args.workers,
+                             log_every=10**9, checkpoint_every=500)
+    t0 = time.perf_counter()
+    trainer = Trainer(settings, log=lambda *a: None)
+    checkpoint = folder / "last.pt"
+    if checkpoint.exists():
+        trainer.resume(checkpoint)
+    if trainer.iteration < trainer.total:
+        print(f"{name}: training {trainer.total - trainer.iteration} iterations on "
+              f"{trainer.device}", flush=True)
+        trainer.train()
+        if trainer.interrupted:
+            sys.exit(130)
+    seconds = time.perf_counter() - t0
+    iterations = int(load_checkpoint(checkpoint)["iteration"])
+    scores, _, info = evaluate(checkpoint, data, device=str(trainer.device))
+    coarse, refined = scores.table()
+    return {"name": name, "resolution": info["resolution"], "iterations": iterations,
+            "train_s": round(seconds, 1), "coarse": coarse, "refined": refined}
+
+
+def write(results: list, out: Path) -> Path:
+    first = results[0]
+    lines = [f"Held-out identities: {first['refined']['images']} images at "
+             f"{first['resolution']} px, {first['iterations']} iterations per model, "
+             "mean ± std over images.", "",
+             "| model | MAE (normalized) | MAE (mm) | face MAE (mm) | roughness (mm/px²) |",
+             "|---|---|---|---|---|"]
+
+    def cells(r):
+        return (f"{r['mae_norm_mean']:.4f} ± {r['mae_norm_std']:.4f} | "
+                f"{r['mae_mm_mean']:.3f} ± {r['mae_mm_std']:.3f} | "
+                f"{r['face_mae_mm_mean']:.3f} ± {r['face_mae_mm_std']:.3f} | "
+                f"{r['roughness_mm']:.4f}")
+
+    lines.append(f"| coarse input | {cells(first['coarse'])} |")
+    # A "|" inside a markdown cell must be escaped.
+    lines += [f"| {r['name'].replace('|', chr(92) + '|')} | {cells(r['refined'])} |"
+              for r in results]
+    lines.append(f"| ground truth | | | | {first['coarse']['target_roughness_mm']:.4f} |")
+    table = out / "comparison.md"
+    table.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with open(out / "comparison.csv", "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        keys = list(first["refined"])
+        writer.writerow(["model", "train_s"] + keys)
+        writer.writerow(["coarse input", ""] + [first["coarse"][k] for k in keys])
+        for r in results:
+            writer.writerow([r["name"], r["train_s"]] + [r["refined"][k] for k in keys])
+    (out / "comparison.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
+    return table
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, default=None,
+                   help="pair file with DCE+RGB channels (default: build the built-in world)")
+    p.add_argument("--out", type=Path, default=Path("out/compare"), help="default: out/compare")
+    p.add_argument("--preset", default="cpu", help="training preset for every row (default: cpu)")
+    p.add_argument("--iters-per-resolution", type=int, default=None,
+                   help="override the preset's iterations per resolution")
+    p.add_argument("--crop-pad", type=int, default=None,
+                   help="crop-and-pad shift in file pixels (default: 16 scaled to the file size)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda (default: auto)")
+    p.add_argument("--workers", type=int, default=2, help="data-loader processes (default: 2)")
+    p.add_argument("--only", default=None, help="comma-separated row names to run")
+    args = p.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    data = args.data or build_world(args.out)
+    if args.crop_pad is None:
+        from dce.gan.h5format import validate
+
+        args.crop_pad = max(1, round(16 * validate(data)["height"] / 256))
+    wanted = None if args.only is None else set(args.only.split(","))
+    results = []
+    for row in ROWS:
+        if wanted is None or row[0] in wanted:
+            results.append(run(*row, args, data))
+            table = write(results, args.out)
+    print(table.read_text(encoding="utf-8"))
+    print(f"written: {table}, {table.with_suffix('.csv')}")
+
+
+if __name__ == "__main__":
+    main()
