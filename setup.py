@@ -18,7 +18,7 @@ GEOM = [
     "tqdm>=4.60",
 ]
 # No exact torch pin: a GPU user installs their CUDA build first and keeps it.
-GAN = ["torch>=2.0", "h5py>=3.8", "numpy>=1.24"]
+GAN = ["torch>=2.0", "h5py>=3.8", "numpy>=1.24", "pillow>=9.0"]
 DEV = ["pytest>=7.0", "tensorboard>=2.10"]
 
 setup(

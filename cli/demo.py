@@ -1,20 +1,26 @@
-"""dce-demo: the geometry pipeline on the built-in synthetic world and on
-the real sample scans, with PNG previews.
+"""dce-demo: the main job on the built-in sample data, end to end, with a
+report a person can read.
 
-1. Generates a small synthetic world: FRGC-format raw scans with photos and
-   landmarks, and coarse 3DMM fits from noisy landmarks.
-2. Runs the paper's per-pair pipeline on it: median filter, triangulation,
-   nose-sphere and landmark-contour crop, Cohen-Steiner-Morvan curvature,
-   normals, cameras fitted from the photo landmarks, and pixel-aligned
-   z-buffered DCE renders of coarse and ground truth in random poses.
-3. When ``../shared/data`` is present, renders the real scans too (the Lee
-   Perry-Smith smooth/detailed pair is the kind of coarse/fine pair the GAN
-   learns from).
+1. builds the synthetic world (FRGC-format raw scans with photos and
+   landmarks, coarse 3DMM fits from noisy landmarks) and its DCE pair file
+   (dce-build synthetic);
+2. trains the cpu preset (dce-train --preset cpu: 4 -> 32 px);
+3. evaluates it on the held-out identities (dce-eval, with heat maps);
+4. refines one held-out face back to a 3D mesh (dce-refine);
+5. renders the real sample scans when ../shared/data is present;
+6. writes OUT/report.md: the MAE table (coarse and refined, mm and
+   normalized, +- std), loss curves, sample grids, error heat maps and the
+   refined mesh, as PNGs beside it.
+
+Every step resumes: rerun the command after an interruption and finished
+work is kept (the build and the training continue where they stopped).
+About 7 minutes on 2 CPU cores.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -43,104 +49,199 @@ def default_data_dir() -> Path:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="dce-demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=Path("demo"),
+                   help="output folder: world/, pairs.h5, run/, eval/, refined/, report.md "
+                        "(default: demo)")
+    p.add_argument("--identities", type=int, default=60,
+                   help="identities in the synthetic world, 2/3 for training (default: 60)")
+    p.add_argument("--poses", type=int, default=5,
+                   help="extra random poses per scan pair (default: 5, as the paper)")
+    p.add_argument("--size", type=int, default=256, help="image size in pixels (default: 256)")
+    p.add_argument("--preset", default="cpu",
+                   help="dce-train preset (default: cpu, 4 -> 32 px in about 5 minutes)")
+    p.add_argument("--iters-per-resolution", type=int, default=None,
+                   help="override the preset's iterations per resolution")
+    p.add_argument("--heatmaps", type=int, default=8,
+                   help="error heat maps written by the evaluation (default: 8)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="processes for the build and data loading (default: all cores)")
+    p.add_argument("--device", default="auto",
+                   help="torch device for training (default: auto, a GPU when there is one)")
     p.add_argument("--data", type=Path, default=None,
                    help="folder holding lee-perry-smith/ and menpo-james/ "
-                        "(default: $DCE_SHARED_DATA or ../shared/data)")
-    p.add_argument("--out", type=Path, default=Path("demo"),
-                   help="output folder for the PNGs and the .npz images (default: demo)")
-    p.add_argument("--size", type=int, default=256, help="image size in pixels (default: 256)")
-    p.add_argument("--yaw", type=float, nargs="+", default=[0.0, 30.0, -45.0],
-                   help="yaw angles in degrees to render (default: 0 30 -45)")
-    p.add_argument("--radius", type=float, default=None,
-                   help="nose-sphere crop radius in mm (default: the crop module's)")
-    p.add_argument("--identities", type=int, default=6,
-                   help="identities in the synthetic world (default: 6)")
-    p.add_argument("--pairs", type=int, default=4,
-                   help="synthetic scans rendered as aligned DCE pairs (default: 4)")
+                        "(default: $DCE_SHARED_DATA or ../shared/data; skipped when absent)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    p.add_argument("--workers", type=int, default=None,
-                   help="processes for the world generation (default: all cores)")
     return p.parse_args(argv)
 
 
-def synthetic_pairs(args) -> None:
-    """Build the world and render coarse/ground-truth pairs from it, through
-    the same source loader and pair pipeline as dce-build."""
-    import json
+def real_scans(data: Path, out: Path, size: int = 256, yaws=(0.0, 30.0, -45.0)) -> list:
+    """DCE renders of the real sample scans (PNG per scan and the Lee
+    Perry-Smith smooth/detailed pair, the kind of coarse/fine pair the GAN
+    learns from); the PNG paths."""
+    from dce.geom import crop, dce, io, projection
 
-    from dce.geom import dataset, dce, sources, synthetic
+    out.mkdir(parents=True, exist_ok=True)
+    rendered, pngs = {}, []
+    for name, mesh_file, landmark_file in SAMPLES:
+        mesh = io.load_mesh(data / mesh_file)
+        landmarks = io.read_landmarks(data / landmark_file).points
+        face = crop.crop_mesh(mesh, landmarks)
+        geometry = dce.surface_geometry(face)
+        nose = io.nose_tip(landmarks)
+        reach = np.linalg.norm(face.vertices[:, :2] - nose[:2], axis=1).max()
+        scale = 0.47 * size / reach
+        channels = "DCE+RGB" if face.colors is not None else "DCE"
+        views = [dce.render_dce(face, projection.posed_camera(nose, scale, size, yaw=yaw),
+                                size, channels, geometry) for yaw in yaws]
+        rendered[name] = views
+        pngs.append(dce.save_preview(out / f"{name}_dce.png", views,
+                                     labels=[f"{name} yaw {y:+.0f}" for y in yaws]))
+        print(f"  {name}: {mesh.n_vertices} vertices, cropped to {face.n_vertices} -> {pngs[-1]}")
+    pair = [rendered[name][0] for name in ("lps-smooth", "lps-detailed")]
+    pngs.append(dce.save_preview(out / "lps_smooth_vs_detailed.png", pair,
+                                 labels=["coarse (smooth)", "target (detailed)"]))
+    return pngs
 
-    world_dir = args.out / "world"
-    t0 = time.perf_counter()
-    manifest = synthetic.generate_world(world_dir, identities=args.identities, seed=args.seed,
-                                        workers=args.workers)
-    t1 = time.perf_counter()
-    previews = synthetic.preview_world(world_dir, n=min(3, args.identities))
-    print(f"synthetic world: {len(manifest['scans'])} scans of {args.identities} identities "
-          f"in {t1 - t0:.1f} s -> {world_dir} (previews: {previews[-1]})")
-    config = dataset.BuildConfig(size=args.size, poses=1, seed=args.seed)
-    rows, labels = [], []
-    for spec in sources.synthetic_world(world_dir)[:args.pairs]:
-        t0 = time.perf_counter()
-        pair = sources.load(spec)
-        coarse, target = dataset.prepare_pair(pair, config)
-        t1 = time.perf_counter()
-        for p in dataset.random_poses(pair.pair_id, config):  # the photo's view + one random
-            rows += dataset.render_pair(coarse, target, pair.landmarks_2d, args.size, pose=p)
-            labels += [f"{pair.pair_id} coarse {p[0]:+.0f}/{p[1]:+.0f}/{p[2]:+.0f}",
-                       f"{pair.pair_id} ground truth"]
-        t2 = time.perf_counter()
-        print(f"  {pair.pair_id}: load + geometry {t1 - t0:.2f} s, 2 poses x 2 sides "
-              f"{1e3 * (t2 - t1) / 4:.1f} ms per render")
-    png = dce.save_preview(args.out / "synthetic_pairs.png", rows, labels)
-    (args.out / "synthetic_pairs.json").write_text(json.dumps(labels, indent=1))
-    print(f"aligned DCE pairs: {png}")
+
+class Steps:
+    """Numbered progress lines with the time each step took."""
+
+    def __init__(self, total: int):
+        self.total, self.n, self.times = total, 0, []
+        self.t0 = self.started = time.perf_counter()
+
+    def next(self, title: str) -> None:
+        self.close()
+        self.n += 1
+        self.title = title
+        self.t0 = time.perf_counter()
+        print(f"\n[{self.n}/{self.total}] {title}", flush=True)
+
+    def close(self) -> None:
+        if self.n and len(self.times) < self.n:
+            self.times.append((self.title, time.perf_counter() - self.t0))
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+
+def _run(command: str, main, argv: list) -> None:
+    print("  $ " + command + " " + " ".join(str(a) for a in argv), flush=True)
+    code = main([str(a) for a in argv])
+    if code != 0:
+        raise SystemExit(f"dce-demo: {command} failed (exit status {code}); fix the cause and "
+                         "rerun dce-demo: finished steps are kept")
+
+
+def _rel(path: Path, root: Path) -> str:
+    return os.path.relpath(path, root).replace(os.sep, "/")
+
+
+def write_report(out: Path, steps: Steps, info: dict) -> Path:
+    """OUT/report.md, linking the PNGs the steps wrote."""
+    lines = ["# DCE main job report", "",
+             f"Built-in synthetic world, {info['identities']} identities; preset "
+             f"`{info['preset']}` on {info['device']}; total {steps.elapsed() / 60:.1f} min.", "",
+             "## Data", "", "```", info["describe"].rstrip(), "```", ""]
+    if info.get("pairs_png"):
+        lines += [f"Random pairs (coarse above, ground truth below): "
+                  f"![pairs]({_rel(info['pairs_png'], out)})", ""]
+    lines += ["## Training", "", f"![loss curves]({_rel(info['curves'], out)})", ""]
+    if info.get("grid"):
+        lines += [f"Last sample grid (per channel: coarse | refined | target): "
+                  f"![samples]({_rel(info['grid'], out)})", ""]
+    lines += ["## Evaluation on the held-out identities", "",
+              info["mae"].rstrip(), "",
+              "Face MAE: over the ground truth's own pixels. Eq. 4 (the paper's) also counts "
+              "pixels where only one image has surface. Roughness: mean |Laplacian| of the "
+              "depth inside the face.", ""]
+    for png in info["heatmaps"][:4]:
+        lines.append(f"![heat map]({_rel(png, out)})")
+    lines += ["", "Heat maps: |coarse - target| (left) and |refined - target| (right), "
+              "0 (blue) to 5 mm (red).", "",
+              "## A held-out face refined to a mesh", ""]
+    lines += [f"- `{_rel(p, out)}`" for p in info["meshes"]]
+    lines += [""] + [f"![refined]({_rel(p, out)})" for p in info["refine_pngs"]] + [""]
+    if info.get("real"):
+        lines += ["## Real sample scans", ""] + [f"![real]({_rel(p, out)})" for p in info["real"]]
+        lines.append("")
+    lines += ["## Time per step", "", "| step | seconds |", "|---|---|"]
+    lines += [f"| {title} | {seconds:.0f} |" for title, seconds in steps.times]
+    report = out / "report.md"
+    report.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return report
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from dce.geom import crop, dce, io, projection
+    from dce.cli import build, evaluate, refine, train
+    from dce.gan.h5format import describe
+    from dce.gan.report import plot_losses
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    synthetic_pairs(args)
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
     data = args.data or default_data_dir()
-    if not data.is_dir():
-        print(f"real sample scans not found at {data} (pass --data DIR); skipped them")
-        return 0
-    crop_options = {} if args.radius is None else {"radius": args.radius}
-    rendered = {}
-    for name, mesh_file, landmark_file in SAMPLES:
-        t0 = time.perf_counter()
-        mesh = io.load_mesh(data / mesh_file)
-        landmarks = io.read_landmarks(data / landmark_file).points
-        t1 = time.perf_counter()
-        face = crop.crop_mesh(mesh, landmarks, **crop_options)
-        t2 = time.perf_counter()
-        geometry = dce.surface_geometry(face)
-        t3 = time.perf_counter()
-        nose = io.nose_tip(landmarks)
-        reach = np.linalg.norm(face.vertices[:, :2] - nose[:2], axis=1).max()
-        scale = 0.47 * args.size / reach
-        views = []
-        for yaw in args.yaw:
-            camera = projection.posed_camera(nose, scale, args.size, yaw=yaw)
-            views.append(dce.render_dce(face, camera, args.size, "DCE+RGB"
-                                        if face.colors is not None else "DCE", geometry))
-        t4 = time.perf_counter()
-        rendered[name] = views
-        png = dce.save_preview(args.out / f"{name}_dce.png", views,
-                               labels=[f"{name} yaw {y:+.0f}" for y in args.yaw])
-        np.savez_compressed(args.out / f"{name}_dce.npz",
-                            **{f"yaw{y:+.0f}": v.image for y, v in zip(args.yaw, views)},
-                            **{f"mask_yaw{y:+.0f}": v.mask for y, v in zip(args.yaw, views)})
-        print(f"{name:13s} {mesh.n_vertices:7d} v -> crop {face.n_vertices:7d} v | "
-              f"load {t1 - t0:5.2f}s crop {t2 - t1:5.2f}s curvature+normals {t3 - t2:5.2f}s "
-              f"{len(views)} renders {1e3 * (t4 - t3) / len(views):6.1f} ms each | {png}")
-    pair = [v for name in ("lps-smooth", "lps-detailed") for v in rendered[name][:1]]
-    png = dce.save_preview(args.out / "lps_smooth_vs_detailed.png", pair,
-                           labels=["coarse (smooth)", "target (detailed)"])
-    print(f"coarse/target pair: {png}")
+    steps = Steps(6)
+    workers = args.workers or os.cpu_count()
+    pairs, run, evaluation = out / "pairs.h5", out / "run", out / "eval"
+
+    steps.next("dataset: synthetic world -> aligned DCE pairs (dce-build)")
+    _run("dce-build", build.main,
+         ["synthetic", "--world", out / "world", "--identities", args.identities, "-o", pairs,
+          "--size", args.size, "--poses", args.poses, "--seed", args.seed, "--workers", workers,
+          "--preview", 8])
+
+    steps.next(f"training, preset {args.preset} (dce-train)")
+    argv = [pairs, "-o", run, "--preset", args.preset, "--device", args.device, "--seed",
+            args.seed, "--workers", min(workers, 2)]
+    if args.iters_per_resolution:
+        argv += ["--iters-per-resolution", args.iters_per_resolution]
+    _run("dce-train", train.main, argv + (["--resume"] if (run / "last.pt").exists() else []))
+
+    steps.next("evaluation on the held-out identities (dce-eval)")
+    if evaluation.exists():
+        shutil.rmtree(evaluation)
+    _run("dce-eval", evaluate.main, [pairs, run / "last.pt", "-o", evaluation, "--heatmaps",
+                                     args.heatmaps])
+
+    steps.next("one held-out face refined to a mesh (dce-refine)")
+    _run("dce-refine", refine.main, [run / "last.pt", "--pairs", pairs, "-o", out / "refined"])
+
+    steps.next("real sample scans")
+    real = []
+    if data.is_dir():
+        real = real_scans(data, out / "real", args.size)
+    else:
+        print(f"  not found at {data} (pass --data DIR); skipped")
+
+    steps.next("report")
+    grids = sorted((run / "samples").glob("*.png"))
+    info = {"identities": args.identities, "preset": args.preset, "device": _device(args),
+            "describe": describe(pairs), "pairs_png": _first(out.glob("pairs*.png")),
+            "curves": plot_losses(run / "log.jsonl", out / "loss_curves.png"),
+            "grid": grids[-1] if grids else None,
+            "mae": (evaluation / "mae.md").read_text(encoding="utf-8"),
+            "heatmaps": sorted((evaluation / "heatmaps").glob("*.png")),
+            "meshes": sorted(p for p in (out / "refined").iterdir()
+                             if p.suffix in (".ply", ".obj")),
+            "refine_pngs": sorted((out / "refined").glob("*.png")), "real": real}
+    steps.close()
+    report = write_report(out, steps, info)
+    print(f"\nreport: {report} ({steps.elapsed() / 60:.1f} min in all)")
     return 0
+
+
+def _first(paths):
+    return next(iter(sorted(paths)), None)
+
+
+def _device(args) -> str:
+    import torch
+
+    if args.device == "auto":
+        return torch.cuda.get_device_name(0) if torch.cuda.is_available() else \
+            f"CPU ({torch.get_num_threads()} threads)"
+    return args.device
 
 
 if __name__ == "__main__":

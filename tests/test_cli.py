@@ -1,20 +1,43 @@
 """The commands run end to end on small inputs."""
-import json
+import re
 
 import numpy as np
 from PIL import Image
 
 from dce.cli import demo
+from dce.gan.report import plot_losses, read_log
 
 
-def test_demo_on_a_tiny_synthetic_world(tmp_path):
+def test_demo_runs_the_main_job_and_writes_a_report(tmp_path):
+    """A tiny world, the tiny preset: every step runs and the report's
+    links all resolve; a second run resumes (nothing is rebuilt)."""
     out = tmp_path / "demo"
-    code = demo.main(["--out", str(out), "--identities", "2", "--pairs", "1", "--workers", "1",
-                      "--data", str(tmp_path / "no-data"), "--size", "128"])
-    assert code == 0
-    world = json.loads((out / "world" / "world.json").read_text())
-    assert len(world["scans"]) == 4  # 2 identities x (neutral + 1 expression)
-    picture = np.asarray(Image.open(out / "synthetic_pairs.png"))
-    # 1 scan x 2 poses x (coarse, ground truth) rows of 128 px; D, C, E, shading panels.
-    assert picture.shape == (4 * 128, 4 * 128, 3)
-    assert picture.max() > 0
+    argv = ["--out", str(out), "--identities", "3", "--poses", "1", "--size", "64",
+            "--preset", "tiny", "--iters-per-resolution", "3", "--heatmaps", "2",
+            "--workers", "1", "--data", str(tmp_path / "no-data")]
+    assert demo.main(argv) == 0
+    report = (out / "report.md").read_text()
+    assert "| coarse input |" in report and "| refined |" in report
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
+    assert {"loss_curves.png", "refined/side_by_side.png"} <= set(links)
+    for link in links:
+        assert np.asarray(Image.open(out / link)).max() > 0, link
+    assert (out / "refined" / "refined.ply").stat().st_size > 0
+    stamp = (out / "pairs.h5").stat().st_mtime_ns
+    assert demo.main(argv) == 0
+    assert (out / "pairs.h5").stat().st_mtime_ns == stamp
+
+
+def test_loss_curves_from_a_resumed_log(tmp_path):
+    """A resumed run appends records; the last record of an iteration wins
+    and the curve has one point per iteration."""
+    log = tmp_path / "log.jsonl"
+    lines = [f'{{"iteration": {i}, "resolution": {4 if i < 3 else 8}, "g_pixel": {1.0 / i}}}'
+             for i in (1, 2, 3, 4)]
+    lines.append('{"iteration": 4, "resolution": 8, "g_pixel": 0.125}')
+    log.write_text("\n".join(lines) + "\n")
+    records = read_log(log)
+    np.testing.assert_array_equal(records["iteration"], [1, 2, 3, 4])
+    np.testing.assert_allclose(records["g_pixel"], [1, 0.5, 1 / 3, 0.125])
+    picture = Image.open(plot_losses(log, tmp_path / "curves.png"))
+    assert picture.size[1] % 180 == 0 and picture.size[1] // 180 == 1  # only g_pixel logged

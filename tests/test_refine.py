@@ -1,0 +1,312 @@
+"""Depth image -> mesh reconstruction (dce.geom.reconstruct) and the
+dce-refine command, checked against analytic surfaces and hand counts."""
+import json
+
+import igl
+import numpy as np
+import pytest
+from analytic import sphere
+from PIL import Image
+
+from dce.cli import refine
+from dce.geom.dataset import Sample, camera_array
+from dce.geom.dce import render_dce
+from dce.geom.io import Mesh, load_mesh, save_mesh
+from dce.geom.normals import face_normals
+from dce.geom.projection import FRONTAL, OrthographicCamera, posed_camera
+from dce.geom.reconstruct import depth_image_mesh, merge_with_coarse
+
+SIZE = 128
+
+
+def sphere_mesh(radius, centre, n=10_000):
+    s = sphere(radius, n)
+    return Mesh(s.V + centre, s.F)
+
+
+def circumradii(V, F):
+    """(m,) circumradius of each triangle: abc / (4 area)."""
+    A, B, C = V[F[:, 0]], V[F[:, 1]], V[F[:, 2]]
+    a, b, c = (np.linalg.norm(B - C, axis=1), np.linalg.norm(A - C, axis=1),
+               np.linalg.norm(A - B, axis=1))
+    area = 0.5 * np.linalg.norm(np.cross(B - A, C - A), axis=1)
+    return a * b * c / (4 * area)
+
+
+def distance_to_mesh(P, mesh):
+    d2, _, _ = igl.point_mesh_squared_distance(
+        np.ascontiguousarray(P, dtype=np.float64), mesh.vertices,
+        mesh.faces.astype(np.int64))
+    return np.sqrt(d2)
+
+
+def region_of(pixels, shape):
+    region = np.zeros(shape, dtype=bool)
+    region[pixels[:, 0], pixels[:, 1]] = True
+    return region
+
+
+# ------------------------------------------------------------- reconstruction
+
+
+def test_reconstructed_sphere_lies_on_the_sphere():
+    R, centre = 50.0, np.array([10.0, -20.0, 30.0])
+    mesh = sphere_mesh(R, centre)
+    camera = posed_camera(centre, 2.0, 256, yaw=30, pitch=10, roll=5)
+    image = render_dce(mesh, camera, 256, "D")
+    grid, pixels = depth_image_mesh(image.physical("depth"), image.mask, camera)
+
+    # The image samples the triangulated sphere, whose triangles lie between
+    # the sphere and the planes at sqrt(R^2 - rho^2) from the centre (rho: a
+    # triangle's circumradius); 1e-5 mm allows for the image's float32
+    # storage of the normalized depth (about 3e-6 mm at a 50 mm scale).
+    rho = circumradii(mesh.vertices, mesh.faces).max()
+    inner = np.sqrt(R * R - rho * rho)
+    r = np.linalg.norm(grid.vertices - centre, axis=1)
+    assert R - inner < 0.015  # the bound is tight: 0.0142 mm for this icosphere
+    assert r.max() <= R + 1e-5 and r.min() >= inner - 1e-5, (r.min() - R, r.max() - R)
+    # Each vertex projects back onto the centre of its own pixel.
+    P = camera.project(grid.vertices)
+    np.testing.assert_allclose(P[:, :2], pixels[:, ::-1], atol=1e-9)
+    assert image.mask[pixels[:, 0], pixels[:, 1]].all()
+    # All but the steep rim's pixels become vertices; every face faces the viewer.
+    assert len(grid.vertices) > 0.97 * image.mask.sum()
+    assert (face_normals(grid.vertices, grid.faces) @ camera.view_direction > 0).all()
+    assert np.array_equal(np.unique(grid.faces), np.arange(grid.n_vertices))
+
+
+def test_grid_counts_steps_and_three_pixel_blocks():
+    camera = OrthographicCamera(1.0, FRONTAL, np.zeros(2))  # 1 px per mm: default jump 5 mm
+    rows, cols = np.mgrid[0:6, 0:8]
+    # Left half: a 2 mm-per-pixel slope (kept); right half 60 mm behind (a step).
+    depth = np.where(cols < 4, 100.0 + 2.0 * cols, 160.0)
+    mask = np.ones((6, 8), dtype=bool)
+    grid, pixels = depth_image_mesh(depth, mask, camera)
+    # 6 x 4 pixels on each side: 5 x 3 blocks x 2 triangles each; the 5 blocks
+    # across the step are dropped.
+    assert grid.n_faces == 2 * (2 * 5 * 3)
+    assert np.ptp(depth.ravel()[pixels[:, 0] * 8 + pixels[:, 1]][grid.faces], axis=1).max() <= 4
+    # With a threshold above the step, the 5 blocks come back.
+    assert depth_image_mesh(depth, mask, camera, max_jump_mm=61.0)[0].n_faces == 70
+
+    # A 2x2 block missing one corner gives the one triangle of the other three.
+    for missing in range(4):
+        m = np.ones((2, 2), dtype=bool)
+        m.ravel()[missing] = False
+        tri, px = depth_image_mesh(np.full((2, 2), 50.0), m, camera)
+        assert tri.n_faces == 1 and len(px) == 3
+        assert set(map(tuple, px)) == set(map(tuple, np.argwhere(m)))
+        assert face_normals(tri.vertices, tri.faces)[0] @ camera.view_direction == pytest.approx(1)
+    # An isolated pixel is in no triangle and becomes no vertex.
+    lone = np.zeros((3, 3), dtype=bool)
+    lone[1, 1] = True
+    assert depth_image_mesh(np.zeros((3, 3)), lone, camera)[0].n_vertices == 0
+
+
+def test_merge_keeps_what_the_refined_grid_does_not_cover():
+    R, centre = 40.0, np.zeros(3)
+    coarse = sphere_mesh(R, centre)
+    camera = posed_camera(centre, 1.2, SIZE, yaw=20)
+    image = render_dce(coarse, camera, SIZE, "D")
+    depth = image.physical("depth")
+    half = image.mask & (np.arange(SIZE) < SIZE // 2)[None, :]  # the grid covers the left half
+    grid, pixels = depth_image_mesh(depth, half, camera)
+    merged, kept = merge_with_coarse(grid, region_of(pixels, half.shape), coarse, camera)
+
+    # No unreferenced vertices; every vertex is on the sphere's triangulation.
+    assert np.array_equal(np.unique(merged.faces), np.arange(merged.n_vertices))
+    assert distance_to_mesh(merged.vertices, coarse).max() < 1e-5
+    # The back hemisphere and the right half of the front are kept whole;
+    # front faces well inside the covered half are replaced.
+    P = camera.project(coarse.vertices)
+    centroid = P[coarse.faces].mean(axis=1)
+    toward = (coarse.vertices[coarse.faces].mean(axis=1) - centre) @ camera.view_direction
+    assert kept[toward < 0].all()
+    assert kept[centroid[:, 0] > SIZE // 2 + 1].all()
+    c = (SIZE - 1) / 2
+    inside = (toward > 0) & (centroid[:, 0] < SIZE // 2 - 3) \
+        & (np.hypot(centroid[:, 0] - c, centroid[:, 1] - c) < 1.2 * R - 3)
+    assert inside.sum() > 1000 and not kept[inside].any()
+    # The union shows the same silhouette and the same surface as the coarse mesh.
+    again = render_dce(merged, camera, SIZE, "D")
+    assert np.array_equal(again.mask, image.mask)
+    assert np.nanmax(np.abs(again.physical("depth") - depth)) < 0.05
+
+
+def test_merge_keeps_occluded_coarse_faces():
+    # Sphere A (r 20) in front of sphere B (r 40): B's front faces hidden
+    # behind A are in the covered region but not seen, so they stay.
+    a = sphere_mesh(20.0, np.array([0.0, 0.0, 80.0]), n=2562)
+    b = sphere_mesh(40.0, np.zeros(3))
+    coarse = Mesh(np.vstack([a.vertices, b.vertices]),
+                  np.vstack([a.faces, b.faces + a.n_vertices]))
+    camera = posed_camera(np.zeros(3), 1.2, SIZE)
+    image = render_dce(coarse, camera, SIZE, "D")
+    grid, pixels = depth_image_mesh(image.physical("depth"), image.mask, camera)
+    merged, kept = merge_with_coarse(grid, region_of(pixels, image.mask.shape), coarse, camera)
+    kept_b = kept[len(a.faces):]
+    V = b.vertices[b.faces].mean(axis=1)
+    front = V[:, 2] > 0
+    behind_a = front & (np.hypot(V[:, 0], V[:, 1]) < 20.0 - 3.0)
+    # (Away from B's rim, steeper than 60 degrees, where the grid may drop
+    # triangles as discontinuities and the coarse faces rightly stay.)
+    visible = front & (np.hypot(V[:, 0], V[:, 1]) > 20.0 + 3.0) & (V[:, 2] > 20.0)
+    assert behind_a.sum() > 50 and kept_b[behind_a].all()
+    assert visible.sum() > 500 and not kept_b[visible].any()
+    assert np.array_equal(np.unique(merged.faces), np.arange(merged.n_vertices))
+
+
+# ------------------------------------------------------------------ dce-refine
+
+
+def head(k):
+    """An ellipsoidal 'head' (mm, facing +Z), slightly different per subject."""
+    s = sphere(1.0, 2562)
+    return Mesh(s.V * np.array([60.0 + 3 * k, 80.0, 55.0]), s.F)
+
+
+def bumpy(mesh):
+    """The head with bumps of up to 4 mm along the radial direction: a target."""
+    V = mesh.vertices
+    u = V / np.linalg.norm(V, axis=1, keepdims=True)
+    return Mesh(V + 4.0 * u * (np.sin(V[:, :1] / 6.0) * np.cos(V[:, 1:2] / 7.0)), mesh.faces)
+
+
+def write_pairs(path, channels, size=32):
+    from dce.geom.store import PairWriter
+
+    with PairWriter(path, channels, size, size, {"test": "analytic heads"},
+                    compression=None) as writer:
+        for k in range(3):
+            coarse = head(k)
+            target = bumpy(coarse)
+            for pose, yaw in enumerate((0.0, 25.0)):
+                camera = posed_camera(np.zeros(3), size / 200.0, size, yaw=yaw)
+                reference = camera.project(coarse.vertices)[:, 2].min() - 10.0
+                c, t = (render_dce(m, camera, size, channels, depth_reference=reference)
+                        for m in (coarse, target))
+                writer.append(Sample(
+                    f"s{k}/pose{pose}", f"s{k}", f"s{k}", c.image.transpose(2, 0, 1),
+                    t.image.transpose(2, 0, 1), c.mask, t.mask, tuple(channels), c.offset,
+                    c.scale, t.offset, t.scale, np.array([yaw, 0.0, 0.0]), camera_array(camera),
+                    camera_array(camera)))
+        writer.finalize(seed=0)
+    return path
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A tiny pair file of analytic heads and an iteration-0 residual
+    checkpoint (its refiner returns the coarse image exactly)."""
+    from dce.gan.train import Trainer, TrainSettings
+
+    root = tmp_path_factory.mktemp("refine")
+    pairs = write_pairs(root / "pairs.h5", ("depth", "curvature", "elevation"))
+    trainer = Trainer(TrainSettings(data=str(pairs), out=str(root / "run"), preset="cpu",
+                                    max_resolution=16, workers=0, batch_size=2),
+                      log=lambda *a: None)
+    return {"root": root, "pairs": pairs, "checkpoint": trainer.save()}
+
+
+def test_refine_pair_sample_with_an_identity_checkpoint(setup, tmp_path, capsys):
+    import h5py
+
+    out = tmp_path / "out"
+    assert refine.main([str(setup["checkpoint"]), "--pairs", str(setup["pairs"]),
+                        "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    with h5py.File(setup["pairs"]) as f:  # the default sample: the first of the test split
+        first_test = f["sample_id"].asstr()[int(np.flatnonzero(f["split"][()] == 1)[0])]
+    assert f"sample {first_test} " in printed
+    # The untrained residual generator returns the coarse image, so both MAEs
+    # are equal (and non-zero: the target has 4 mm bumps).
+    mae = printed.split("face pixels: coarse ")[1].split(" mm, refined ")
+    assert float(mae[0]) == float(mae[1].split(" mm")[0]) > 0.1
+
+    refined, coarse = load_mesh(out / "refined.ply"), load_mesh(out / "coarse.ply")
+    # The refined mesh is the coarse depth grid again, lying on the analytic
+    # head's triangulation (1e-3 mm: the pair file's 16-bit depth step is
+    # 50 mm / 32767.5 = 1.5e-3 mm, half of it 7.6e-4 mm).
+    np.testing.assert_array_equal(refined.faces, coarse.faces)
+    np.testing.assert_allclose(refined.vertices, coarse.vertices, atol=1e-12)
+    subject = int(first_test[1])
+    assert distance_to_mesh(refined.vertices, head(subject)).max() < 1e-3
+    assert np.array_equal(np.unique(refined.faces), np.arange(refined.n_vertices))
+    side = np.asarray(Image.open(out / "side_by_side.png"))
+    assert side.shape == (256, 3 * 260, 3) and side.max() > 0  # coarse | refined | target
+    assert np.asarray(Image.open(out / "refined_dce.png")).shape[0] == 3 * 32
+    assert json.loads((out / "camera.json").read_text())["scale"] == pytest.approx(32 / 200)
+
+
+def test_refine_mesh_with_a_camera_writes_obj(setup, tmp_path):
+    coarse = head(1)
+    mesh_path = tmp_path / "head.ply"
+    save_mesh(mesh_path, coarse)
+    camera = posed_camera(np.zeros(3), 64 / 200.0, 64, yaw=-20)
+    (tmp_path / "cam.json").write_text(json.dumps(camera.to_dict()))
+    out = tmp_path / "out"
+    assert refine.main([str(setup["checkpoint"]), "--mesh", str(mesh_path), "--camera",
+                        str(tmp_path / "cam.json"), "--size", "64", "--format", "obj",
+                        "-o", str(out)]) == 0
+    refined = load_mesh(out / "refined.obj")
+    assert load_mesh(out / "coarse.obj").n_faces == coarse.n_faces  # no landmarks: no crop
+    # Refined grid (rendered float32 depth, 3e-6 mm) and kept coarse faces
+    # (exact) all lie on the coarse surface; the back of the head is kept.
+    assert distance_to_mesh(refined.vertices, coarse).max() < 1e-4
+    assert refined.vertices[:, 2].min() < -50.0
+    assert np.array_equal(np.unique(refined.faces), np.arange(refined.n_vertices))
+    assert np.asarray(Image.open(out / "side_by_side.png")).shape == (256, 2 * 260, 3)
+
+
+def test_refine_real_face_from_landmarks(setup, tmp_path, shared_data):
+    from dce.geom.io import Landmarks, read_landmarks, write_landmarks
+    from dce.geom.sources import frontal_landmarks
+
+    folder = shared_data / "menpo-james"
+    points = read_landmarks(folder / "james_landmarks_68.txt").points
+    write_landmarks(tmp_path / "photo.pts", Landmarks(frontal_landmarks(points)))
+    out = tmp_path / "out"
+    assert refine.main([str(setup["checkpoint"]), "--mesh", str(folder / "james.ply"),
+                        "--landmarks", str(tmp_path / "photo.pts"), "--landmarks-3d",
+                        str(folder / "james_landmarks_68.txt"), "--size", "32",
+                        "-o", str(out)]) == 0
+    coarse, refined = load_mesh(out / "coarse.ply"), load_mesh(out / "refined.ply")
+    assert coarse.n_vertices < load_mesh(folder / "james.ply").n_vertices  # cropped
+    assert distance_to_mesh(refined.vertices, coarse).max() < 1e-4
+    assert refined.colors is not None  # the coarse mesh's colours carry over
+
+
+def test_bad_inputs_give_clean_messages(setup, tmp_path, capsys):
+    ckpt, pairs = str(setup["checkpoint"]), str(setup["pairs"])
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    bad_mesh = tmp_path / "bad.ply"
+    bad_mesh.write_text("ply\nformat ascii 1.0\nelement vertex 3\nend_header\n1 2\n")
+    bad_camera = tmp_path / "cam.json"
+    bad_camera.write_text('{"scale": 1.0}')
+    depth_only = write_pairs(tmp_path / "depth.h5", ("depth",), size=8)
+    cases = [
+        ([str(tmp_path / "missing.pt"), "--pairs", pairs], "missing.pt"),
+        ([str(garbage), "--pairs", pairs], "garbage.pt"),
+        ([ckpt, "--pairs", str(tmp_path / "none.h5")], "none.h5"),
+        ([ckpt, "--pairs", pairs, "--sample", "nobody/pose0"], "pairs.h5"),
+        ([ckpt, "--pairs", pairs, "--sample", "99"], "pairs.h5"),
+        ([ckpt, "--pairs", str(depth_only)], "depth.h5"),
+        ([ckpt, "--mesh", str(bad_mesh), "--camera", str(bad_camera)], "bad.ply"),
+        ([ckpt, "--mesh", str(tmp_path / "nothing.ply"), "--camera", str(bad_camera)],
+         "nothing.ply"),
+    ]
+    save_mesh(tmp_path / "head.ply", head(0))
+    cases.append(([ckpt, "--mesh", str(tmp_path / "head.ply"), "--camera", str(bad_camera)],
+                  "cam.json"))
+    errors = {}
+    for argv, name in cases:
+        assert refine.main(argv + ["-o", str(tmp_path / "out")]) == 2, argv
+        err = errors[name] = capsys.readouterr().err
+        assert err.startswith("dce-refine: ") and name in err and "Traceback" not in err, err
+    assert "lacks ['curvature', 'elevation']" in errors["depth.h5"]
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(SystemExit) as stop:
+        refine.main([ckpt, "--mesh", str(tmp_path / "head.ply")])  # no camera source
+    assert stop.value.code == 2
+    assert "exactly one of --camera" in capsys.readouterr().err
