@@ -20,7 +20,7 @@ from contextlib import contextmanager
 import os
 import signal
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Optional
 
@@ -171,7 +171,9 @@ class Trainer:
     """Holds the networks, optimizers and data of one run."""
 
     def __init__(self, settings: TrainSettings, log=print):
-        self.s = settings
+        # Resolved, so a checkpoint says what it was trained with whatever the
+        # preset defaults become later.
+        self.s = replace(settings, residual=settings.uses_residual())
         self.rank, self.world, self.device = init_distributed(pick_device(settings.device))
         self.log = log if self.rank == 0 else (lambda *a, **k: None)
         self.out = Path(settings.out)

@@ -19,19 +19,21 @@ import numpy as np
 from . import crop, filters
 from .dce import DCEImage, SurfaceGeometry, render_dce, surface_geometry
 from .dce import resolve_channels
-from .io import IBUG68_NOSE_TIP, Mesh, RangeScan
+from .io import IBUG68_NOSE_TIP, FormatError, Mesh, RangeScan, read_landmarks
 from .landmarks import landmarks_to_3d
 from .projection import OrthographicCamera, crop_camera, fit_orthographic, rotation_from_euler
+from .sources import read_vertex_indices
 
 
 @dataclass
 class PreparedMesh:
     """One side of a pair: the mesh, its pose-independent geometry, its 68
-    landmarks in 3D (mm) and the camera that maps it onto the photo."""
+    landmarks in 3D (mm; None for a mesh rendered on its own without them)
+    and the camera that maps it onto the photo (or the image's camera)."""
 
     mesh: Mesh
     geometry: SurfaceGeometry
-    landmarks_3d: np.ndarray
+    landmarks_3d: Optional[np.ndarray]
     camera: OrthographicCamera
 
 
@@ -58,15 +60,41 @@ def prepare_ground_truth_mesh(mesh: Mesh, landmarks_3d: np.ndarray, landmarks_2d
     return PreparedMesh(mesh, surface_geometry(mesh, curvature), np.asarray(landmarks_3d), camera)
 
 
+def prepare_mesh(mesh: Mesh, landmarks_3d: Optional[np.ndarray], camera: OrthographicCamera,
+                 curvature: str = "mean", **crop_options) -> PreparedMesh:
+    """``mesh`` with its geometry and ``camera``, cropped like the ground
+    truth when its 68 landmarks ``landmarks_3d`` (68, 3) mm are known (None:
+    the whole mesh)."""
+    if landmarks_3d is not None:
+        mesh = crop.crop_mesh(mesh, landmarks_3d, **crop_options)
+    return PreparedMesh(mesh, surface_geometry(mesh, curvature), landmarks_3d, camera)
+
+
 def prepare_coarse(mesh: Mesh, landmark_vertices: np.ndarray, landmarks_2d: np.ndarray,
                    curvature: str = "mean", **crop_options) -> PreparedMesh:
     """A coarse mesh whose 68 landmarks are the vertices ``landmark_vertices``,
     cropped like the ground truth; its camera is fitted from the same photo
     landmarks as the ground truth's."""
     landmarks_3d = mesh.vertices[np.asarray(landmark_vertices)]
-    camera = fit_orthographic(landmarks_2d, landmarks_3d)
-    mesh = crop.crop_mesh(mesh, landmarks_3d, **crop_options)
-    return PreparedMesh(mesh, surface_geometry(mesh, curvature), landmarks_3d, camera)
+    return prepare_mesh(mesh, landmarks_3d, fit_orthographic(landmarks_2d, landmarks_3d),
+                        curvature, **crop_options)
+
+
+def read_mesh_landmarks(path, mesh: Mesh) -> np.ndarray:
+    """(68, 3) landmarks in mm of ``mesh`` from ``path``: 68 vertex indices
+    (``.npy``, ``.npz``, or a ``.txt`` of integers; see
+    ``sources.read_vertex_indices``) or 68 x y z points (any landmark file
+    ``io.read_landmarks`` reads). :class:`FormatError` naming the file."""
+    if str(path).lower().endswith((".npy", ".npz")):
+        return mesh.vertices[read_vertex_indices(path, mesh.n_vertices)]
+    try:
+        points = read_landmarks(path, expected=68)
+    except FormatError:
+        return mesh.vertices[read_vertex_indices(path, mesh.n_vertices)]
+    if points.dim != 3:
+        raise FormatError(f"{path}: holds 68 2D points; the mesh's landmarks need 68 x y z "
+                          "points (mm) or 68 vertex indices")
+    return points.points
 
 
 def face_box(landmarks_2d: np.ndarray, margin: float = 0.25) -> tuple:
@@ -92,11 +120,24 @@ def posed_view(side: PreparedMesh, anchor_px, center_px, crop_size_px: float, si
     return crop_camera(OrthographicCamera(cam.scale, R, t), center_px, crop_size_px, size)
 
 
+def framed_view(side: PreparedMesh, landmarks_2d: np.ndarray, size: int,
+                pose=(0.0, 0.0, 0.0), margin: float = 0.25) -> OrthographicCamera:
+    """The side's ``size`` px view at ``pose`` = (yaw, pitch, roll) degrees,
+    framed on its 68 photo landmarks (x, y px): the :func:`face_box` crop,
+    the nose tip on the nose-tip landmark (see :func:`posed_view`)."""
+    center, box = face_box(landmarks_2d, margin)
+    return posed_view(side, landmarks_2d[IBUG68_NOSE_TIP], center, box, size, *pose)
+
+
 def render_side(side: PreparedMesh, camera: OrthographicCamera, size: int, channels="DCE",
                 nose_margin_mm: float = 10.0, **normalization) -> DCEImage:
     """Render one side; its depth reference sits ``nose_margin_mm`` in front of
-    its own nose tip, so coarse and ground truth share the depth scale."""
-    nose_depth = camera.project(side.landmarks_3d[IBUG68_NOSE_TIP][None])[0, 2]
+    its own nose tip, so coarse and ground truth share the depth scale
+    (without landmarks the nearest vertex stands in for the nose tip)."""
+    if side.landmarks_3d is not None:
+        nose_depth = camera.project(side.landmarks_3d[IBUG68_NOSE_TIP][None])[0, 2]
+    else:
+        nose_depth = camera.project(side.mesh.vertices)[:, 2].min()
     return render_dce(side.mesh, camera, size, channels, side.geometry,
                       depth_reference=nose_depth - nose_margin_mm, **normalization)
 
@@ -106,10 +147,45 @@ def render_pair(coarse: PreparedMesh, target: PreparedMesh, landmarks_2d: np.nda
                 margin: float = 0.25, **normalization) -> tuple:
     """Pixel-aligned (coarse, target) DCE images at ``pose`` = (yaw, pitch,
     roll) degrees, framed on the photo landmarks."""
-    center, side = face_box(landmarks_2d, margin)
-    nose = landmarks_2d[IBUG68_NOSE_TIP]
-    return tuple(render_side(s, posed_view(s, nose, center, side, size, *pose), size, channels,
-                             **normalization) for s in (coarse, target))
+    return tuple(render_side(s, framed_view(s, landmarks_2d, size, pose, margin), size,
+                             channels, **normalization) for s in (coarse, target))
+
+
+# ------------------------------------------------------------ single meshes
+
+
+def prepare_view(mesh: Mesh, landmarks_3d: Optional[np.ndarray] = None,
+                 camera: Optional[OrthographicCamera] = None,
+                 landmarks_2d: Optional[np.ndarray] = None, photo: Optional[np.ndarray] = None,
+                 size: int = 256, curvature: str = "mean", margin: float = 0.25,
+                 **crop_options) -> tuple:
+    """One mesh (e.g. a coarse fit to refine) prepared to render on its own:
+    (:class:`PreparedMesh`, the camera of its ``size`` px image). Either
+    ``camera`` is that camera, or the view is framed on 68 photo landmarks
+    ``landmarks_2d`` (x, y px) as :func:`render_pair` frames a pair's
+    photo view, the photo camera fitted from them and ``landmarks_3d``;
+    ``photo`` (H, W, 3) uint8 then colours the vertices. The mesh is cropped
+    when its landmarks ``landmarks_3d`` (68, 3) mm are known."""
+    if camera is not None:
+        return prepare_mesh(mesh, landmarks_3d, camera, curvature, **crop_options), camera
+    side = prepare_mesh(mesh, landmarks_3d, fit_orthographic(landmarks_2d, landmarks_3d),
+                        curvature, **crop_options)
+    if photo is not None:
+        side.mesh.colors = sample_photo_colors(side.mesh.vertices, side.camera, photo)
+    return side, framed_view(side, landmarks_2d, size, margin=margin)
+
+
+def render_view(side: PreparedMesh, camera: OrthographicCamera, size: int, channels="DCE",
+                **normalization) -> tuple:
+    """(the side's DCE image seen by ``camera``, depth referenced as in
+    :func:`render_side`; its colour image (size, size, 3) in [0, 1] when the
+    mesh has colours, else None). ValueError when the mesh is out of view."""
+    image = render_side(side, camera, size, channels, **normalization)
+    if not image.mask.any():
+        raise ValueError(f"the mesh is not in view of the camera (empty {size}x{size} image)")
+    if side.mesh.colors is None:
+        return image, None
+    return image, render_dce(side.mesh, camera, size, ("r", "g", "b"), side.geometry).rgb()
 
 
 # ----------------------------------------------------------------- samples
@@ -164,6 +240,11 @@ class Sample:
 def camera_array(camera: OrthographicCamera) -> np.ndarray:
     """(4, 3): the rotation's rows, then (scale, tx, ty)."""
     return np.vstack([camera.rotation, [camera.scale, *camera.translation]])
+
+
+def camera_from_array(a: np.ndarray) -> OrthographicCamera:
+    """Inverse of :func:`camera_array`: (4, 3) -> camera."""
+    return OrthographicCamera(a[3, 0], a[:3], a[3, 1:])
 
 
 def sample_photo_colors(vertices: np.ndarray, camera: OrthographicCamera,

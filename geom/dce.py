@@ -32,7 +32,7 @@ import numpy as np
 from . import curvature as curvature_mod
 from . import normals as normals_mod
 from .io import Mesh
-from .projection import OrthographicCamera
+from .projection import OrthographicCamera, crop_camera
 from .raster import rasterize
 
 CHANNEL_SETS = {
@@ -78,6 +78,23 @@ class DCEImage:
         rows, cols = np.nonzero(self.mask)
         depth = self.physical("depth")[rows, cols]
         return self.camera.unproject(np.column_stack([cols, rows, depth]))
+
+    def select(self, channels: Sequence[str]) -> "DCEImage":
+        """The image restricted to ``channels``, in that order (ValueError
+        when some are missing)."""
+        missing = [c for c in channels if c not in self.channels]
+        if missing:
+            raise ValueError(f"the image has channels {list(self.channels)}, lacks {missing}")
+        pick = [self.channels.index(c) for c in channels]
+        return DCEImage(np.ascontiguousarray(self.image[..., pick]), self.mask, tuple(channels),
+                        self.offset[pick], self.scale[pick], self.camera)
+
+    def rgb(self) -> Optional[np.ndarray]:
+        """(H, W, 3) float32 colours in [0, 1] of the r, g, b channels
+        (background 0), or None when the image has no colour."""
+        if not {"r", "g", "b"} <= set(self.channels):
+            return None
+        return (self.image[..., [self.channels.index(c) for c in "rgb"]] + 1.0) / 2.0
 
 
 def surface_geometry(mesh: Mesh, curvature: str = "mean", **curvature_options) -> SurfaceGeometry:
@@ -190,6 +207,17 @@ def preview_image(dce: DCEImage) -> np.ndarray:
     return (strip * 255 + 0.5).astype(np.uint8)
 
 
+def _save_png(path, picture) -> Path:
+    """Write the PIL image ``picture`` to ``path`` whole (via a temporary
+    file and a rename), creating the folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    picture.save(tmp, format="PNG")
+    tmp.replace(path)
+    return path
+
+
 def save_preview(path, images: Sequence[DCEImage], labels: Optional[Sequence[str]] = None) -> Path:
     """Write a PNG grid: one row per DCE image (see :func:`preview_image`),
     with an optional text label per row."""
@@ -205,9 +233,36 @@ def save_preview(path, images: Sequence[DCEImage], labels: Optional[Sequence[str
         for r, label in zip(rows, labels):
             draw.text((4, y + 4), str(label), fill=(255, 80, 80))
             y += r.shape[0]
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    picture.save(tmp, format="PNG")
-    tmp.replace(path)
-    return path
+    return _save_png(path, picture)
+
+
+def shaded_image(mesh: Mesh, camera: OrthographicCamera, size: int) -> np.ndarray:
+    """(size, size) uint8 headlight shading of ``mesh`` seen by ``camera``:
+    the cosine of the angle between the vertex normal and the direction
+    toward the viewer; background 0."""
+    geometry = SurfaceGeometry(normals_mod.vertex_normals(mesh.vertices, mesh.faces),
+                               np.zeros(mesh.n_vertices))
+    img = render_dce(mesh, camera, size, ("elevation",), geometry)
+    theta = (1.0 - img.image[..., 0]) * np.pi / 2
+    light = np.where(img.mask, np.clip(np.cos(theta), 0.0, 1.0), 0.0)
+    return (light * 255 + 0.5).astype(np.uint8)
+
+
+def save_shaded(path, meshes: Sequence[Mesh], cameras: Sequence[OrthographicCamera],
+                labels: Sequence[str], image_size: int, size: int = 256) -> Path:
+    """Write a PNG of ``meshes`` shaded side by side (see
+    :func:`shaded_image`), each seen by its camera, the camera of an
+    ``image_size`` px image, resampled to max(size, image_size) px; panels
+    are 4 px apart, each with its label."""
+    from PIL import Image, ImageDraw
+
+    preview = max(image_size, size)
+    centre = (image_size - 1) / 2.0
+    panels = [shaded_image(m, crop_camera(c, (centre, centre), image_size, preview), preview)
+              for m, c in zip(meshes, cameras)]
+    grey = np.concatenate([np.pad(p, ((0, 0), (0, 4))) for p in panels], axis=1)
+    picture = Image.fromarray(grey).convert("RGB")
+    draw = ImageDraw.Draw(picture)
+    for k, label in enumerate(labels):
+        draw.text((4 + k * (preview + 4), 4), label, fill=(255, 80, 80))
+    return _save_png(path, picture)

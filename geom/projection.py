@@ -14,9 +14,13 @@ toward +Z, the frontal camera has R = diag(1, -1, -1).
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+
+from .io import FormatError
 
 FRONTAL = np.diag([1.0, -1.0, -1.0])
 
@@ -64,6 +68,33 @@ class OrthographicCamera:
     @classmethod
     def from_dict(cls, d: dict) -> "OrthographicCamera":
         return cls(d["scale"], np.array(d["rotation"]), np.array(d["translation"]))
+
+
+def read_camera(path) -> OrthographicCamera:
+    """A camera from a JSON file ``{scale, rotation, translation}`` (as
+    :func:`write_camera` writes it); :class:`FormatError` naming the file
+    unless it holds scale > 0, a proper 3x3 rotation and a 2-vector."""
+    path = Path(path)
+    try:
+        camera = OrthographicCamera.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except FileNotFoundError:
+        raise FormatError(f"{path}: no such camera file") from None
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise FormatError(f"{path}: not a camera JSON {{scale, rotation (3x3), translation "
+                          f"(2)}} ({type(error).__name__}: {error})") from None
+    R = camera.rotation
+    if (R.shape != (3, 3) or camera.translation.shape != (2,) or not camera.scale > 0
+            or not np.allclose(R @ R.T, np.eye(3), atol=1e-6) or np.linalg.det(R) < 0):
+        raise FormatError(f"{path}: the camera needs scale > 0, a proper 3x3 rotation and a "
+                          "2-vector translation")
+    return camera
+
+
+def write_camera(path, camera: OrthographicCamera) -> Path:
+    """Write ``camera`` as JSON ``{scale, rotation, translation}``."""
+    path = Path(path)
+    path.write_text(json.dumps(camera.to_dict(), indent=1) + "\n", encoding="utf-8")
+    return path
 
 
 def rotation_from_euler(yaw: float, pitch: float, roll: float) -> np.ndarray:

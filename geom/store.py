@@ -1,4 +1,5 @@
-"""Writing DCE pair files (the layout is documented in ``dce.gan.h5format``).
+"""Writing DCE pair files (the layout is documented in ``dce.gan.h5format``),
+and reading a sample back as DCE images (:func:`read_sample`).
 
 A build accumulates samples in the directory ``<file>.partial/`` as
 *segments*: small pair files of a few whole samples each, written under a
@@ -28,12 +29,17 @@ import json
 import os
 import re
 import shutil
+from dataclasses import dataclass
 from importlib import metadata
+from typing import Optional
 
 import h5py
 import numpy as np
 
 from dce.gan import h5format as fmt
+
+from .dataset import camera_from_array
+from .dce import DCEImage
 
 try:
     import fcntl
@@ -453,6 +459,52 @@ def merge_shards(paths, out_path, seed: int, test_fraction: float = fmt.DEFAULT_
     _assemble(paths, os.fspath(out_path), first["channels"], first["height"], first["width"],
               first["config"], compression, None, seed, test_fraction)
     return fmt.validate(out_path)
+
+
+@dataclass
+class SampleImages:
+    """One sample of a pair file: its coarse and target DCE images (all the
+    file's channels, with their normalization and cameras), its id, subject
+    and split ("train" or "test")."""
+
+    coarse: DCEImage
+    target: DCEImage
+    sample_id: str
+    subject: str
+    split: str
+
+
+def _sample_index(path, f: h5py.File, sample: Optional[str]) -> int:
+    """Row of ``sample`` (an id, or a row index as text, negative from the
+    end) in the open pair file ``f``; None: the first test sample (the
+    first sample when none is in the test split)."""
+    ids = list(f["sample_id"].asstr()[()])
+    if sample is None:
+        test = np.flatnonzero(f[fmt.SPLIT][()] == fmt.TEST)
+        return int(test[0]) if len(test) else 0
+    if sample in ids:
+        return ids.index(sample)
+    if re.fullmatch(r"-?\d+", sample) and -len(ids) <= int(sample) < len(ids):
+        return int(sample) % len(ids)
+    raise fmt.PairFileError(f"{path}: no sample {sample!r} (the file has {len(ids)} samples, "
+                            f"ids such as {', '.join(ids[:3])}; give an id or an index "
+                            f"0..{len(ids) - 1})")
+
+
+def read_sample(path, sample: Optional[str] = None) -> SampleImages:
+    """One sample of the complete pair file ``path`` as DCE images:
+    ``sample`` is its id (e.g. ``"0003/pose0"``) or its row index as text
+    (negative from the end); None picks the first sample of the test split.
+    :class:`PairFileError` naming the file when there is no such sample."""
+    with fmt.open_pairs(path) as f:
+        channels = tuple(json.loads(f.attrs["channels"]))
+        i = _sample_index(path, f, sample)
+        images = [DCEImage(np.ascontiguousarray(fmt.dequantize(f[side][i]).transpose(1, 2, 0)),
+                           f[side + "_mask"][i].astype(bool), channels, f[side + "_offset"][i],
+                           f[side + "_scale"][i], camera_from_array(f[side + "_camera"][i]))
+                  for side in ("coarse", "target")]
+        return SampleImages(*images, f["sample_id"].asstr()[i], f["subject"].asstr()[i],
+                            "test" if f[fmt.SPLIT][i] else "train")
 
 
 def _tile(values: np.ndarray, mask: np.ndarray, lo: float, hi: float) -> np.ndarray:

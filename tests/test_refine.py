@@ -310,3 +310,141 @@ def test_bad_inputs_give_clean_messages(setup, tmp_path, capsys):
         refine.main([ckpt, "--mesh", str(tmp_path / "head.ply")])  # no camera source
     assert stop.value.code == 2
     assert "exactly one of --camera" in capsys.readouterr().err
+
+
+# ------------------------------------------- library pieces dce-refine uses
+
+
+def test_camera_array_round_trip():
+    from dce.geom.dataset import camera_from_array
+
+    hand = camera_array(OrthographicCamera(2.0, FRONTAL, [3.0, 4.0]))
+    np.testing.assert_array_equal(hand, [[1, 0, 0], [0, -1, 0], [0, 0, -1], [2, 3, 4]])
+    camera = posed_camera(np.array([1.0, 2.0, 3.0]), 0.7, 64, yaw=30, pitch=-10, roll=5)
+    back = camera_from_array(camera_array(camera))
+    assert back.scale == camera.scale
+    np.testing.assert_array_equal(back.rotation, camera.rotation)
+    np.testing.assert_array_equal(back.translation, camera.translation)
+
+
+def test_camera_json_round_trip_and_errors(tmp_path):
+    from dce.geom.io import FormatError
+    from dce.geom.projection import read_camera, write_camera
+
+    camera = posed_camera(np.zeros(3), 0.32, 64, yaw=-20, pitch=7)
+    back = read_camera(write_camera(tmp_path / "camera.json", camera))
+    assert back.scale == camera.scale
+    np.testing.assert_array_equal(back.rotation, camera.rotation)
+    np.testing.assert_array_equal(back.translation, camera.translation)
+    mirror = tmp_path / "mirror.json"  # det -1: not a rotation
+    mirror.write_text(json.dumps(OrthographicCamera(1.0, np.eye(3) * [1, 1, -1],
+                                                    [0.0, 0.0]).to_dict()))
+    for path, problem in ((mirror, "proper 3x3 rotation"), (tmp_path / "none.json", "no such")):
+        with pytest.raises(FormatError, match=problem) as error:
+            read_camera(path)
+        assert path.name in str(error.value)
+
+
+def test_dce_image_select_and_rgb():
+    from dce.geom.dce import DCEImage
+
+    image = np.array([[[0.5, -1.0, 0.0, 1.0]]], dtype=np.float32)  # one pixel
+    dce = DCEImage(image, np.ones((1, 1), bool), ("depth", "r", "g", "b"),
+                   np.array([60.0, 0.5, 0.5, 0.5]), np.array([-50.0, 0.5, 0.5, 0.5]), None)
+    picked = dce.select(("b", "depth"))
+    assert picked.channels == ("b", "depth")
+    np.testing.assert_array_equal(picked.image, [[[1.0, 0.5]]])
+    np.testing.assert_array_equal(picked.offset, [0.5, 60.0])
+    np.testing.assert_array_equal(picked.scale, [0.5, -50.0])
+    assert picked.physical("depth")[0, 0] == 60.0 - 25.0
+    np.testing.assert_array_equal(dce.rgb(), [[[0.0, 0.5, 1.0]]])
+    assert picked.rgb() is None
+    with pytest.raises(ValueError, match=r"lacks \['curvature'\]"):
+        dce.select(("depth", "curvature"))
+
+
+def test_read_sample_gives_the_written_images(tmp_path):
+    import h5py
+
+    from dce.gan.h5format import PairFileError
+    from dce.geom.store import read_sample
+
+    channels = ("depth", "curvature", "elevation")
+    path = write_pairs(tmp_path / "pairs.h5", channels)
+    got = read_sample(path, "s1/pose1")
+    assert (got.sample_id, got.subject) == ("s1/pose1", "s1")
+    camera = posed_camera(np.zeros(3), 32 / 200.0, 32, yaw=25.0)  # as write_pairs renders it
+    reference = camera.project(head(1).vertices)[:, 2].min() - 10.0
+    for side, mesh in ((got.coarse, head(1)), (got.target, bumpy(head(1)))):
+        want = render_dce(mesh, camera, 32, channels, depth_reference=reference)
+        assert side.channels == channels and np.array_equal(side.mask, want.mask)
+        # uint16 over [-1, 1]: half a step is 1 / 65535
+        assert np.abs(side.image - want.image).max() <= 1.0 / 65535 + 1e-7
+        np.testing.assert_array_equal(side.offset, want.offset)
+        np.testing.assert_array_equal(side.camera.rotation, camera.rotation)
+        np.testing.assert_array_equal(side.camera.translation, camera.translation)
+        assert side.camera.scale == camera.scale and side.rgb() is None
+    with h5py.File(path) as f:
+        ids, split = list(f["sample_id"].asstr()[()]), f["split"][()]
+    first_test = ids[int(np.flatnonzero(split == 1)[0])]
+    assert read_sample(path).sample_id == first_test and read_sample(path).split == "test"
+    assert [read_sample(path, i).split for i in ids] == [("train", "test")[s] for s in split]
+    assert read_sample(path, "-1").sample_id == ids[-1] == "s2/pose1"
+    assert read_sample(path, "2").sample_id == ids[2]
+    for bad in ("nobody/pose0", "6", "-7"):
+        with pytest.raises(PairFileError, match="no sample"):
+            read_sample(path, bad)
+
+
+def test_read_mesh_landmarks_indices_or_points(tmp_path):
+    from dce.geom.dataset import read_mesh_landmarks
+    from dce.geom.io import FormatError, Landmarks, write_landmarks
+
+    mesh = head(0)
+    indices = np.arange(68) * 17
+    points = mesh.vertices[indices]
+    np.save(tmp_path / "lm.npy", indices)
+    (tmp_path / "lm_idx.txt").write_text("\n".join(map(str, indices)))
+    write_landmarks(tmp_path / "lm_xyz.txt", Landmarks(points))
+    for name in ("lm.npy", "lm_idx.txt", "lm_xyz.txt"):
+        np.testing.assert_array_equal(read_mesh_landmarks(tmp_path / name, mesh), points)
+    write_landmarks(tmp_path / "photo.pts", Landmarks(points[:, :2]))
+    with pytest.raises(FormatError, match="photo.pts: holds 68 2D points"):
+        read_mesh_landmarks(tmp_path / "photo.pts", mesh)
+
+
+def test_view_of_a_mesh_with_a_camera():
+    from dce.geom.dataset import prepare_view, render_view
+
+    mesh = sphere_mesh(40.0, np.zeros(3))
+    mesh.colors = np.tile(np.float32([0.2, 0.4, 0.6]), (mesh.n_vertices, 1))
+    camera = posed_camera(np.zeros(3), 1.0, 128)
+    side, view = prepare_view(mesh, camera=camera)
+    assert view is camera and side.mesh.n_faces == mesh.n_faces  # no landmarks: no crop
+    image, rgb = render_view(side, view, 128, "D")
+    # Without landmarks the nearest point (the sphere's apex, 40 mm in front
+    # of the centre) stands in for the nose tip: reference 10 mm in front,
+    # so the apex maps to 1 - 10 / 50 (up to the triangulation's sag).
+    assert abs(image.image[image.mask].max() - 0.8) < 2e-3
+    np.testing.assert_allclose(rgb[image.mask], np.tile([0.2, 0.4, 0.6], (image.mask.sum(), 1)),
+                               atol=1e-6)
+    assert not rgb[~image.mask].any()
+    far = OrthographicCamera(camera.scale, camera.rotation, camera.translation + 1000.0)
+    with pytest.raises(ValueError, match="not in view"):
+        render_view(side, far, 128, "D")
+
+
+def test_save_shaded_side_by_side(tmp_path):
+    from dce.geom.dce import save_shaded
+
+    mesh = sphere_mesh(40.0, np.zeros(3))
+    camera = posed_camera(np.zeros(3), 0.5, 64)  # radius 20 px of 64, 80 px of the 256
+    png = save_shaded(tmp_path / "side.png", [mesh, mesh], [camera, camera], ["a", "b"], 64)
+    picture = np.asarray(Image.open(png))
+    assert picture.shape == (256, 2 * 260, 3)
+    left, right = picture[:, :256], picture[:, 260:516]
+    # Facing the viewer at the centre (cos 0 = 255); black background in the
+    # corners away from the labels.
+    assert left[128, 128].min() >= 254 and right[128, 128].min() >= 254
+    assert not left[-20:, -20:].any() and not picture[:, 256:260].any()
+    assert (left[:20, :20, 0] > left[:20, :20, 1]).any()  # the red label
