@@ -112,19 +112,6 @@ def parse_args(argv=None):
 # ----------------------------------------------------------------- inputs
 
 
-def load_refiner(checkpoint: Path, device: str):
-    from dce.gan.checkpoint import CheckpointError
-    from dce.gan.inference import Refiner
-
-    try:
-        return Refiner(checkpoint, device)
-    except CheckpointError:
-        raise
-    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as error:
-        raise CheckpointError(f"{checkpoint}: not a usable dce-train checkpoint "
-                              f"({type(error).__name__}: {error})") from None
-
-
 def read_mesh_inputs(args) -> tuple:
     """The --mesh inputs read and checked before the network loads: (the
     coarse side as a ``dataset.PreparedMesh``, the DCE image's camera)."""
@@ -277,13 +264,14 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from dce.gan.checkpoint import CheckpointError
     from dce.gan.h5format import PairFileError
+    from dce.gan.inference import Refiner
     from dce.geom.io import FormatError
     from dce.geom.landmarks import MissingWeightsError
     from dce.geom.store import read_sample
 
     try:
         inputs = read_sample(args.pairs, args.sample) if args.pairs else read_mesh_inputs(args)
-        refiner = load_refiner(args.checkpoint, args.device)
+        refiner = Refiner(args.checkpoint, args.device)
         coarse_mesh, coarse_image, target, rgb = coarse_inputs(args, inputs, refiner)
         try:
             refined_image = refine_image(refiner, coarse_image)

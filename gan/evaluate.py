@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import load_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint
 from .configs import get_config
 from .data import FOREGROUND_ABOVE, PairDataset, downsample, downsample_mask
 from .networks import stage_at
@@ -88,15 +88,19 @@ def depth_roughness(depth: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 
 def load_generator(checkpoint, device="cpu"):
     """(generator in eval mode, its TrainSettings, resolution, alpha) of a
-    dce-train checkpoint."""
+    dce-train checkpoint; CheckpointError naming the file when it is not one."""
     state = load_checkpoint(checkpoint, map_location=device)
-    settings = TrainSettings(**{k: v for k, v in state["settings"].items()
-                                if k in TrainSettings.__dataclass_fields__})
-    cfg = get_config(settings.config)
-    schedule = settings.schedule()
-    G, _ = build_networks(settings, cfg, schedule[-1].resolution)
-    G.load_state_dict(state["G"])
-    stage, alpha = stage_at(schedule, max(int(state["iteration"]) - 1, 0))
+    try:
+        settings = TrainSettings(**{k: v for k, v in state["settings"].items()
+                                    if k in TrainSettings.__dataclass_fields__})
+        cfg = get_config(settings.config)
+        schedule = settings.schedule()
+        G, _ = build_networks(settings, cfg, schedule[-1].resolution)
+        G.load_state_dict(state["G"])
+        stage, alpha = stage_at(schedule, max(int(state["iteration"]) - 1, 0))
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as error:
+        raise CheckpointError(f"{checkpoint}: not a usable dce-train checkpoint "
+                              f"({type(error).__name__}: {error})") from None
     return G.to(device).eval(), settings, schedule[stage].resolution, alpha
 
 
