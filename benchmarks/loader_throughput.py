@@ -1,14 +1,38 @@
-"""Samples per second that dce.gan.data.make_loader delivers (issue 5: the
-loader must deliver at least 5x what training consumes).
+"""Samples per second that the training data pipeline (dce.gan.data.PairDataset
+in a DataLoader) delivers per resolution, next to the images per second that a
+training step consumes there (issue 5: the loader must deliver at least 5x
+what training consumes).
 
-A pair file in the contract's layout (gan/h5format.py: uint16 images, one
-sample per chunk, gzip 4 + shuffle as dce-build writes by default) is written
-to a temporary folder: smooth random DCE images (ramps and waves inside an
-elliptic face mask, so that they compress like rendered ones). Each row
-iterates whole epochs at batch 4 after a warm-up epoch (worker start-up is
-reported apart).
+For each resolution r in 4, 8, 16, 32, 64, 256 of a 256 px pair file, with
+augmentation (crop_pad 16), coarse DCE + target DCE, batch 4, shuffled:
 
-    python benchmarks/loader_throughput.py [--samples 200] [--size 256] [--quick]
+- epoch 1: a fresh dataset, so every sample is read from the file (HDF5
+  read + gzip decompression + pooling; the file itself sits in the OS page
+  cache after the first row, so this is not a cold-disk figure), worker
+  start-up included;
+- later epochs: epochs 2.. of the same loader (best and median of
+  ``--repeats``): at r <= 64 (the cache resolution) from the in-memory
+  cache of 64 px images, at 256 px from the file again;
+- with 0 workers (in-process), with 2 workers each filling its own cache
+  (``lazy``: a worker caches the samples it is handed, so with shuffling a
+  worker's cache fills over the first epochs), and with 2 workers forked
+  after ``PairDataset.preload()`` in the parent (``preload``; its epoch-1
+  figure counts the preload and then an epoch from the cache).
+
+Training rates are measured here with benchmarks/train_throughput.py's step
+(D step with gradient penalty + G step, DCE|D|DCE, batch 4) up to
+``--train-max`` px; above it the rate at ``--train-max`` is an upper bound
+(larger images train slower), so the ratio printed there is a lower bound.
+The ratio column is later-epoch rate / training rate; ``>=5x`` marks where
+the loader meets the issue's bar. With 0 workers loading runs in the
+training process: at a ratio q it adds 1/q of the step time.
+
+    python benchmarks/loader_throughput.py [--data PAIRS.h5] [--samples 200]
+        [--repeats 3] [--train-max 64] [--quick]
+
+Without --data a pair file of --samples smooth random 256 px samples (gzip 4
++ shuffle, one sample per chunk, as dce-build writes) is written to a
+temporary folder; with --data, its first --samples samples are used.
 """
 from __future__ import annotations
 
@@ -21,11 +45,18 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import torch
+from torch.utils.data import Subset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import timed  # noqa: E402
 from dce.gan import h5format as fmt  # noqa: E402
+from dce.gan.configs import get_config  # noqa: E402
 from dce.gan.data import DCE, PairDataset, make_loader  # noqa: E402
+from dce.gan.networks import Discriminator, Generator  # noqa: E402
+from train_throughput import make_step  # noqa: E402
+
+RESOLUTIONS = (4, 8, 16, 32, 64, 256)
 
 
 def smooth_images(rng, n: int, C: int, size: int) -> tuple:
@@ -80,44 +111,105 @@ def write_pairs(path, n: int, size: int, seed: int = 0) -> None:
         f["split"] = np.array([split_of[s] for s in subjects], np.uint8)
 
 
+def training_rates(resolutions, batch: int, repeats: int, config: str = "DCE|D|DCE") -> dict:
+    """{r: images/s of one training iteration at r} on this machine's CPU (the
+    best of ``repeats``)."""
+    cfg = get_config(config)
+    top = max(resolutions)
+    rates = {}
+    for r in resolutions:
+        G = Generator(len(cfg.generator_in), len(cfg.generator_out), top)
+        D = Discriminator(cfg.discriminator_channels, top)
+        step = make_step(G, D, cfg, r, batch, torch.device("cpu"), None)
+        rates[r] = batch / float(timed(step, repeats).min())  # the best: a conservative ratio
+    return rates
+
+
+def loader_rates(dataset, workers: int, preload: bool, batch: int, repeats: int) -> tuple:
+    """(samples/s of epoch 1, array of samples/s of the later epochs) of a
+    shuffled, augmented loader over ``dataset`` (a PairDataset or a Subset of one)."""
+    base = dataset.dataset if isinstance(dataset, Subset) else dataset
+    loader = make_loader(dataset, batch_size=batch, workers=workers, seed=0)
+    n = len(loader) * batch
+    epoch = [0]
+
+    def one_epoch():
+        base.set_epoch(epoch[0])
+        epoch[0] += 1
+        for _ in loader:
+            pass
+
+    t0 = time.perf_counter()
+    if preload:
+        base.preload()  # in this process, before the first iter() forks the workers
+    one_epoch()
+    first = n / (time.perf_counter() - t0)
+    seconds = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        one_epoch()
+        seconds.append(time.perf_counter() - t0)
+    return first, n / np.array(seconds)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, help="a 256 px pair file (default: write one)")
     ap.add_argument("--samples", type=int, default=200)
-    ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--repeats", type=int, default=3, help="timed epochs per row")
-    ap.add_argument("--quick", action="store_true", help="60 samples, 1 timed epoch")
+    ap.add_argument("--repeats", type=int, default=3, help="timed later epochs per row")
+    ap.add_argument("--train-max", type=int, default=64,
+                    help="largest resolution whose training rate is measured")
+    ap.add_argument("--quick", action="store_true", help="60 samples, 2 later epochs, "
+                    "training rates up to 16 px")
     args = ap.parse_args()
     if args.quick:
-        args.samples, args.repeats = 60, 1
+        args.samples, args.repeats, args.train_max = 60, 2, 16
+    torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "pairs.h5"
+        path = args.data
+        if path is None:
+            path = Path(tmp) / "pairs.h5"
+            t0 = time.perf_counter()
+            write_pairs(path, args.samples, 256)
+            print(f"pair file: {args.samples} samples written in "
+                  f"{time.perf_counter() - t0:.1f} s")
+        with h5py.File(path, "r") as f:
+            size, total = int(f.attrs["height"]), int(f.attrs["n_samples"])
+        if size != 256:
+            raise SystemExit(f"{path}: images are {size} px; this benchmark needs 256 px")
+        n = min(args.samples, total)
+        print(f"{path}: {n} of {total} samples, 3 x {size}^2 DCE, "
+              f"{Path(path).stat().st_size / 2**20:.0f} MiB")
+        # Only the first n samples are used: a budget of n samples keeps preload() to them.
+        probe = PairDataset(path, "all", generator_channels=DCE, target_channels=DCE).cache_info()
+        cache_mb = (n + 0.5) * probe.nbytes / probe.capacity / 2**20
+        trained = [r for r in RESOLUTIONS if r <= args.train_max]
         t0 = time.perf_counter()
-        write_pairs(path, args.samples, args.size)
-        print(f"pair file: {args.samples} samples, 3 x {args.size}^2 DCE, "
-              f"{path.stat().st_size / 2**20:.1f} MiB, written in {time.perf_counter() - t0:.1f} s")
-        print(f"\n{'workers':>7} {'augment':>7} {'res':>4} {'start-up s':>10} "
-              f"{'samples/s best':>14} {'median':>8}")
-        for workers in (0, 2):
-            for augment, resolution in ((False, args.size), (True, args.size),
-                                        (True, args.size // 4)):
+        train = training_rates(trained, args.batch, 3 if args.quick else 5)
+        print(f"training rates measured in {time.perf_counter() - t0:.0f} s "
+              f"({torch.get_num_threads()} threads)\n")
+        print(f"{'res':>4} {'train img/s':>11} {'workers':>7} {'cache':>7} {'epoch 1':>8} "
+              f"{'later best':>10} {'median':>8} {'ratio':>7}")
+        for r in RESOLUTIONS:
+            rate = train.get(r, train[max(trained)])
+            bound = "" if r in train else "<"
+            modes = [(0, False), (2, False)] + ([(2, True)] if probe.resolution % r == 0 else [])
+            for workers, preload in modes:
                 ds = PairDataset(path, "all", generator_channels=DCE, target_channels=DCE,
-                                 augment=augment, resolution=resolution)
-                loader = make_loader(ds, batch_size=args.batch, workers=workers)
-                n = len(loader) * args.batch
-                t0 = time.perf_counter()
-                next(iter(loader))
-                startup = time.perf_counter() - t0
-
-                def epoch():
-                    for _ in loader:
-                        pass
-
-                t = timed(epoch, args.repeats)
-                print(f"{workers:>7} {str(augment):>7} {resolution:>4} {startup:>10.2f} "
-                      f"{n / t.min():>14.1f} {n / np.median(t):>8.1f}")
-        print("\nrows: one sample = coarse (3 ch) + target (3 ch) + 2 masks, float32; "
-              f"batch {args.batch}; res < {args.size} = average-pooled per item")
+                                 resolution=r, crop_pad=16, cache_mb=cache_mb)
+                dataset = ds if n == total else Subset(ds, range(n))
+                first, later = loader_rates(dataset, workers, preload, args.batch,
+                                            args.repeats)
+                ratio = np.median(later) / rate
+                cache = "-" if ds.cache_resolution % r else ("preload" if preload else "lazy")
+                print(f"{r:>4} {bound + format(rate, '.1f'):>11} {workers:>7} {cache:>7} "
+                      f"{first:>8.0f} {later.max():>10.0f} {np.median(later):>8.0f} "
+                      f"{(bound and '>') + format(ratio, '.1f'):>6}x"
+                      f"{'  >=5x' if ratio >= 5 else ''}")
+        print(f"\nsamples/s; one sample = coarse (3 ch) + target (3 ch) + 2 masks at r px, "
+              f"float32; batch {args.batch}; ratio = later-epoch median / training rate; "
+              f"cache resolution {ds.cache_resolution} px, {cache_mb:.0f} MiB for {n} samples")
 
 
 if __name__ == "__main__":

@@ -8,17 +8,37 @@ Tensors are float32 in [-1, 1] with the background at -1 (the contract's
 
 Processes. The dataset holds only the file's path, the selected row
 indices and their small offset/scale rows; each process opens the HDF5 file
-itself, read-only, on its first ``__getitem__`` (h5py handles can neither be
-pickled nor shared across a fork). Epoch and resolution live in a shared-memory tensor, so
-``set_epoch``/``set_resolution`` reach DataLoader workers, persistent ones
-included, as long as they are called before the next ``iter(loader)``
-(batches already prefetched keep the old values). Inside an epoch, change the
-resolution by pooling the batch with :func:`downsample` instead.
+itself, read-only, on its first item (h5py handles can neither be pickled
+nor shared across a fork). Epoch and resolution live in a shared-memory
+tensor, so ``set_epoch``/``set_resolution`` reach DataLoader workers,
+persistent ones included, as long as they are called before the next
+``iter(loader)`` (batches already prefetched keep the old values). Inside an
+epoch, change the resolution by pooling the batch with :func:`downsample`
+instead. A batch is fetched as a whole (``__getitems__``, used by torch's
+default fetcher): one read of the shared state, one pooling call.
+
+Low resolutions and the cache. The images are pooled in two steps: first to
+the *cache resolution* s (the largest divisor of the file's size H that is at
+most ``cache_resolution``, 64 by default), then to the item's resolution r,
+whenever r divides s; otherwise (r = 128 or 256 of a 256 px file) straight
+from the file's pixels. The pooled item is then moved by its shift, which is
+whole pixels of r (see :class:`PairDataset`), so moving after pooling equals
+moving the file's pixels before pooling. The s-pixel images and masks of the
+first samples that fit in ``cache_mb`` stay in the memory of the process
+that read them, so the later epochs of the low-resolution stages skip the
+HDF5 read, the gzip decompression and most of the pooling; the other samples
+are read from the file each time. Cached and uncached items run the same
+computation on the same s-pixel arrays, so they are equal bit for bit. The
+two steps equal one average pooling of the file's pixels up to float32
+rounding (block means of equal blocks' means; a mask pooled twice with the
+all-valid rule of :func:`downsample_mask` equals the mask pooled once,
+exactly).
 """
 from __future__ import annotations
 
 import os
 import random
+from dataclasses import dataclass
 
 import h5py
 import numpy as np
@@ -65,21 +85,62 @@ def downsample_mask(mask: torch.Tensor, resolution: int) -> torch.Tensor:
     """Masks (..., 1, H, W) of 0/1 -> (..., 1, r, r): a pooled pixel is valid
     (1) only when every pixel of its block is valid, so that the pooled image
     values inside the mask hold no background (a blend with -1 would bias the
-    error there). Same float dtype as ``mask``."""
+    error there). Pooling in steps gives the same mask: a pixel is valid when
+    all of its sub-blocks are, i.e. all of its pixels. Same float dtype as
+    ``mask``."""
     return (downsample(mask, resolution) >= 1.0).to(mask.dtype)
 
 
-def translate(x: np.ndarray, dy: int, dx: int, fill: float) -> np.ndarray:
+def translate(x: np.ndarray, dy: int, dx: int, fill) -> np.ndarray:
     """``x`` (..., H, W) moved by ``dy`` rows down and ``dx`` columns right
-    (out[i, j] = x[i - dy, j - dx]); pixels coming from outside are ``fill``.
-    The same as padding by max(|dy|, |dx|) with ``fill`` and cropping an H x W
-    window."""
+    (out[i, j] = x[i - dy, j - dx]); pixels coming from outside are ``fill``
+    (a scalar, or an array broadcasting against ``x[..., :1, :1]``, e.g. one
+    value per channel). The same as padding by max(|dy|, |dx|) with ``fill``
+    and cropping an H x W window."""
     H, W = x.shape[-2:]
-    out = np.full_like(x, fill)
+    out = np.empty_like(x)
+    out[...] = fill
     if abs(dy) < H and abs(dx) < W:
         out[..., max(dy, 0):H + min(dy, 0), max(dx, 0):W + min(dx, 0)] = \
             x[..., max(-dy, 0):H - max(dy, 0), max(-dx, 0):W - max(dx, 0)]
     return out
+
+
+def whole_pixel_shift(drawn: int, block: int, crop_pad: int) -> int:
+    """A shift of ``drawn`` file pixels made whole in pixels of ``block`` file
+    pixels: the nearest multiple of ``block`` (ties toward zero), limited to
+    the largest multiple whose size is at most ``crop_pad``."""
+    n = min((2 * abs(drawn) + block - 1) // (2 * block), crop_pad // block)
+    return n * block if drawn >= 0 else -n * block
+
+
+def _pool(stack: torch.Tensor, resolution: int, n_images: int) -> torch.Tensor:
+    """(N, n_images + 2, s, s) images then masks -> (N, n_images + 2, r, r):
+    :func:`downsample` on the images, :func:`downsample_mask` on the masks.
+    Returns ``stack`` itself when s = r."""
+    if stack.shape[-1] == resolution:
+        return stack
+    pooled = downsample(stack, resolution)
+    pooled[:, n_images:] = pooled[:, n_images:] >= 1.0
+    return pooled
+
+
+def _divisor_at_most(n: int, limit: int) -> int:
+    return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
+
+
+@dataclass(frozen=True)
+class CacheInfo:
+    """This process's cache of a :class:`PairDataset`: ``resolution`` s of the
+    cached images, ``capacity`` (samples that fit in the budget: items 0 ..
+    capacity - 1 are cached once read), ``filled`` (samples held now) and
+    ``nbytes`` (the memory it can take: capacity x bytes per sample; pages
+    are only touched as samples are stored)."""
+
+    resolution: int
+    capacity: int
+    filled: int
+    nbytes: int
 
 
 class PairDataset(Dataset):
@@ -101,6 +162,19 @@ class PairDataset(Dataset):
     augment : online random translation (paper 5.4, "randomly crop and pad").
     crop_pad : the largest shift, in pixels of the file's images, per axis.
     seed : with the epoch and the sample, determines the shift.
+    cache_resolution : the intermediate pooling size s is the largest divisor
+        of the file's size that is at most this (None: the file's size); the
+        items at resolutions dividing s are pooled from s-pixel images, kept
+        in memory (module docstring).
+    cache_mb : memory budget of the cache in MiB (2**20 bytes), per process:
+        the first ``floor(cache_mb / sample size)`` items are cached once read
+        (a 64 px sample of 3 + 3 channels and 2 masks takes 128 KiB, so the
+        default 512 MiB holds 4096 of them); later items are read from the
+        file each time; 0 caches nothing. With W DataLoader workers each
+        worker has its own cache, filled with the items it is handed, so up
+        to (W + 1) x cache_mb in all; call :meth:`preload` before the workers
+        start to give them the whole cache at once (forked workers share the
+        parent's pages copy-on-write).
 
     Items
     -----
@@ -109,24 +183,37 @@ class PairDataset(Dataset):
     ``index`` the sample's row in the file; ``coarse_offset``/``coarse_scale``
     (Cg,) and ``target_offset``/``target_scale`` (Ct,) float64 with physical =
     offset + scale * x (depth in mm); ``shift`` (2,) int64, the (rows, columns)
-    translation that was applied.
+    translation that was applied, in pixels of the file's images.
 
-    Augmentation: one integer shift (dy, dx), each uniform in [-crop_pad,
-    crop_pad], moves coarse, target, condition and masks alike; uncovered
-    pixels become background (-1 in images, 0 in masks). The shift is drawn
-    from ``numpy.random.default_rng([seed, epoch, index])``, so a run is
-    reproducible whatever the number of workers or the order of the items.
+    Augmentation: a shift (dy, dx) is drawn, each uniform in [-crop_pad,
+    crop_pad] file pixels, from ``numpy.random.default_rng([seed, epoch,
+    row])``, and made whole in pixels of the resolution r (each component by
+    :func:`whole_pixel_shift` with block H / r: the nearest multiple of the
+    block, limited to the largest multiple within crop_pad). It moves coarse,
+    target, condition and masks alike; uncovered pixels become background (-1
+    in images, 0 in masks). An item at r is thus an r-pixel image moved by
+    whole pixels, whether its pixels came from the cache or the file. With a
+    256 px file and crop_pad 16, the shift is up to 16 file pixels at 256,
+    128, 64 and 32 px, one of -16, 0, 16 at 16 px, and 0 at 8 and 4 px (16
+    file pixels are half a pixel at 8 px). The shift is a function of (seed,
+    epoch, row, resolution) only, so a run is reproducible whatever the
+    number of workers or the order of the items.
     """
 
     def __init__(self, path, split: str = "train", generator_channels=DCE,
                  target_channels=("depth",), condition_channels=None, resolution: int | None = None,
-                 augment: bool = True, crop_pad: int = 16, seed: int = 0):
+                 augment: bool = True, crop_pad: int = 16, seed: int = 0,
+                 cache_resolution: int | None = 64, cache_mb: float = 512):
         self.path = os.fspath(path)
         summary = h5format.validate(self.path)
         if split not in SPLITS:
             raise ValueError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
         if crop_pad < 0:
             raise ValueError(f"crop_pad must be >= 0, got {crop_pad}")
+        if cache_resolution is not None and cache_resolution < 1:
+            raise ValueError(f"cache_resolution must be >= 1 or None, got {cache_resolution}")
+        if not cache_mb >= 0:
+            raise ValueError(f"cache_mb must be >= 0, got {cache_mb}")
         self.file_channels = tuple(summary["channels"])
         self.height, self.width = summary["height"], summary["width"]
         self.generator_channels = self._channels(generator_channels, "generator_channels")
@@ -156,6 +243,15 @@ class PairDataset(Dataset):
         # [epoch, resolution], shared with DataLoader workers (see module docstring).
         self._state = torch.zeros(2, dtype=torch.int64).share_memory_()
         self.set_resolution(self.height if resolution is None else resolution)
+        # Every item is stacked as (images, then masks) channels: coarse, target, 2 masks.
+        self._images = len(self._g) + len(self._t)
+        self._fill = np.array([BACKGROUND] * self._images + [0.0, 0.0],
+                              np.float32)[:, None, None]
+        self.cache_resolution = _divisor_at_most(
+            self.height, self.height if cache_resolution is None else int(cache_resolution))
+        self._sample_bytes = (self._images + 2) * self.cache_resolution ** 2 * 4
+        self.cache_capacity = min(len(self.indices), int(cache_mb * 2**20) // self._sample_bytes)
+        self._cache = self._cached = None  # allocated by the first process that stores
         self._file = None
         self._pid = None
 
@@ -212,44 +308,115 @@ class PairDataset(Dataset):
         self._file = self._pid = None
 
     def __getstate__(self):
+        # Pickled copies (spawned workers) start with no handle and an empty cache.
         state = self.__dict__.copy()
-        state["_file"] = state["_pid"] = None
+        state["_file"] = state["_pid"] = state["_cache"] = state["_cached"] = None
         return state
 
-    def shift(self, item: int) -> tuple:
-        """The (rows, columns) translation applied to item ``item`` in the
-        current epoch; (0, 0) without augmentation."""
-        if not self.augment or self.crop_pad == 0:
-            return 0, 0
-        rng = np.random.default_rng([self.seed, self.epoch, int(self.indices[item])])
-        dy, dx = rng.integers(-self.crop_pad, self.crop_pad, size=2, endpoint=True)
-        return int(dy), int(dx)
+    def cache_info(self) -> CacheInfo:
+        """The state of this process's cache."""
+        filled = 0 if self._cached is None else int(self._cached.sum())
+        return CacheInfo(self.cache_resolution, self.cache_capacity, filled,
+                         self.cache_capacity * self._sample_bytes)
+
+    def preload(self, batch: int = 32) -> None:
+        """Read every item that fits in the cache into this process's cache.
+        Call it before the DataLoader starts its workers (the first
+        ``iter(loader)``), so that forked workers begin with the whole cache
+        rather than each filling its own over the first epochs."""
+        for start in range(0, self.cache_capacity, batch):
+            self._at_cache_resolution(range(start, min(start + batch, self.cache_capacity)))
+
+    def shift(self, item: int, resolution: int | None = None) -> tuple:
+        """The (rows, columns) translation, in file pixels, applied to item
+        ``item`` in the current epoch at ``resolution`` (default: the
+        current one); (0, 0) without augmentation."""
+        r = self.resolution if resolution is None else resolution
+        return self._shift(int(self.indices[item]), self.epoch, _block(self.height, self.width, r))
+
+    def _shift(self, row: int, epoch: int, block: int) -> tuple:
+        if not self.augment or self.crop_pad < block:
+            return 0, 0  # no whole-pixel shift fits in crop_pad
+        rng = np.random.default_rng([self.seed, epoch, row])
+        drawn = rng.integers(-self.crop_pad, self.crop_pad, size=2, endpoint=True)
+        return tuple(whole_pixel_shift(int(d), block, self.crop_pad) for d in drawn)
+
+    def _read(self, items) -> np.ndarray:
+        """(n, images + 2, H, W) float32 of the file's pixels of ``items``."""
+        f = self._handle()
+        g = len(self._g)
+        stack = np.empty((len(items), self._images + 2, self.height, self.width), np.float32)
+        for j, k in enumerate(items):
+            row = int(self.indices[k])
+            stack[j, :g] = h5format.dequantize(f["coarse"][row][self._g])
+            stack[j, g:self._images] = h5format.dequantize(f["target"][row][self._t])
+            stack[j, self._images] = f["coarse_mask"][row]
+            stack[j, self._images + 1] = f["target_mask"][row]
+        return stack
+
+    def _at_cache_resolution(self, items) -> np.ndarray:
+        """(n, images + 2, s, s) float32 of ``items`` pooled to the cache
+        resolution s, from the cache where held, else read, pooled and stored
+        (items below the capacity)."""
+        s, capacity = self.cache_resolution, self.cache_capacity
+        if self._cache is None and capacity:
+            # np.empty reserves address space; pages are committed as samples are stored.
+            self._cache = np.empty((capacity, self._images + 2, s, s), np.float32)
+            self._cached = np.zeros(capacity, bool)
+        held = [k < capacity and bool(self._cached[k]) for k in items]
+        stack = np.empty((len(items), self._images + 2, s, s), np.float32)
+        hits = [j for j, h in enumerate(held) if h]
+        misses = [j for j, h in enumerate(held) if not h]
+        if hits:
+            stack[hits] = self._cache[[items[j] for j in hits]]
+        if misses:
+            read = _pool(torch.from_numpy(self._read([items[j] for j in misses])), s,
+                         self._images)
+            stack[misses] = read.numpy()
+            for j in misses:
+                if items[j] < capacity:
+                    self._cache[items[j]] = stack[j]
+                    self._cached[items[j]] = True
+        return stack
+
+    def fetch(self, items, resolution: int | None = None) -> list:
+        """The items ``items`` (positions in this split) as a list of dicts at
+        ``resolution`` (default: the current one; the shared state is not
+        changed), for the current epoch: read, pooled and moved as one batch.
+        The image tensors of an item are views of one array."""
+        positions = range(len(self))
+        items = [positions[int(k)] for k in items]  # IndexError past the end, negatives count back
+        epoch, r = (int(v) for v in self._state.tolist())
+        r = r if resolution is None else int(resolution)
+        block = _block(self.height, self.width, r)
+        stack = (self._at_cache_resolution(items) if self.cache_resolution % r == 0
+                 else self._read(items))
+        pooled = _pool(torch.from_numpy(stack), r, self._images).numpy()
+        rows = [int(self.indices[k]) for k in items]
+        shifts = [self._shift(row, epoch, block) for row in rows]
+        for j, (dy, dx) in enumerate(shifts):
+            if dy or dx:  # whole pixels of r: the same as moving before pooling
+                pooled[j] = translate(pooled[j], dy // block, dx // block, self._fill)
+        pooled = torch.from_numpy(pooled)
+        g, t = len(self._g), len(self._t)
+        out = []
+        for j, (k, row) in enumerate(zip(items, rows)):
+            x = pooled[j]
+            item = {"coarse": x[:g], "target": x[g:g + t],
+                    "coarse_mask": x[g + t:g + t + 1], "target_mask": x[g + t + 1:],
+                    "index": row,
+                    **{name: torch.from_numpy(v[k]) for name, v in self._physical.items()},
+                    "shift": torch.tensor(shifts[j], dtype=torch.int64)}
+            if self._c is not None:
+                item["condition"] = item["coarse"][self._c]
+            out.append(item)
+        return out
 
     def __getitem__(self, item: int) -> dict:
-        row = int(self.indices[item])
-        f = self._handle()
-        coarse = h5format.dequantize(f["coarse"][row][self._g])
-        target = h5format.dequantize(f["target"][row][self._t])
-        masks = np.stack([f["coarse_mask"][row], f["target_mask"][row]])[:, None]
-        dy, dx = self.shift(item)
-        if dy or dx:
-            coarse = translate(coarse, dy, dx, BACKGROUND)
-            target = translate(target, dy, dx, BACKGROUND)
-            masks = translate(masks, dy, dx, 0)
-        r = self.resolution
-        coarse = downsample(torch.from_numpy(coarse), r)
-        masks = downsample_mask(torch.from_numpy(masks.astype(np.float32)), r)
-        out = {
-            "coarse": coarse,
-            "target": downsample(torch.from_numpy(target), r),
-            "coarse_mask": masks[0], "target_mask": masks[1],
-            "index": row,
-            **{name: torch.from_numpy(values[item]) for name, values in self._physical.items()},
-            "shift": torch.tensor([dy, dx], dtype=torch.int64),
-        }
-        if self._c is not None:
-            out["condition"] = coarse[self._c]
-        return out
+        return self.fetch([item])[0]
+
+    def __getitems__(self, items) -> list:
+        return self.fetch(items)
 
 
 def seed_worker(worker_id: int) -> None:

@@ -199,6 +199,11 @@ class Trainer:
                                  # Its own generator: creating an iterator must not draw
                                  # from the global RNG that the training step uses.
                                  generator=torch.Generator().manual_seed(settings.seed))
+        # Stages whose images come from the dataset's in-memory cache load
+        # in this process: there a batch costs less than its IPC from a worker.
+        self.cache_loader = DataLoader(self.data, settings.batch_size, sampler=self.sampler,
+                                       drop_last=True, pin_memory=self.device.type == "cuda",
+                                       generator=torch.Generator().manual_seed(settings.seed))
         if settings.model not in MODELS:
             raise ValueError(f"model must be one of {MODELS}, got {settings.model!r}")
         self.G, self.D = build_networks(settings, self.cfg, self.schedule[-1].resolution)
@@ -258,16 +263,26 @@ class Trainer:
         self.iteration = int(state["iteration"])
 
     # ------------------------------------------------------------ steps
+    def resolution(self) -> int:
+        """Image side of the current iteration's stage."""
+        return self.schedule[stage_at(self.schedule, self.iteration)[0]].resolution
+
     def batches(self):
-        """(iteration, batch) from the current iteration on, forever."""
+        """Batches from the current iteration on, forever, at the current
+        stage's resolution (the items' shift is whole pixels of it); the
+        loader restarts at each epoch and each new resolution."""
         while True:
             epoch, k = divmod(self.iteration, self.batches_per_epoch)
+            r = self.resolution()
             self.sampler.set_position(epoch, k * self.s.batch_size)
             self.data.set_epoch(epoch)
-            for batch in self.loader:
+            self.data.set_resolution(r)
+            cached = (self.data.cache_resolution % r == 0
+                      and self.data.cache_info().capacity == len(self.data))
+            for batch in (self.cache_loader if cached else self.loader):
                 yield batch
-                if self.iteration % self.batches_per_epoch == 0:
-                    break  # the epoch is over: reseed the order and the augmentation
+                if self.iteration % self.batches_per_epoch == 0 or self.resolution() != r:
+                    break  # a new epoch (order, augmentation) or a new resolution
 
     def step(self, batch) -> dict:
         stage, alpha = stage_at(self.schedule, self.iteration)
@@ -354,7 +369,7 @@ class Trainer:
 
         stage, alpha = stage_at(self.schedule, max(self.iteration - 1, 0))
         r = self.schedule[stage].resolution
-        items = [self.data[i] for i in range(min(count, len(self.data)))]
+        items = self.data.fetch(range(min(count, len(self.data))), r)
         x = downsample(torch.stack([it["coarse"] for it in items]), r).to(self.device)
         y = downsample(torch.stack([it["target"] for it in items]), r)
         # Eval mode: pix2pix's batch norm must not update its statistics and its

@@ -13,7 +13,7 @@ import torch
 
 from dce.gan import h5format as fmt
 from dce.gan.data import (DCE, PairDataset, PairFileError, downsample, downsample_mask,
-                          make_loader, start_epoch)
+                          make_loader, start_epoch, translate, whole_pixel_shift)
 
 H = W = 32
 SUBJECTS = ["s0", "s0", "s1", "s1", "s2", "s2"]  # s0, s1 train; s2 test
@@ -166,17 +166,154 @@ def test_downsample_block_means():
         downsample(torch.zeros(32, 32), 3)
 
 
+def block_mean(x, r):
+    """(..., H, W) numpy -> (..., r, r) block means, by reshaping (a second
+    method next to torch's pooling)."""
+    b = x.shape[-1] // r
+    return x.reshape(*x.shape[:-2], r, b, r, b).mean(axis=(-3, -1))
+
+
+def nearest_whole_shift(drawn, block, crop_pad):
+    """The documented rounding, by search: the multiple of ``block`` within
+    ``crop_pad`` nearest to ``drawn``, ties toward zero."""
+    candidates = [m * block for m in range(-crop_pad // block - 1, crop_pad // block + 2)
+                  if abs(m * block) <= crop_pad]
+    return min(candidates, key=lambda c: (abs(drawn - c), abs(c)))
+
+
+def test_whole_pixel_shift_by_hand():
+    assert whole_pixel_shift(16, 64, 16) == 0  # a quarter pixel at 4 px of 256
+    assert whole_pixel_shift(16, 32, 16) == 0  # half a pixel at 8 px: tie, toward zero
+    assert (whole_pixel_shift(8, 16, 16), whole_pixel_shift(9, 16, 16)) == (0, 16)
+    assert (whole_pixel_shift(-9, 16, 16), whole_pixel_shift(-7, 16, 16)) == (-16, 0)
+    assert whole_pixel_shift(5, 8, 5) == 0  # 8 would exceed crop_pad
+    assert (whole_pixel_shift(15, 4, 16), whole_pixel_shift(-3, 1, 16)) == (16, -3)
+
+
 def test_dataset_resolution(pairs):
-    full = PairDataset(pairs, "train", crop_pad=4, seed=1)
-    low = PairDataset(pairs, "train", crop_pad=4, seed=1, resolution=8)
-    for k in range(len(full)):
-        torch.testing.assert_close(low[k]["coarse"], downsample(full[k]["coarse"], 8))
-        torch.testing.assert_close(low[k]["target_mask"],
-                                   downsample_mask(full[k]["target_mask"], 8))
+    # Since the shift is made whole in pixels of the resolution, an 8 px item
+    # (block 4) is the 32 px image moved by a multiple of 4 px and then
+    # block-averaged, no longer the pooled full-resolution item moved by any
+    # file-pixel shift. Expected values: the analytic ramp, moved and averaged
+    # with numpy.
+    low = PairDataset(pairs, "train", crop_pad=6, seed=1, resolution=8)
+    for epoch in range(3):
+        low.set_epoch(epoch)
+        for k in range(len(low)):
+            item = low[k]
+            dy, dx = item["shift"].tolist()
+            assert dy % 4 == 0 and dx % 4 == 0 and max(abs(dy), abs(dx)) <= 4
+            coarse, inside = expected_coarse(item["index"], DCE, dy, dx)
+            np.testing.assert_allclose(item["coarse"].numpy(), block_mean(coarse, 8),
+                                       atol=STEP, rtol=0)
+            np.testing.assert_array_equal(item["target_mask"][0].numpy(),
+                                          block_mean(inside, 8) == 1)
     low.set_resolution(4)
     assert low[0]["target"].shape == (1, 4, 4)
     with pytest.raises(ValueError, match="resolution|3x3"):
         low.set_resolution(3)
+
+
+def test_shift_is_whole_pixels_within_crop_pad(pairs):
+    ds = PairDataset(pairs, "all", crop_pad=9, seed=5)
+    for epoch in range(4):
+        ds.set_epoch(epoch)
+        for r in (32, 16, 8, 4, 2):
+            block = 32 // r
+            ds.set_resolution(r)
+            for k in range(len(ds)):
+                shift = ds.shift(k)
+                drawn = np.random.default_rng([5, epoch, int(ds.indices[k])]).integers(
+                    -9, 9, size=2, endpoint=True)
+                assert shift == tuple(nearest_whole_shift(int(d), block, 9) for d in drawn)
+                assert all(s % block == 0 and abs(s) <= 9 for s in shift)
+                if r == 32:
+                    assert shift == tuple(drawn)
+            if r == 2:  # block 16 > crop_pad: no whole-pixel shift fits
+                assert all(ds.shift(k) == (0, 0) for k in range(len(ds)))
+
+
+def test_pooling_in_steps():
+    """Masks pooled in two steps with the all-valid rule equal the masks pooled
+    once, exactly; images agree to float rounding; a shift by whole blocks
+    commutes with pooling."""
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        m = torch.from_numpy((rng.random((2, 1, 64, 64)) > rng.uniform(0, 0.05)).astype(np.float32))
+        for s, r in ((16, 4), (32, 8), (8, 2), (16, 16)):
+            twice = downsample_mask(downsample_mask(m, s), r)
+            torch.testing.assert_close(twice, downsample_mask(m, r), rtol=0, atol=0)
+            np.testing.assert_array_equal(twice.numpy(), block_mean(m.numpy(), r) == 1)
+    x = torch.from_numpy(rng.uniform(-1, 1, (3, 64, 64)).astype(np.float32))
+    torch.testing.assert_close(downsample(downsample(x, 16), 4), downsample(x, 4))
+    moved = translate(x.numpy(), 8, -12, -1.0)  # 2 and -3 pixels at 16 px (block 4)
+    torch.testing.assert_close(downsample(torch.from_numpy(moved), 16),
+                               torch.from_numpy(translate(downsample(x, 16).numpy(), 2, -3, -1.0)))
+
+
+def items_equal(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        if torch.is_tensor(a[key]):
+            assert a[key].dtype == b[key].dtype and torch.equal(a[key], b[key]), key
+        else:
+            assert a[key] == b[key], key
+
+
+def test_cache_equals_uncached(pairs):
+    kwargs = dict(generator_channels=DCE, target_channels=("depth", "elevation"),
+                  condition_channels=("depth",), crop_pad=7, seed=4, cache_resolution=16)
+    cached = PairDataset(pairs, "all", **kwargs)
+    uncached = PairDataset(pairs, "all", cache_mb=0, **kwargs)
+    assert cached.cache_info().resolution == 16 and uncached.cache_info().capacity == 0
+    for epoch in range(3):
+        for ds in (cached, uncached):
+            ds.set_epoch(epoch)
+        for r in (32, 16, 8, 4, 2):  # 32: from the file's pixels; the others from 16 px
+            for ds in (cached, uncached):
+                ds.set_resolution(r)
+            order = [3, 0, 5, 1, 4, 2]
+            batch = cached.__getitems__(order)  # the DataLoader's batch-level fetch
+            for j, k in enumerate(order):
+                reference = uncached[k]
+                items_equal(cached[k], reference)
+                items_equal(batch[j], reference)
+                assert reference["coarse"].shape == (3, r, r)
+        assert cached.cache_info().filled == 6
+    assert uncached.cache_info().filled == 0
+    # another intermediate size pools differently by float rounding only
+    other = PairDataset(pairs, "all", resolution=4, cache_resolution=8, **{
+        k: v for k, v in kwargs.items() if k != "cache_resolution"})
+    cached.set_resolution(4)
+    for k in range(6):
+        torch.testing.assert_close(other[k]["coarse"], cached[k]["coarse"], rtol=0, atol=1e-6)
+
+
+def test_cache_budget(pairs):
+    per_sample = (3 + 1 + 2) * 16 * 16 * 4  # DCE + depth + 2 masks, float32, 16 px
+    budget_mb = 2.5 * per_sample / 2**20
+    ds = PairDataset(pairs, "train", crop_pad=3, seed=2, resolution=8, cache_resolution=16,
+                     cache_mb=budget_mb)
+    uncached = PairDataset(pairs, "train", crop_pad=3, seed=2, resolution=8,
+                           cache_resolution=16, cache_mb=0)
+    for epoch in range(2):
+        ds.set_epoch(epoch)
+        uncached.set_epoch(epoch)
+        for k in range(len(ds)):
+            items_equal(ds[k], uncached[k])  # items 2, 3 are beyond the budget: read each time
+    info = ds.cache_info()
+    assert (info.capacity, info.filled, info.nbytes) == (2, 2, 2 * per_sample)
+    assert ds._cache.nbytes <= budget_mb * 2**20
+    fresh = PairDataset(pairs, "train", cache_resolution=16, cache_mb=budget_mb)
+    fresh.preload()
+    assert fresh.cache_info().filled == 2
+    with pytest.raises(ValueError, match="cache_mb"):
+        PairDataset(pairs, cache_mb=-1)
+    with pytest.raises(ValueError, match="cache_resolution"):
+        PairDataset(pairs, cache_resolution=0)
+    # the largest divisor of the file's 32 px that is at most the option
+    assert [PairDataset(pairs, cache_resolution=c).cache_resolution
+            for c in (64, 12, None, 1)] == [32, 8, 32, 1]
 
 
 def test_loader_with_workers_opens_lazily(pairs):
