@@ -52,6 +52,10 @@ def parse_args(argv=None):
     p.add_argument("--residual", action=argparse.BooleanOptionalAction, default=None,
                    help="the generator learns a correction added to the coarse input "
                         "(our addition; default: on for --preset cpu, off for the paper preset)")
+    p.add_argument("--masked-loss", action="store_true",
+                   help="L1 pixel loss over the ground truth's surface only, so the scans' holes "
+                        "(eyes, brows, hair) are not learned (our option; default: the whole "
+                        "image, as the paper)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (default: auto)")
     p.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"],
                    help="mixed precision on CUDA (default: auto = bf16 where supported)")
@@ -78,6 +82,7 @@ def main(argv=None) -> int:
         iters_per_resolution=args.iters_per_resolution, max_resolution=args.max_resolution,
         batch_size=args.batch_size, lr=args.lr, gp_lambda=args.gp_lambda, drift=args.drift,
         crop_pad=args.crop_pad, equalized_lr=args.equalized_lr, residual=args.residual,
+        masked_loss=args.masked_loss,
         seed=args.seed,
         device=args.device, amp=args.amp, workers=args.workers,
         checkpoint_every=args.checkpoint_every, log_every=args.log_every)

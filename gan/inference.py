@@ -6,8 +6,9 @@ preset, 256 px for the paper's). For larger images the network's correction
 (refined - coarse, at its resolution) is brought up to the image size and
 added to the full-size coarse image, so the coarse image's own detail and
 silhouette are kept and the network's low-frequency correction is added on
-top; pixels the network turned into background are background at full size
-too.
+top. Where a low-resolution network outputs background inside the coarse
+surface (it learns where the training scans have holes: eyes, brows, hair)
+the coarse surface is kept: a scan's missing data is not missing face.
 """
 from __future__ import annotations
 
@@ -62,26 +63,23 @@ class Refiner:
 
     def _upsample_correction(self, x, x_r, y_r) -> torch.Tensor:
         """Full-size refined images: coarse + the correction of the blocks
-        wholly inside the coarse surface, spread bilinearly (normalized by the
-        blocks' weights, so background blocks contribute nothing)."""
+        wholly inside the coarse surface where the network gives surface,
+        spread bilinearly (normalized by the blocks' weights, so other blocks
+        contribute nothing); background outside the coarse surface."""
         H = x.shape[-1]
         depth = self.input_channels.index("depth")
+        out_depth = self.output_channels.index("depth")
         surface = (x[:, depth:depth + 1] >= FOREGROUND_ABOVE).float()
-        whole = downsample_mask(surface, y_r.shape[-1])
+        used = downsample_mask(surface, y_r.shape[-1]) \
+            * (y_r[:, out_depth:out_depth + 1] >= FOREGROUND_ABOVE)
         source = [self.input_channels.index(c) for c in self.output_channels]
-        correction = (y_r - x_r[:, source]) * whole
+        correction = (y_r - x_r[:, source]) * used
 
         def up(t):
             return F.interpolate(t, size=(H, H), mode="bilinear", align_corners=False)
 
-        weight = up(whole)
+        weight = up(used)
         spread = up(correction) / weight.clamp(min=1e-6) * (weight > 1e-6)
-        out_depth = self.output_channels.index("depth")
-        # Blocks the network turned into background (a boundary block whose
-        # pooled coarse value is already below the threshold does not count).
-        removed = ((y_r[:, out_depth:out_depth + 1] < FOREGROUND_ABOVE)
-                   & (x_r[:, depth:depth + 1] >= FOREGROUND_ABOVE)).float()
-        removed = F.interpolate(removed, size=(H, H), mode="nearest")
-        keep = (surface > 0) & (removed < 0.5)
         refined = x[:, source] + spread
-        return torch.where(keep.expand_as(refined), refined, torch.full_like(refined, BACKGROUND))
+        inside = (surface > 0).expand_as(refined)
+        return torch.where(inside, refined, torch.full_like(refined, BACKGROUND))

@@ -65,18 +65,24 @@ def discriminator_loss(d_real, d_fake, gp, drift: float = 0.0):
                   "gp": float(gp.detach()), "drift": drift_term.item()}
 
 
-def generator_loss(d_fake, fake, target, pixel_idx, kappa: float):
+def generator_loss(d_fake, fake, target, pixel_idx, kappa: float, mask=None):
     """Generator loss ``L1 + kappa * (-mean(d_fake))`` (paper section 4.3).
 
     The pixel term is the mean absolute error over the channels ``pixel_idx``
     of ``fake`` and ``target`` (both in the generator's output layout) and
     over the whole image, background included as in the paper: background is
-    -1 in both, so the generator also learns the silhouette. Returns
+    -1 in both, so the generator also learns the silhouette. With ``mask``
+    (N, 1, H, W) of 0/1, over the mask's pixels only (our option: the
+    ground truth's surface, so the scans' holes are not learned). Returns
     ``(loss, parts)``, parts (detached floats) ``pixel``, ``adversarial``
     (= -mean(d_fake), before the kappa weight), ``loss``.
     """
     idx = list(pixel_idx)
-    pixel = (fake[:, idx].float() - target[:, idx].float()).abs().mean()
+    error = (fake[:, idx].float() - target[:, idx].float()).abs()
+    if mask is None:
+        pixel = error.mean()
+    else:
+        pixel = (error * mask).sum() / (mask.sum() * len(idx)).clamp(min=1)
     adversarial = -d_fake.float().mean()
     loss = pixel + kappa * adversarial
     return loss, {"loss": loss.item(), "pixel": pixel.item(),

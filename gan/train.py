@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from . import checkpoint as ckpt
 from .configs import get_config, kappa
-from .data import PairDataset, downsample, seed_worker
+from .data import PairDataset, downsample, downsample_mask, seed_worker
 from .losses import discriminator_loss, generator_loss, gradient_penalty
 from .networks import Discriminator, Generator, Stage, fade_reals, paper_schedule, stage_at
 from .pix2pix import (PatchDiscriminator, UnetGenerator, init_weights, pix2pix_discriminator_loss,
@@ -75,6 +75,7 @@ class TrainSettings:
     crop_pad: int = 16
     equalized_lr: bool = False
     residual: Optional[bool] = None  # None: the preset's choice (PRESET_RESIDUAL)
+    masked_loss: bool = False        # L1 over the ground truth's surface only
     seed: int = 0
     device: str = "auto"
     amp: str = "auto"            # "auto" (bf16 on CUDA if supported, else fp16), "bf16", "fp16", "off"
@@ -314,8 +315,10 @@ class Trainer:
         with self._frozen_discriminator():
             with autocast:
                 d_fake = critic(condition, fake[:, d_idx])
+            mask = (downsample_mask(batch["target_mask"], r).to(dev)
+                    if self.s.masked_loss else None)
             g_loss, g_parts = generator_loss(d_fake.float(), fake.float(), y.float(),
-                                             list(cfg.pixel_idx), self.kappa)
+                                             list(cfg.pixel_idx), self.kappa, mask)
             self._descend(g_loss, self.opt_g)
         return self._finish(r, alpha, d_parts, g_parts)
 

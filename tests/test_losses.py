@@ -115,6 +115,11 @@ def test_generator_loss_by_hand():
     loss, parts = losses.generator_loss(d_fake, fake, target, [0, 1, 2], kappa=3e-5)
     assert parts["pixel"] == pytest.approx((4 * 0.4 + 1.2) / 12)
     assert loss.item() == pytest.approx((4 * 0.4 + 1.2) / 12 - 9e-5)
+    # Masked: only the two pixels of the left column count, over 3 channels.
+    mask = torch.zeros(1, 1, 2, 2)
+    mask[0, 0, :, 0] = 1.0
+    loss, parts = losses.generator_loss(d_fake, fake, target, [0, 1, 2], kappa=0.0, mask=mask)
+    assert parts["pixel"] == pytest.approx((2 * 0.4 + 1.2) / 6)
 
 
 def test_kappa():
