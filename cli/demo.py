@@ -217,7 +217,7 @@ def main(argv=None) -> int:
     steps.next("report")
     grids = sorted((run / "samples").glob("*.png"))
     info = {"identities": args.identities, "preset": args.preset, "device": _device(args),
-            "describe": describe(pairs), "pairs_png": _first(out.glob("pairs*.png")),
+            "describe": describe(pairs), "pairs_png": pairs.with_suffix(".png"),
             "curves": plot_losses(run / "log.jsonl", out / "loss_curves.png"),
             "grid": grids[-1] if grids else None,
             "mae": (evaluation / "mae.md").read_text(encoding="utf-8"),
@@ -229,10 +229,6 @@ def main(argv=None) -> int:
     report = write_report(out, steps, info)
     print(f"\nreport: {report} ({steps.elapsed() / 60:.1f} min in all)")
     return 0
-
-
-def _first(paths):
-    return next(iter(sorted(paths)), None)
 
 
 def _device(args) -> str:

@@ -21,7 +21,7 @@ import torch
 
 from .checkpoint import CheckpointError, load_checkpoint
 from .configs import get_config
-from .data import FOREGROUND_ABOVE, PairDataset, downsample, downsample_mask
+from .data import FOREGROUND_ABOVE, PairDataset
 from .networks import stage_at
 from .train import TrainSettings, build_networks, generate
 
@@ -110,20 +110,22 @@ def evaluate(checkpoint, data, split: str = "test", batch_size: int = 8, device:
     ``keep_images`` (coarse, refined, target) depth images in mm for heat maps."""
     G, settings, r, alpha = load_generator(checkpoint, device)
     cfg = get_config(settings.config)
-    dataset = PairDataset(data, split, cfg.generator_in, cfg.generator_out, augment=False)
+    # Items come pooled to the checkpoint's resolution (through the dataset's cache).
+    dataset = PairDataset(data, split, cfg.generator_in, cfg.generator_out, resolution=r,
+                          augment=False)
     depth_in, depth_out = cfg.generator_in.index("depth"), cfg.generator_out.index("depth")
     parts, kept = {k: [] for k in Scores.__dataclass_fields__}, []
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
     with torch.no_grad():
         for batch in loader:
-            x = downsample(batch["coarse"], r).to(device)
-            y = downsample(batch["target"], r)[:, depth_out]
+            x = batch["coarse"].to(device)
+            y = batch["target"][:, depth_out]
             refined = generate(G, settings.model, x, r, alpha).float().cpu()[:, depth_out]
             coarse = x.cpu()[:, depth_in]
             mm = batch["target_scale"][:, depth_out].abs().float()
             # Roughness is measured where the ground truth is surface over the
             # whole pooled block, away from its holes and silhouette.
-            whole = downsample_mask(batch["target_mask"], r)[:, 0] > 0
+            whole = batch["target_mask"][:, 0] > 0
             for name, prediction in (("coarse", coarse), ("refined", refined)):
                 mae = image_mae(prediction, y)
                 parts[f"{name}_norm"].append(mae / 2)
