@@ -47,6 +47,7 @@ setup(
             "dce-landmarks=dce.cli.landmarks:main",
             "dce-refine=dce.cli.refine:main",
             "dce-train=dce.cli.train:main",
+            "dce-train-detail=dce.cli.train_detail:main",
         ],
     },
     license="MIT",

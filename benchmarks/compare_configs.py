@@ -80,30 +80,22 @@ def run(name, model, config, residual, args, data) -> dict:
 
 
 def write(results: list, out: Path) -> Path:
+    from dce.gan.evaluate import markdown_table
+
     first = results[0]
     lines = [f"Held-out identities: {first['refined']['images']} images at "
              f"{first['resolution']} px, {first['iterations']} iterations per model, "
              "mean ± std over images.", "",
-             "| model | MAE (normalized) | MAE (mm) | face MAE (mm) | roughness (mm/px²) |",
-             "|---|---|---|---|---|"]
-
-    def cells(r):
-        return (f"{r['mae_norm_mean']:.4f} ± {r['mae_norm_std']:.4f} | "
-                f"{r['mae_mm_mean']:.3f} ± {r['mae_mm_std']:.3f} | "
-                f"{r['face_mae_mm_mean']:.3f} ± {r['face_mae_mm_std']:.3f} | "
-                f"{r['roughness_mm']:.4f}")
-
-    lines.append(f"| coarse input | {cells(first['coarse'])} |")
-    # A "|" inside a markdown cell must be escaped.
-    lines += [f"| {r['name'].replace('|', chr(92) + '|')} | {cells(r['refined'])} |"
-              for r in results]
-    lines.append(f"| ground truth | | | | {first['coarse']['target_roughness_mm']:.4f} |")
+             # A "|" inside a markdown cell must be escaped.
+             markdown_table([first["coarse"]] + [r["refined"] for r in results],
+                            ["coarse input"] + [r["name"].replace("|", chr(92) + "|")
+                                                for r in results])]
     table = out / "comparison.md"
     table.write_text("\n".join(lines) + "\n", encoding="utf-8")
     with open(out / "comparison.csv", "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         keys = list(first["refined"])
-        writer.writerow(["model", "train_s"] + keys)
+        writer.writerow(["name", "train_s"] + keys)
         writer.writerow(["coarse input", ""] + [first["coarse"][k] for k in keys])
         for r in results:
             writer.writerow([r["name"], r["train_s"]] + [r["refined"][k] for k in keys])

@@ -1,7 +1,11 @@
-"""dce-eval: the paper's MAE (Eq. 4) of a trained model on a pair file's
-test split, for the coarse input and the refined output, in normalized
-units and in millimetres (mean +- std over images), written as markdown and
-CSV, with optional error heat maps (paper Fig. 4)."""
+"""dce-eval: a trained model (dce-train's, or a detail stage's from
+dce-train-detail) on a pair file's held-out split, at the file's resolution
+whatever resolution the model was trained to: the paper's MAE (Eq. 4) in
+normalized units and mm, the face MAE, the normal error (degrees), the
+detail correlation and the roughness, for the coarse input and the refined
+output (mean +- std over images), written as mae.md and mae.csv, with
+optional error heat maps (paper Fig. 4; depth and normal error) and shaded
+coarse | refined | target pictures."""
 from __future__ import annotations
 
 import argparse
@@ -12,7 +16,7 @@ from pathlib import Path
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="dce-eval", description=__doc__)
     p.add_argument("data", type=Path, help="DCE pair file from dce-build")
-    p.add_argument("checkpoint", type=Path, help="dce-train checkpoint (e.g. run/last.pt)")
+    p.add_argument("checkpoint", type=Path, help="dce-train or dce-train-detail checkpoint (e.g. run/last.pt)")
     p.add_argument("-o", "--out", type=Path, default=Path("dce_eval"),
                    help="folder for mae.md, mae.csv and heat maps (default: dce_eval)")
     p.add_argument("--split", default="test", choices=["test", "train", "all"],
@@ -20,7 +24,14 @@ def parse_args(argv=None):
     p.add_argument("--heatmaps", type=int, default=0, metavar="K",
                    help="write K error heat-map PNGs (default: 0)")
     p.add_argument("--vmax-mm", type=float, default=5.0,
-                   help="error shown as full red in the heat maps, mm (default: 5)")
+                   help="depth error shown as full red in the heat maps, mm (default: 5)")
+    p.add_argument("--vmax-deg", type=float, default=20.0,
+                   help="normal error shown as full red in the heat maps, degrees (default: 20)")
+    p.add_argument("--resolution", type=int, default=None,
+                   help="average-pool the file's images to this size first (default: the "
+                        "file's own size, e.g. 256)")
+    p.add_argument("--no-detail", action="store_true",
+                   help="score a detail-stage checkpoint's global network alone")
     p.add_argument("--batch-size", type=int, default=8, help="images per batch (default: 8)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     return p.parse_args(argv)
@@ -34,7 +45,8 @@ def main(argv=None) -> int:
 
     try:
         scores, kept, info = evaluate(args.checkpoint, args.data, args.split, args.batch_size,
-                                      args.device, keep_images=args.heatmaps)
+                                      args.device, keep_images=args.heatmaps,
+                                      resolution=args.resolution, detail=not args.no_detail)
     except (PairFileError, CheckpointError, ValueError) as error:
         print(f"dce-eval: {error}", file=sys.stderr)
         return 2
@@ -42,7 +54,7 @@ def main(argv=None) -> int:
     print(md.read_text(encoding="utf-8"))
     print(f"table: {md}, {csv_path}")
     if args.heatmaps:
-        paths = write_heatmaps(kept, args.out / "heatmaps", args.vmax_mm)
+        paths = write_heatmaps(kept, args.out / "heatmaps", args.vmax_mm, args.vmax_deg)
         print(f"{len(paths)} heat maps in {args.out / 'heatmaps'}")
     return 0
 

@@ -1,62 +1,77 @@
-"""Evaluation (paper section 5.3): the MAE of Eq. 4 between ground-truth and
-refined depth images, next to the same figure for the coarse input.
+"""Evaluation (paper section 5.3 and beyond): the MAE of Eq. 4 between
+ground-truth and refined depth images, next to the same figures for the
+coarse input, and two measures of fine detail that the MAE cannot see.
 
-Eq. 4 averages |y - G(x)| over the pixels where either image is foreground
-(the paper's "G(x) != 0 or y != 0" on 8-bit images whose background is 0:
-here, at least one 8-bit step above the background value -1),
-then over the test images; it is reported as mean +- standard deviation over
-images. Units: "normalized" = the depth channel mapped to [0, 1] (half of our
-[-1, 1] range, as the paper's 0-255 images divided by 255), and millimetres
-via each sample's stored depth scale. A checkpoint is evaluated at the
-resolution it was trained to; the ground truth is average-pooled to it.
+The images are scored at the pair file's resolution (256 px in the paper)
+whatever resolution the checkpoint was trained to: the
+:class:`~dce.gan.inference.Refiner` brings a low-resolution network's
+correction up to the file's size (and adds a detail stage's detail). With
+``resolution`` the file's images are average-pooled to that size first.
+
+Columns of the table (one row per model, ``coarse`` and ``refined``):
+
+* ``eq4_mae``: Eq. 4, |y - G(x)| over the pixels where either image is
+  foreground (the paper's "G(x) != 0 or y != 0" on 8-bit images whose
+  background is 0: here, at least one 8-bit step above the background value
+  -1), averaged over images; "normalized" = the depth mapped to [0, 1] (half
+  of our [-1, 1] range, as the paper's 0-255 images divided by 255);
+  ``eq4_mae_mm`` the same in mm via each sample's depth scale.
+* ``face_mae_mm``: over the ground truth's own pixels only, a figure that a
+  network's stray background values cannot dilute.
+* ``normal_error_deg``: the mean angle between the refined and the target
+  surface normals over the target's face (:func:`dce.gan.metrics.normal_error_deg`,
+  normals from the depth image with the camera's pixel size in mm).
+* ``detail_corr``: corr(BP(refined - coarse), BP(target - coarse)) over the
+  face, BP a difference of Gaussians of 1 and 5 mm
+  (:func:`dce.gan.metrics.detail_corr`); 0 for the coarse row by definition.
+* ``roughness``: the mean |4-neighbour Laplacian| of the depth over the
+  ground truth's face (mm/px^2).
+
+Each figure is the mean over images; the ``*_std`` columns are the standard
+deviations over images.
 """
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .checkpoint import CheckpointError, load_checkpoint
-from .configs import get_config
 from .data import FOREGROUND_ABOVE, PairDataset
-from .networks import stage_at
-from .train import TrainSettings, build_networks, generate
+from .h5format import PairFileError
+from .metrics import depth_normals, detail_corr, normal_error_deg
 
-# "G(x) != 0" of Eq. 4, on 8-bit images with background 0, is "at least one
-# 8-bit step above the background": FOREGROUND_ABOVE.
+COLUMNS = ("model", "resolution", "images", "eq4_mae", "eq4_mae_mm", "face_mae_mm",
+           "normal_error_deg", "detail_corr", "roughness")
+# Per-image figures, the names of their table columns.
+METRICS = ("eq4_mae", "eq4_mae_mm", "face_mae_mm", "normal_error_deg", "detail_corr",
+           "roughness")
 
 
 @dataclass
 class Scores:
-    """Per-image MAE (n,) of the coarse input and the refined output."""
+    """Per-image figures (n,) of each model, ``scores.per_image[model][metric]``
+    with model ``"coarse"`` or ``"refined"`` and metric one of METRICS, and
+    the ground truth's roughness."""
 
-    coarse_norm: np.ndarray
-    refined_norm: np.ndarray
-    coarse_mm: np.ndarray
-    refined_mm: np.ndarray
-    coarse_face_mm: np.ndarray   # over the ground truth's own pixels only
-    refined_face_mm: np.ndarray
-    coarse_roughness_mm: np.ndarray    # mean |Laplacian| of the depth (depth_roughness)
-    refined_roughness_mm: np.ndarray
-    target_roughness_mm: np.ndarray
+    resolution: int
+    per_image: dict = field(default_factory=dict)
+    target_roughness: np.ndarray = None
 
     def table(self) -> list:
+        """One row (dict) per model: COLUMNS, then ``<metric>_std`` and
+        ``target_roughness``. NaN images (no face pixel) are left out of
+        the means."""
         rows = []
-        for name, norm, mm, face, rough in (
-                ("coarse input", self.coarse_norm, self.coarse_mm, self.coarse_face_mm,
-                 self.coarse_roughness_mm),
-                ("refined", self.refined_norm, self.refined_mm, self.refined_face_mm,
-                 self.refined_roughness_mm)):
-            rows.append({"model": name, "images": len(norm),
-                         "mae_norm_mean": float(norm.mean()), "mae_norm_std": float(norm.std()),
-                         "mae_mm_mean": float(mm.mean()), "mae_mm_std": float(mm.std()),
-                         "face_mae_mm_mean": float(face.mean()),
-                         "face_mae_mm_std": float(face.std()),
-                         "roughness_mm": float(rough.mean()),
-                         "target_roughness_mm": float(self.target_roughness_mm.mean())})
+        for model, figures in self.per_image.items():
+            row = {"model": model, "resolution": self.resolution,
+                   "images": len(figures["eq4_mae"])}
+            row.update({m: float(np.nanmean(figures[m])) for m in METRICS})
+            row.update({f"{m}_std": float(np.nanstd(figures[m])) for m in METRICS})
+            row["target_roughness"] = float(np.nanmean(self.target_roughness))
+            rows.append(row)
         return rows
 
 
@@ -86,64 +101,63 @@ def depth_roughness(depth: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return (lap * inside).sum(dim=(1, 2)) / inside.sum(dim=(1, 2)).clamp(min=1)
 
 
-def load_generator(checkpoint, device="cpu"):
-    """(generator in eval mode, its TrainSettings, resolution, alpha) of a
-    dce-train checkpoint; CheckpointError naming the file when it is not one."""
-    state = load_checkpoint(checkpoint, map_location=device)
-    try:
-        settings = TrainSettings(**{k: v for k, v in state["settings"].items()
-                                    if k in TrainSettings.__dataclass_fields__})
-        cfg = get_config(settings.config)
-        schedule = settings.schedule()
-        G, _ = build_networks(settings, cfg, schedule[-1].resolution)
-        G.load_state_dict(state["G"])
-        stage, alpha = stage_at(schedule, max(int(state["iteration"]) - 1, 0))
-    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as error:
-        raise CheckpointError(f"{checkpoint}: not a usable dce-train checkpoint "
-                              f"({type(error).__name__}: {error})") from None
-    return G.to(device).eval(), settings, schedule[stage].resolution, alpha
-
-
 def evaluate(checkpoint, data, split: str = "test", batch_size: int = 8, device: str = "cpu",
-             keep_images: int = 0):
-    """Scores of a checkpoint on a pair file's split, and the first
-    ``keep_images`` (coarse, refined, target) depth images in mm for heat maps."""
-    G, settings, r, alpha = load_generator(checkpoint, device)
-    cfg = get_config(settings.config)
-    # Items come pooled to the checkpoint's resolution (through the dataset's cache).
-    dataset = PairDataset(data, split, cfg.generator_in, cfg.generator_out, resolution=r,
-                          augment=False)
-    depth_in, depth_out = cfg.generator_in.index("depth"), cfg.generator_out.index("depth")
-    parts, kept = {k: [] for k in Scores.__dataclass_fields__}, []
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    with torch.no_grad():
-        for batch in loader:
-            x = batch["coarse"].to(device)
-            y = batch["target"][:, depth_out]
-            refined = generate(G, settings.model, x, r, alpha).float().cpu()[:, depth_out]
-            coarse = x.cpu()[:, depth_in]
-            mm = batch["target_scale"][:, depth_out].abs().float()
-            # Roughness is measured where the ground truth is surface over the
-            # whole pooled block, away from its holes and silhouette.
-            whole = batch["target_mask"][:, 0] > 0
-            for name, prediction in (("coarse", coarse), ("refined", refined)):
-                mae = image_mae(prediction, y)
-                parts[f"{name}_norm"].append(mae / 2)
-                parts[f"{name}_mm"].append(mae * mm)
-                parts[f"{name}_face_mm"].append(image_mae(prediction, y, face_only=True) * mm)
-                parts[f"{name}_roughness_mm"].append(depth_roughness(prediction, whole) * mm)
-            parts["target_roughness_mm"].append(depth_roughness(y, whole) * mm)
-            for n in range(len(y)):
-                if len(kept) < keep_images:
-                    kept.append((coarse[n].numpy(), refined[n].numpy(), y[n].numpy(),
-                                 float(mm[n])))
-    scores = Scores(**{k: torch.cat(v).numpy() for k, v in parts.items()})
-    return scores, kept, {"resolution": r, "alpha": alpha, "config": settings.config,
-                          "images": len(dataset)}
+             keep_images: int = 0, resolution: int | None = None, detail: bool = True):
+    """Scores of a checkpoint (dce-train's or a detail stage's) on a pair
+    file's split at the file's resolution (or pooled to ``resolution``), and
+    the first ``keep_images`` (coarse, refined, target depth in [-1, 1], mm
+    per unit, pixel mm) for heat maps. ``detail=False`` scores a detail
+    stage's global network alone."""
+    from .detail import pixel_sizes
+    from .inference import Refiner
+
+    refiner = Refiner(checkpoint, device, detail=detail)
+    try:
+        dataset = PairDataset(data, split, refiner.input_channels, ("depth",),
+                              resolution=resolution, augment=False)
+    except PairFileError as error:
+        raise PairFileError(f"{error} (checkpoint {checkpoint} reads "
+                            f"{list(refiner.input_channels)})") from None
+    r = dataset.resolution
+    pixel_mm = torch.from_numpy(pixel_sizes(data, dataset.indices) * (dataset.height / r))
+    depth_in = refiner.input_channels.index("depth")
+    depth_out = refiner.output_channels.index("depth")
+    parts = {m: {k: [] for k in METRICS} for m in ("coarse", "refined")}
+    target_roughness, kept = [], []
+    for start in range(0, len(dataset), batch_size):
+        items = dataset.fetch(range(start, min(start + batch_size, len(dataset))))
+        x = torch.stack([it["coarse"] for it in items])
+        y = torch.stack([it["target"] for it in items])[:, 0]
+        face = torch.stack([it["target_mask"] for it in items])[:, 0] > 0
+        mm = torch.stack([it["target_scale"][0] for it in items]).abs().float()
+        px = pixel_mm[start:start + len(items)].float()
+        coarse = x[:, depth_in]
+        refined = torch.from_numpy(refiner(x.numpy()))[:, depth_out]
+        for name, prediction in (("coarse", coarse), ("refined", refined)):
+            figures = parts[name]
+            mae = image_mae(prediction, y)
+            figures["eq4_mae"].append(mae / 2)
+            figures["eq4_mae_mm"].append(mae * mm)
+            figures["face_mae_mm"].append(image_mae(prediction, y, face_only=True) * mm)
+            figures["normal_error_deg"].append(normal_error_deg(prediction, y, mm, px, face))
+            figures["detail_corr"].append(detail_corr(prediction, coarse, y, face, px))
+            figures["roughness"].append(depth_roughness(prediction, face) * mm)
+        target_roughness.append(depth_roughness(y, face) * mm)
+        for n in range(len(y)):
+            if len(kept) < keep_images:
+                kept.append((coarse[n].numpy(), refined[n].numpy(), y[n].numpy(),
+                             float(mm[n]), float(px[n])))
+    scores = Scores(r, {m: {k: torch.cat(v).double().numpy() for k, v in figures.items()}
+                        for m, figures in parts.items()},
+                    torch.cat(target_roughness).double().numpy())
+    return scores, kept, {"resolution": r, "config": refiner.settings.config,
+                          "images": len(dataset), "detail": refiner.enhancer is not None,
+                          "trained_resolution": refiner.resolution}
 
 
 def write_table(scores: Scores, out_dir, info: dict) -> tuple:
-    """``mae.md`` and ``mae.csv`` in ``out_dir``."""
+    """``mae.md`` and ``mae.csv`` in ``out_dir``: one row per model, the
+    columns COLUMNS then the standard deviations."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = scores.table()
@@ -151,18 +165,30 @@ def write_table(scores: Scores, out_dir, info: dict) -> tuple:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    lines = [f"MAE (Eq. 4) on {info['images']} images, configuration {info['config']}, "
-             f"{info['resolution']} px", "",
-             "| | MAE (normalized) | MAE (mm) | MAE on the ground-truth face (mm) "
-             "| roughness (mm/px², ground truth "
-             f"{rows[0]['target_roughness_mm']:.3f}) |",
-             "|---|---|---|---|---|"]
-    lines += [f"| {r['model']} | {r['mae_norm_mean']:.4f} ± {r['mae_norm_std']:.4f} | "
-              f"{r['mae_mm_mean']:.3f} ± {r['mae_mm_std']:.3f} | "
-              f"{r['face_mae_mm_mean']:.3f} ± {r['face_mae_mm_std']:.3f} | "
-              f"{r['roughness_mm']:.3f} |" for r in rows]
+    model = f"configuration {info['config']}, trained to {info['trained_resolution']} px" + (
+        " + detail stage" if info.get("detail") else "")
+    lines = [f"{info['images']} held-out images at {info['resolution']} px; {model}", "",
+             markdown_table(rows)]
     (out / "mae.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return out / "mae.md", out / "mae.csv"
+
+
+def markdown_table(rows: list, names=None) -> str:
+    """The rows of :meth:`Scores.table` as a markdown table (mean ± std),
+    the first column ``names`` (default: the rows' models), ground-truth
+    roughness in the last line."""
+    names = names or [r["model"] for r in rows]
+    lines = ["| model | MAE (normalized) | MAE (mm) | face MAE (mm) | normal error (°) "
+             "| detail corr. | roughness (mm/px²) |", "|---|---|---|---|---|---|---|"]
+    for name, r in zip(names, rows):
+        lines.append(
+            f"| {name} | {r['eq4_mae']:.4f} ± {r['eq4_mae_std']:.4f} | "
+            f"{r['eq4_mae_mm']:.3f} ± {r['eq4_mae_mm_std']:.3f} | "
+            f"{r['face_mae_mm']:.3f} ± {r['face_mae_mm_std']:.3f} | "
+            f"{r['normal_error_deg']:.2f} ± {r['normal_error_deg_std']:.2f} | "
+            f"{r['detail_corr']:.3f} ± {r['detail_corr_std']:.3f} | {r['roughness']:.3f} |")
+    lines.append(f"| ground truth | | | | | | {rows[0]['target_roughness']:.3f} |")
+    return "\n".join(lines)
 
 
 def heat_color(values: np.ndarray, vmax: float) -> np.ndarray:
@@ -175,26 +201,67 @@ def heat_color(values: np.ndarray, vmax: float) -> np.ndarray:
     return (np.stack([r, g, b], axis=-1) * 255).astype(np.uint8)
 
 
-def write_heatmaps(kept: list, out_dir, vmax_mm: float = 5.0) -> list:
-    """One PNG per kept image (as the paper's Fig. 4): |coarse - target| and
-    |refined - target| in mm, from 0 (blue) to ``vmax_mm`` (red), over the
-    pixels of Eq. 4; black elsewhere. ``kept`` holds (coarse, refined,
-    target, mm per unit) as :func:`evaluate` returns them."""
+def normal_angles(prediction: np.ndarray, target: np.ndarray, mm: float, pixel_mm: float,
+                  face: np.ndarray) -> np.ndarray:
+    """(H, W) angle in degrees between the normals of two depth images ([-1,
+    1] units), NaN where either normal is undefined (off the face)."""
+    p, t = (torch.from_numpy(np.ascontiguousarray(a))[None].double() * mm
+            for a in (prediction, target))
+    valid = torch.from_numpy(face)[None]
+    n_p, ok_p = depth_normals(p, pixel_mm, valid & (p / mm >= FOREGROUND_ABOVE))
+    n_t, ok_t = depth_normals(t, pixel_mm, valid)
+    angle = torch.rad2deg(torch.atan2(torch.linalg.cross(n_p, n_t, dim=1).norm(dim=1),
+                                      (n_p * n_t).sum(dim=1)))[0].numpy()
+    return np.where((ok_p & ok_t)[0].numpy(), angle, np.nan)
+
+
+def shade(depth: np.ndarray, mm: float, pixel_mm: float) -> np.ndarray:
+    """(H, W) uint8 grey picture of a depth image ([-1, 1] units) lit from
+    the viewer's upper left (Lambert), black off the surface: how a mesh
+    viewer shows the surface, where creases are seen rather than measured."""
+    z = torch.from_numpy(np.ascontiguousarray(depth))[None].double() * mm
+    surface = torch.from_numpy(depth >= FOREGROUND_ABOVE)[None]
+    normals, ok = depth_normals(z, pixel_mm, surface)
+    light = torch.tensor([-0.4, -0.4, 1.0], dtype=torch.float64)
+    # View depth grows away from the viewer: the normal facing the viewer is (dz/dx, dz/dy, 1).
+    facing = normals * torch.tensor([-1.0, -1.0, 1.0], dtype=torch.float64)[:, None, None]
+    lit = (facing[0] * (light / light.norm())[:, None, None]).sum(0).clamp(min=0)
+    grey = np.where(ok[0].numpy(), 40 + 215 * lit.numpy(), 0)
+    return grey.astype(np.uint8)
+
+
+def write_heatmaps(kept: list, out_dir, vmax_mm: float = 5.0, vmax_deg: float = 20.0) -> list:
+    """One PNG per kept image (as the paper's Fig. 4): above, |coarse -
+    target| and |refined - target| depth error in mm from 0 (blue) to
+    ``vmax_mm`` (red) over the pixels of Eq. 4; below, the angle between
+    their normals and the target's from 0 to ``vmax_deg`` over the target's
+    face; black elsewhere. Beside each, ``shaded_K.png``: coarse | refined |
+    target shaded. ``kept`` as :func:`evaluate` returns it."""
     from PIL import Image
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
-    for k, (coarse, refined, target, mm) in enumerate(kept):
+    for k, (coarse, refined, target, mm, pixel_mm) in enumerate(kept):
         scale = max(1, 256 // target.shape[0])
-        tiles = []
-        for prediction in (coarse, refined):
-            foreground = (prediction >= FOREGROUND_ABOVE) | (target >= FOREGROUND_ABOVE)
-            tile = heat_color(np.abs(prediction - target) * mm, vmax_mm) * foreground[..., None]
-            tiles.append(np.pad(tile, ((2, 2), (2, 2), (0, 0))))
-        picture = Image.fromarray(np.concatenate(tiles, axis=1))
+        face = target >= FOREGROUND_ABOVE
+        rows = []
+        for error, vmax in ((lambda p: np.abs(p - target) * mm, vmax_mm),
+                            (lambda p: normal_angles(p, target, mm, pixel_mm, face), vmax_deg)):
+            tiles = []
+            for prediction in (coarse, refined):
+                value = error(prediction)
+                shown = ((prediction >= FOREGROUND_ABOVE) | face) & np.isfinite(value)
+                tile = heat_color(np.nan_to_num(value), vmax) * shown[..., None]
+                tiles.append(np.pad(tile, ((2, 2), (2, 2), (0, 0))))
+            rows.append(np.concatenate(tiles, axis=1))
+        picture = Image.fromarray(np.concatenate(rows, axis=0))
         picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
         path = out / f"heatmap_{k:03d}.png"
         picture.save(path)
+        shaded = np.concatenate([np.pad(shade(d, mm, pixel_mm), 2)
+                                 for d in (coarse, refined, target)], axis=1)
+        Image.fromarray(shaded).resize((shaded.shape[1] * scale, shaded.shape[0] * scale),
+                                       Image.NEAREST).save(out / f"shaded_{k:03d}.png")
         paths.append(path)
     return paths

@@ -16,10 +16,37 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import detail as detail_stage
+from .checkpoint import CheckpointError, load_checkpoint
 from .configs import get_config
 from .data import BACKGROUND, FOREGROUND_ABOVE, downsample, downsample_mask
-from .evaluate import load_generator
-from .train import generate
+from .networks import stage_at
+from .train import TrainSettings, build_networks, generate
+
+
+def generator_from_state(state: dict, source, device="cpu") -> tuple:
+    """(generator in eval mode, its TrainSettings, resolution, alpha) of a
+    loaded dce-train checkpoint ``state``; CheckpointError naming ``source``
+    when it is not one."""
+    try:
+        settings = TrainSettings(**{k: v for k, v in state["settings"].items()
+                                    if k in TrainSettings.__dataclass_fields__})
+        cfg = get_config(settings.config)
+        schedule = settings.schedule()
+        G, _ = build_networks(settings, cfg, schedule[-1].resolution)
+        G.load_state_dict(state["G"])
+        stage, alpha = stage_at(schedule, max(int(state["iteration"]) - 1, 0))
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as error:
+        raise CheckpointError(f"{source}: not a usable dce-train checkpoint "
+                              f"({type(error).__name__}: {error})") from None
+    return G.to(device).eval(), settings, schedule[stage].resolution, alpha
+
+
+def load_generator(checkpoint, device="cpu"):
+    """(generator in eval mode, its TrainSettings, resolution, alpha) of a
+    dce-train checkpoint; CheckpointError naming the file when it is not one."""
+    return generator_from_state(load_checkpoint(checkpoint, map_location=device), checkpoint,
+                                device)
 
 
 class Refiner:
@@ -29,11 +56,28 @@ class Refiner:
     [-1, 1] with the channels ``refiner.input_channels`` -> the same leading
     shape with ``refiner.output_channels``, H and W unchanged (multiples of
     ``refiner.resolution``).
+
+    ``checkpoint`` is a dce-train checkpoint, or a detail-stage checkpoint
+    (``dce-train-detail``), which holds its global network: the global
+    network refines, then the detail stage adds its depth detail to images of
+    the size it was trained at (``refiner.detail_size``); ``detail=False``
+    uses the global network alone.
     """
 
-    def __init__(self, checkpoint, device: str = "cpu"):
-        self.generator, self.settings, self.resolution, self.alpha = load_generator(
-            checkpoint, device)
+    def __init__(self, checkpoint, device: str = "cpu", detail: bool = True):
+        state = load_checkpoint(checkpoint, map_location=device)
+        self.enhancer = None
+        if state.get("format") == detail_stage.FORMAT:
+            enhancer, self.detail_settings, self.detail_size = detail_stage.load_enhancer(
+                state, checkpoint, device)
+            self.depth_mm_per_unit = float(state["depth_mm_per_unit"])
+            if detail:
+                self.enhancer = enhancer
+            state = state["global"]
+        self.generator, self.settings, self.resolution, self.alpha = generator_from_state(
+            state, checkpoint, device)
+        # What a detail stage embeds of its global network.
+        self.checkpoint_state = {k: state[k] for k in ("settings", "G", "iteration")}
         self.config = get_config(self.settings.config)
         self.input_channels = tuple(self.config.generator_in)
         self.output_channels = tuple(self.config.generator_out)
@@ -58,8 +102,28 @@ class Refiner:
             y_r = generate(self.generator, self.settings.model, x_r.to(self.device), r,
                            self.alpha).float().cpu()
         refined = y_r if H == r else self._upsample_correction(x, x_r, y_r)
+        if self.enhancer is not None:
+            refined = self._add_detail(x, refined)
         refined = refined.numpy()
         return refined[0] if single else refined
+
+    def _add_detail(self, x, refined) -> torch.Tensor:
+        """The global output plus the detail stage's depth detail, inside
+        the global output's surface."""
+        H = x.shape[-1]
+        if H != self.detail_size:
+            raise ValueError(f"the detail stage was trained on {self.detail_size} px images; "
+                             f"got {H} px (refine at {self.detail_size}, or pass detail=False)")
+        depth = self.input_channels.index("depth")
+        out_depth = self.output_channels.index("depth")
+        base = refined[:, out_depth:out_depth + 1]
+        with torch.no_grad():
+            inputs = detail_stage.enhancer_input(x, base, depth).to(self.device)
+            added = self.enhancer(inputs).float().cpu() / self.depth_mm_per_unit
+        refined = refined.clone()
+        refined[:, out_depth:out_depth + 1] = torch.where(base >= FOREGROUND_ABOVE, base + added,
+                                                          base)
+        return refined
 
     def _upsample_correction(self, x, x_r, y_r) -> torch.Tensor:
         """Full-size refined images: coarse + the correction of the blocks

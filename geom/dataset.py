@@ -18,7 +18,7 @@ import numpy as np
 
 from . import crop, filters
 from .dce import DCEImage, SurfaceGeometry, render_dce, surface_geometry
-from .dce import resolve_channels
+from .dce import resolve_channels, sample_image_bilinear
 from .io import IBUG68_NOSE_TIP, FormatError, Mesh, RangeScan, read_landmarks
 from .landmarks import landmarks_to_3d
 from .projection import OrthographicCamera, crop_camera, fit_orthographic, rotation_from_euler
@@ -28,13 +28,16 @@ from .sources import read_vertex_indices
 @dataclass
 class PreparedMesh:
     """One side of a pair: the mesh, its pose-independent geometry, its 68
-    landmarks in 3D (mm; None for a mesh rendered on its own without them)
-    and the camera that maps it onto the photo (or the image's camera)."""
+    landmarks in 3D (mm; None for a mesh rendered on its own without them),
+    the camera that maps it onto the photo (or the image's camera) and the
+    photo (H, W, 3) uint8 that colours its r, g, b channels per pixel
+    through that camera (None: they come from the mesh's vertex colours)."""
 
     mesh: Mesh
     geometry: SurfaceGeometry
     landmarks_3d: Optional[np.ndarray]
     camera: OrthographicCamera
+    photo: Optional[np.ndarray] = None
 
 
 def prepare_ground_truth(scan: RangeScan, landmarks_2d: np.ndarray, median_size: int = 5,
@@ -138,8 +141,14 @@ def render_side(side: PreparedMesh, camera: OrthographicCamera, size: int, chann
         nose_depth = camera.project(side.landmarks_3d[IBUG68_NOSE_TIP][None])[0, 2]
     else:
         nose_depth = camera.project(side.mesh.vertices)[:, 2].min()
-    return render_dce(side.mesh, camera, size, channels, side.geometry,
+    return render_dce(side.mesh, camera, size, channels, side.geometry, photo=side_photo(side),
                       depth_reference=nose_depth - nose_margin_mm, **normalization)
+
+
+def side_photo(side: PreparedMesh) -> Optional[tuple]:
+    """The ``photo`` argument of :func:`render_dce` for ``side``: its photo
+    and the camera mapping the mesh onto it, or None."""
+    return None if side.photo is None else (side.photo, side.camera)
 
 
 def render_pair(coarse: PreparedMesh, target: PreparedMesh, landmarks_2d: np.ndarray,
@@ -154,6 +163,13 @@ def render_pair(coarse: PreparedMesh, target: PreparedMesh, landmarks_2d: np.nda
 # ------------------------------------------------------------ single meshes
 
 
+def sample_photo_colors(vertices: np.ndarray, camera: OrthographicCamera,
+                        photo: np.ndarray) -> np.ndarray:
+    """(n, 3) float32 colours in [0, 1]: the photo (H, W, 3) uint8 sampled
+    bilinearly at each vertex's projection (clamped at the border)."""
+    return sample_image_bilinear(photo, camera.project(vertices)[:, :2])
+
+
 def prepare_view(mesh: Mesh, landmarks_3d: Optional[np.ndarray] = None,
                  camera: Optional[OrthographicCamera] = None,
                  landmarks_2d: Optional[np.ndarray] = None, photo: Optional[np.ndarray] = None,
@@ -164,13 +180,15 @@ def prepare_view(mesh: Mesh, landmarks_3d: Optional[np.ndarray] = None,
     ``camera`` is that camera, or the view is framed on 68 photo landmarks
     ``landmarks_2d`` (x, y px) as :func:`render_pair` frames a pair's
     photo view, the photo camera fitted from them and ``landmarks_3d``;
-    ``photo`` (H, W, 3) uint8 then colours the vertices. The mesh is cropped
-    when its landmarks ``landmarks_3d`` (68, 3) mm are known."""
+    ``photo`` (H, W, 3) uint8 then gives the r, g, b channels per pixel, and
+    the vertices its colours (for the meshes written from them). The mesh is
+    cropped when its landmarks ``landmarks_3d`` (68, 3) mm are known."""
     if camera is not None:
         return prepare_mesh(mesh, landmarks_3d, camera, curvature, **crop_options), camera
     side = prepare_mesh(mesh, landmarks_3d, fit_orthographic(landmarks_2d, landmarks_3d),
                         curvature, **crop_options)
     if photo is not None:
+        side.photo = photo
         side.mesh.colors = sample_photo_colors(side.mesh.vertices, side.camera, photo)
     return side, framed_view(side, landmarks_2d, size, margin=margin)
 
@@ -179,13 +197,15 @@ def render_view(side: PreparedMesh, camera: OrthographicCamera, size: int, chann
                 **normalization) -> tuple:
     """(the side's DCE image seen by ``camera``, depth referenced as in
     :func:`render_side`; its colour image (size, size, 3) in [0, 1] when the
-    mesh has colours, else None). ValueError when the mesh is out of view."""
+    side has a photo or the mesh has colours, else None). ValueError when
+    the mesh is out of view."""
     image = render_side(side, camera, size, channels, **normalization)
     if not image.mask.any():
         raise ValueError(f"the mesh is not in view of the camera (empty {size}x{size} image)")
-    if side.mesh.colors is None:
+    if side.photo is None and side.mesh.colors is None:
         return image, None
-    return image, render_dce(side.mesh, camera, size, ("r", "g", "b"), side.geometry).rgb()
+    return image, render_dce(side.mesh, camera, size, ("r", "g", "b"), side.geometry,
+                             photo=side_photo(side)).rgb()
 
 
 # ----------------------------------------------------------------- samples
@@ -247,23 +267,6 @@ def camera_from_array(a: np.ndarray) -> OrthographicCamera:
     return OrthographicCamera(a[3, 0], a[:3], a[3, 1:])
 
 
-def sample_photo_colors(vertices: np.ndarray, camera: OrthographicCamera,
-                        photo: np.ndarray) -> np.ndarray:
-    """(n, 3) float32 colours in [0, 1]: the photo (H, W, 3) uint8 sampled
-    bilinearly at each vertex's projection (clamped at the border)."""
-    P = camera.project(vertices)
-    H, W = photo.shape[:2]
-    x = np.clip(P[:, 0], 0, W - 1)
-    y = np.clip(P[:, 1], 0, H - 1)
-    x0 = np.minimum(np.floor(x).astype(np.int64), W - 2)
-    y0 = np.minimum(np.floor(y).astype(np.int64), H - 2)
-    fx, fy = (x - x0)[:, None], (y - y0)[:, None]
-    img = photo.astype(np.float32) / 255.0
-    top = img[y0, x0] * (1 - fx) + img[y0, x0 + 1] * fx
-    bottom = img[y0 + 1, x0] * (1 - fx) + img[y0 + 1, x0 + 1] * fx
-    return (top * (1 - fy) + bottom * fy).astype(np.float32)
-
-
 def random_poses(pair_id: str, config: BuildConfig) -> np.ndarray:
     """(1 + poses, 3) yaw, pitch, roll in degrees: the photo's own view, then
     uniform random poses. Seeded by the pair id and the build seed, so a
@@ -278,7 +281,8 @@ def prepare_pair(pair, config: BuildConfig) -> tuple:
     """(coarse, target) :class:`PreparedMesh` of a loaded pair (a
     ``dce.geom.sources.PairInput``: a raw ``scan`` or a ``target_mesh`` with
     ``landmarks_3d``, ``landmarks_2d``, ``coarse_mesh`` with its
-    ``coarse_landmark_vertices``, and a ``photo`` for the RGB channels)."""
+    ``coarse_landmark_vertices``, and a ``photo`` for the RGB channels, which
+    both sides then sample per pixel)."""
     crop_options = {"radius": config.crop_radius}
     if getattr(pair, "scan", None) is not None:
         target = prepare_ground_truth(pair.scan, pair.landmarks_2d, config.median_size,
@@ -291,8 +295,7 @@ def prepare_pair(pair, config: BuildConfig) -> tuple:
     if "r" in resolve_channels(config.channels):
         if getattr(pair, "photo", None) is None:
             raise ValueError(f"{pair.pair_id}: the RGB channels need a photo, and this pair has none")
-        for side in (coarse, target):
-            side.mesh.colors = sample_photo_colors(side.mesh.vertices, side.camera, pair.photo)
+        coarse.photo = target.photo = pair.photo
     return coarse, target
 
 

@@ -16,7 +16,8 @@ the orthographic z-buffer. Every channel is stored normalized, roughly in
 - ``elevation``: polar angle of the vertex normal from the direction toward the
   viewer, theta in [0, pi]; normalized as 1 - 2 theta / pi (facing the camera
   = 1, silhouette = 0).
-- ``r``, ``g``, ``b``: vertex colours in [0, 1] mapped to [-1, 1].
+- ``r``, ``g``, ``b``: colours in [0, 1] mapped to [-1, 1]: a photo sampled
+  at each pixel (see :func:`render_dce`), or else the vertex colours.
 
 Background pixels hold ``background`` (-1 by default: the far end of every
 channel, the paper's 0 of an 8-bit image) and are False in the mask.
@@ -41,6 +42,7 @@ CHANNEL_SETS = {
     "DCE+RGB": ("depth", "curvature", "elevation", "r", "g", "b"),
 }
 KNOWN_CHANNELS = ("depth", "curvature", "elevation", "r", "g", "b")
+COLOR_OFFSET, COLOR_SCALE = 0.5, 0.5  # a colour c in [0, 1] is stored as 2 c - 1
 
 
 @dataclass
@@ -132,9 +134,10 @@ def vertex_channels(mesh: Mesh, camera: OrthographicCamera, geometry: SurfaceGeo
     Returns ``(projected (n, 3) x_px, y_px, depth_mm; values (n, C) float64;
     offset (C,); scale (C,))``. ``depth_reference`` (mm of view depth mapped to
     +1) defaults to the nearest vertex; pass the same value for a coarse mesh
-    and its ground truth so that their depth images share one scale.
+    and its ground truth so that their depth images share one scale. An
+    empty ``channels`` gives (n, 0) values.
     """
-    channels = resolve_channels(channels)
+    channels = resolve_channels(channels) if len(channels) else ()
     P = camera.project(mesh.vertices)
     if depth_reference is None:
         depth_reference = float(P[:, 2].min())
@@ -157,26 +160,76 @@ def vertex_channels(mesh: Mesh, camera: OrthographicCamera, geometry: SurfaceGeo
             if mesh.colors is None:
                 raise ValueError(f"channel {name!r} needs vertex colours; the mesh has none")
             columns.append(2.0 * mesh.colors[:, "rgb".index(name)] - 1.0)
-            offset.append(0.5)
-            scale.append(0.5)
-    return P, np.column_stack(columns), np.array(offset), np.array(scale)
+            offset.append(COLOR_OFFSET)
+            scale.append(COLOR_SCALE)
+    values = np.column_stack(columns) if columns else np.empty((len(P), 0))
+    return P, values, np.array(offset), np.array(scale)
+
+
+def sample_image_bilinear(image: np.ndarray, xy: np.ndarray) -> np.ndarray:
+    """(..., 3) float32 colours in [0, 1]: ``image`` (H, W, 3), uint8 in
+    [0, 255] or float in [0, 1], sampled bilinearly at ``xy`` (..., 2) =
+    (x column, y row) px, pixel centres at integers; points outside take the
+    border's colour."""
+    image = np.asarray(image)
+    if image.dtype == np.uint8:
+        image = image.astype(np.float32) / 255.0
+    elif image.dtype.kind == "f":
+        image = image.astype(np.float32, copy=False)
+    else:
+        raise ValueError(f"sample_image_bilinear: image must be uint8 or float, got {image.dtype}")
+    H, W = image.shape[:2]
+    xy = np.asarray(xy, dtype=np.float64)
+    x = np.clip(xy[..., 0], 0, W - 1)
+    y = np.clip(xy[..., 1], 0, H - 1)
+    # The last row/column starts no cell of its own: a point on it is the
+    # far edge (weight 1) of the cell before.
+    x0 = np.minimum(np.floor(x).astype(np.int64), max(W - 2, 0))
+    y0 = np.minimum(np.floor(y).astype(np.int64), max(H - 2, 0))
+    x1, y1 = np.minimum(x0 + 1, W - 1), np.minimum(y0 + 1, H - 1)
+    fx, fy = (x - x0)[..., None], (y - y0)[..., None]
+    top = image[y0, x0] * (1 - fx) + image[y0, x1] * fx
+    bottom = image[y1, x0] * (1 - fx) + image[y1, x1] * fx
+    return (top * (1 - fy) + bottom * fy).astype(np.float32)
 
 
 def render_dce(mesh: Mesh, camera: OrthographicCamera, size: int = 256, channels="DCE",
                geometry: Optional[SurfaceGeometry] = None, background: float = -1.0,
-               **normalization) -> DCEImage:
+               photo: Optional[tuple] = None, **normalization) -> DCEImage:
     """Render ``mesh`` seen by ``camera`` as a ``size`` x ``size`` DCE image.
 
     ``geometry`` (from :func:`surface_geometry`) is computed when not given;
     pass it to render many poses of one mesh at the cost of one. Keyword
     arguments ``depth_reference``, ``depth_scale`` and ``curvature_scale`` set
     the normalization (see :func:`vertex_channels`).
+
+    ``photo`` = (image (H, W, 3) uint8 or float in [0, 1], the camera that
+    maps the mesh onto its pixels) gives the r, g, b channels per pixel: the
+    photo sampled bilinearly where the pixel's surface point projects in it,
+    so they keep the photo's detail whatever the vertex spacing. Without it
+    they interpolate ``mesh.colors``.
     """
     if geometry is None:
         geometry = surface_geometry(mesh)
     names = resolve_channels(channels)
-    P, values, offset, scale = vertex_channels(mesh, camera, geometry, names, **normalization)
-    image, mask = rasterize(P, mesh.faces, values, size, size)
+    from_photo = [k for k, name in enumerate(names) if photo is not None and name in "rgb"]
+    from_vertices = [k for k in range(len(names)) if k not in from_photo]
+    P, values, vertex_offset, vertex_scale = vertex_channels(
+        mesh, camera, geometry, [names[k] for k in from_vertices], **normalization)
+    if from_photo:
+        # Both projections are affine in the model frame, so a pixel's photo
+        # coordinates are exactly the linear interpolation of its triangle's.
+        values = np.column_stack([values, photo[1].project(mesh.vertices)[:, :2]])
+    raster, mask = rasterize(P, mesh.faces, values, size, size)
+    image = np.empty((size, size, len(names)), np.float32)
+    image[..., from_vertices] = raster[..., :len(from_vertices)]
+    offset, scale = np.full(len(names), COLOR_OFFSET), np.full(len(names), COLOR_SCALE)
+    offset[from_vertices], scale[from_vertices] = vertex_offset, vertex_scale
+    if from_photo:
+        rgb = sample_image_bilinear(photo[0], raster[mask][:, -2:])
+        inside = image[mask]
+        inside[:, from_photo] = 2.0 * rgb[:, ["rgb".index(names[k]) for k in from_photo]] - 1.0
+        image[mask] = inside
     image[~mask] = background
     return DCEImage(image, mask, names, offset, scale, camera)
 

@@ -130,12 +130,14 @@ def test_dce_eval_writes_table_and_heatmaps(pairs, tmp_path):
                  "--heatmaps", "2"])
     assert code == 0
     table = (tmp_path / "eval" / "mae.md").read_text()
-    assert "coarse input" in table and "refined" in table and "mm" in table
+    assert "| coarse |" in table and "| refined |" in table and "mm" in table
     rows = (tmp_path / "eval" / "mae.csv").read_text().splitlines()
-    assert rows[0].startswith("model,images,mae_norm_mean") and len(rows) == 3
-    heat = sorted((tmp_path / "eval" / "heatmaps").glob("*.png"))
+    assert rows[0].startswith("model,resolution,images,eq4_mae,") and len(rows) == 3
+    assert rows[1].startswith("coarse,32,")  # the file's resolution, not the model's 8 px
+    heat = sorted((tmp_path / "eval" / "heatmaps").glob("heatmap_*.png"))
     assert len(heat) == 2
-    assert np.asarray(Image.open(heat[0])).shape == (12 * 32, 24 * 32, 3)
+    # Depth error above, normal error below, coarse | refined, 32 px tiles shown 8x.
+    assert np.asarray(Image.open(heat[0])).shape == (2 * 36 * 8, 2 * 36 * 8, 3)
 
 
 def test_pix2pix_baseline_trains_and_evaluates(pairs, tmp_path):
@@ -148,7 +150,8 @@ def test_pix2pix_baseline_trains_and_evaluates(pairs, tmp_path):
     trainer.train()
     assert trainer.iteration == 4
     scores, _, info = evaluate(tmp_path / "last.pt", pairs)
-    assert info["resolution"] == 32 and np.isfinite(scores.refined_mm).all()
+    assert info["resolution"] == 32
+    assert np.isfinite(scores.per_image["refined"]["eq4_mae_mm"]).all()
 
 
 def _ddp_rank(rank, world, port, pairs, out):

@@ -1,0 +1,95 @@
+"""dce-train-detail: train the detail stage (our addition) on top of a
+trained progressive network.
+
+The progressive network (dce-train, e.g. the cpu preset's 32 px model) keeps
+the face's shape; the detail stage, a fully convolutional network after
+pix2pixHD's local enhancer, learns the creases, folds and lid lines finer
+than --highpass-mm from random full-resolution crops. Its checkpoint
+(OUT/last.pt) holds the global network too: dce-eval and dce-refine take it
+in place of the global checkpoint. Checkpoints are written atomically every
+--checkpoint-every iterations and on Ctrl-C; --resume continues exactly.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def parse_args(argv=None):
+    from dce.gan.detail import DetailSettings
+
+    d = DetailSettings("", "", "")
+    p = argparse.ArgumentParser(prog="dce-train-detail", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("data", type=Path, help="DCE pair file from dce-build (full resolution)")
+    p.add_argument("global_checkpoint", type=Path,
+                   help="the progressive network's checkpoint from dce-train (e.g. run/last.pt)")
+    p.add_argument("-o", "--out", type=Path, default=Path("dce_detail"),
+                   help="run folder (default: dce_detail)")
+    p.add_argument("--iterations", type=int, default=d.iterations,
+                   help=f"training iterations (default: {d.iterations})")
+    p.add_argument("--batch-size", type=int, default=d.batch_size,
+                   help=f"crops per iteration (default: {d.batch_size})")
+    p.add_argument("--crop", type=int, default=d.crop,
+                   help=f"crop side in pixels of the file's images (default: {d.crop})")
+    p.add_argument("--width", type=int, default=d.width,
+                   help=f"channels of the full-resolution layers (default: {d.width})")
+    p.add_argument("--blocks", type=int, default=d.blocks,
+                   help=f"dilated residual blocks at half resolution (default: {d.blocks})")
+    p.add_argument("--lr", type=float, default=d.lr, help=f"Adam step (default: {d.lr:g})")
+    p.add_argument("--highpass-mm", type=float, default=d.highpass_mm,
+                   help="the stage learns the ground truth's difference to the global output "
+                        f"finer than this Gaussian sigma, mm (default: {d.highpass_mm:g})")
+    p.add_argument("--gradient-weight", type=float, default=d.gradient_weight,
+                   help=f"weight of the L1 on the detail's gradient (default: {d.gradient_weight:g})")
+    p.add_argument("--adversarial-weight", type=float, default=d.adversarial_weight,
+                   help="weight of the depth-only patch critic (WGAN-GP); 0 = off "
+                        f"(default: {d.adversarial_weight:g})")
+    p.add_argument("--no-flip", action="store_true",
+                   help="no random left-right mirroring of the crops")
+    p.add_argument("--device", default=d.device, help="auto, cpu, cuda ... (default: auto)")
+    p.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default: {d.seed})")
+    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every,
+                   help=f"iterations between checkpoints (default: {d.checkpoint_every})")
+    p.add_argument("--log-every", type=int, default=d.log_every,
+                   help=f"iterations between log lines (default: {d.log_every})")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from OUT/last.pt (refused if the settings differ)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from dce.gan.checkpoint import CheckpointError
+    from dce.gan.detail import DetailSettings, DetailTrainer
+    from dce.gan.h5format import PairFileError
+
+    settings = DetailSettings(
+        data=str(args.data), out=str(args.out), global_checkpoint=str(args.global_checkpoint),
+        iterations=args.iterations, batch_size=args.batch_size, crop=args.crop,
+        width=args.width, blocks=args.blocks, lr=args.lr, highpass_mm=args.highpass_mm,
+        gradient_weight=args.gradient_weight, adversarial_weight=args.adversarial_weight,
+        flip=not args.no_flip, seed=args.seed, device=args.device,
+        checkpoint_every=args.checkpoint_every, log_every=args.log_every)
+    try:
+        trainer = DetailTrainer(settings)
+        if args.resume:
+            trainer.resume(args.out / "last.pt")
+            print(f"resumed at iteration {trainer.iteration}")
+        elif (args.out / "last.pt").exists():
+            print(f"dce-train-detail: {args.out / 'last.pt'} exists; pass --resume to continue "
+                  "it or choose another --out", file=sys.stderr)
+            return 2
+        print(f"detail stage on {trainer.device}: {settings.iterations} iterations of "
+              f"{settings.batch_size} crops of {settings.crop} px, over the global network "
+              f"{args.global_checkpoint}")
+        trainer.train()
+    except (PairFileError, CheckpointError, ValueError, RuntimeError) as error:
+        print(f"dce-train-detail: {error}", file=sys.stderr)
+        return 2
+    return 130 if trainer.interrupted else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

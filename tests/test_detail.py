@@ -1,0 +1,191 @@
+"""The detail stage: its target, its crops, exact resume, refinement through
+the Refiner, the evaluation at the file's resolution, and bad checkpoints."""
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+from dce.gan.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from dce.gan.detail import (DetailSettings, DetailTrainer, LocalEnhancer, crop_batch,
+                            detail_target)
+from dce.gan.train import Trainer, TrainSettings
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory):
+    from dce.cli.build import main
+
+    root = tmp_path_factory.mktemp("detail")
+    assert main(["synthetic", "--identities", "3", "--world", str(root / "world"),
+                 "-o", str(root / "rgb.h5"), "--size", "32", "--poses", "1", "--workers", "1",
+                 "--channels", "DCE+RGB"]) == 0
+    return root / "rgb.h5"
+
+
+@pytest.fixture(scope="module")
+def global_run(pairs, tmp_path_factory):
+    """A residual progressive network trained a few iterations to 16 px."""
+    out = tmp_path_factory.mktemp("global")
+    settings = TrainSettings(data=str(pairs), out=str(out), preset="tiny", batch_size=2,
+                             workers=0, lr=1e-3, crop_pad=2, iters_per_resolution=2,
+                             residual=True, log_every=1000, checkpoint_every=1000)
+    Trainer(settings, log=lambda *a: None).train()
+    return out / "last.pt"
+
+
+def detail_settings(pairs, global_run, out, **kw):
+    base = dict(data=str(pairs), out=str(out), global_checkpoint=str(global_run),
+                iterations=4, batch_size=2, crop=16, width=8, blocks=2, lr=1e-3,
+                log_every=1000, checkpoint_every=1000)
+    base.update(kw)
+    return DetailSettings(**base)
+
+
+def test_detail_target_removes_planes_and_keeps_a_fine_bump():
+    """High-pass of (target - base): a plane difference (what the global
+    network leaves at large scale) gives 0 inside; a 1-px-wide groove far
+    finer than the 4 mm sigma keeps most of its depth."""
+    H = 64
+    yy, xx = torch.meshgrid(torch.arange(H, dtype=torch.float64),
+                            torch.arange(H, dtype=torch.float64), indexing="ij")
+    base = torch.zeros(1, H, H, dtype=torch.float64)
+    plane = (0.01 * xx - 0.004 * yy)[None]
+    valid = torch.ones(1, H, H, dtype=torch.bool)
+    mm = torch.tensor([50.0], dtype=torch.float64)
+    px = torch.tensor([1.0], dtype=torch.float64)
+    out = detail_target(plane, base, valid, mm, px, 4.0)
+    assert out[0, 16:-16, 16:-16].abs().max() < 1e-9
+    groove = -0.002 * torch.exp(-0.5 * ((xx - 32) / 1.0) ** 2)[None]  # 0.1 mm deep
+    out = detail_target(groove, base, valid, mm, px, 4.0)
+    assert out[0, 32, 32] == pytest.approx(-0.1 * (1 - 1 / np.sqrt(1 + 16)), rel=5e-3)
+
+
+def test_untrained_stage_adds_nothing(pairs, global_run, tmp_path):
+    from dce.gan.inference import Refiner
+
+    trainer = DetailTrainer(detail_settings(pairs, global_run, tmp_path, iterations=0),
+                            log=lambda *a: None)
+    trainer.train()
+    coarse = np.random.default_rng(0).uniform(-1, 1, (2, 3, 32, 32)).astype(np.float32)
+    with_stage = Refiner(tmp_path / "last.pt")(coarse)
+    alone = Refiner(global_run)(coarse)
+    assert np.array_equal(with_stage, alone)
+    # The detail stage's global network is the same network.
+    assert np.array_equal(Refiner(tmp_path / "last.pt", detail=False)(coarse), alone)
+
+
+def test_crops_are_a_function_of_seed_and_iteration(pairs, global_run, tmp_path):
+    trainer = DetailTrainer(detail_settings(pairs, global_run, tmp_path), log=lambda *a: None)
+    from dce.gan.detail import prepare_arrays
+
+    arrays = prepare_arrays(trainer.s, trainer.refiner, trainer.device, log=lambda *a: None)
+    a, b = crop_batch(arrays, trainer.s, 3), crop_batch(arrays, trainer.s, 3)
+    c = crop_batch(arrays, trainer.s, 4)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["inputs"], c["inputs"])
+    assert a["inputs"].shape == (2, 4, 16, 16) and a["valid"].any()
+
+
+def test_stopped_and_resumed_detail_run_equals_an_uninterrupted_one(pairs, global_run,
+                                                                    tmp_path):
+    quiet = dict(log=lambda *a: None)
+    whole = DetailTrainer(detail_settings(pairs, global_run, tmp_path / "a", iterations=6),
+                          **quiet)
+    whole.train()
+    first = DetailTrainer(detail_settings(pairs, global_run, tmp_path / "b", iterations=3),
+                          **quiet)
+    first.train()
+    second = DetailTrainer(detail_settings(pairs, global_run, tmp_path / "b", iterations=6),
+                           **quiet)
+    second.resume(tmp_path / "b" / "last.pt")
+    second.train()
+    for key, value in whole.G.state_dict().items():
+        torch.testing.assert_close(value, second.G.state_dict()[key], rtol=0, atol=0, msg=key)
+
+
+def test_adversarial_stage_trains(pairs, global_run, tmp_path):
+    trainer = DetailTrainer(detail_settings(pairs, global_run, tmp_path,
+                                            adversarial_weight=0.01), log=lambda *a: None)
+    record = trainer.train()
+    assert trainer.iteration == 4 and np.isfinite(record["d_loss"])
+
+
+def test_loss_falls_when_overfitting_one_crop(pairs, global_run, tmp_path):
+    """With the batch fixed, the detail L1 falls well below its start."""
+    trainer = DetailTrainer(detail_settings(pairs, global_run, tmp_path, lr=3e-3),
+                            log=lambda *a: None)
+    from dce.gan.detail import prepare_arrays
+
+    arrays = prepare_arrays(trainer.s, trainer.refiner, trainer.device, log=lambda *a: None)
+    batch = crop_batch(arrays, trainer.s, 0)
+    first = trainer.step(batch)["l1_mm"]
+    for _ in range(150):
+        last = trainer.step(batch)["l1_mm"]
+    assert first > 0 and last < 0.3 * first
+
+
+def test_enhancer_is_fully_convolutional():
+    net = LocalEnhancer(4, width=8, blocks=2)
+    torch.nn.init.normal_(net.out.weight)
+    x = torch.randn(1, 4, 40, 40)
+    assert net(x).shape == (1, 1, 40, 40)
+    with pytest.raises(ValueError, match="even"):
+        net(torch.randn(1, 4, 33, 33))
+
+
+def test_dce_eval_scores_a_detail_stage_at_the_file_resolution(pairs, global_run, tmp_path):
+    from dce.cli.evaluate import main
+
+    trainer = DetailTrainer(detail_settings(pairs, global_run, tmp_path / "d"),
+                            log=lambda *a: None)
+    trainer.train()
+    assert main([str(pairs), str(tmp_path / "d" / "last.pt"), "-o", str(tmp_path / "eval"),
+                 "--heatmaps", "1"]) == 0
+    with open(tmp_path / "eval" / "mae.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0])[:9] == ["model", "resolution", "images", "eq4_mae", "eq4_mae_mm",
+                                 "face_mae_mm", "normal_error_deg", "detail_corr", "roughness"]
+    assert [r["model"] for r in rows] == ["coarse", "refined"]
+    assert rows[0]["resolution"] == "32" and float(rows[0]["detail_corr"]) == 0.0
+    assert (tmp_path / "eval" / "heatmaps" / "shaded_000.png").is_file()
+    # Pooled evaluation is refused for a detail stage trained at 32 px...
+    assert main([str(pairs), str(tmp_path / "d" / "last.pt"), "-o", str(tmp_path / "e2"),
+                 "--resolution", "16"]) == 2
+    # ... and allowed for its global network alone.
+    assert main([str(pairs), str(tmp_path / "d" / "last.pt"), "-o", str(tmp_path / "e3"),
+                 "--resolution", "16", "--no-detail"]) == 0
+
+
+def test_a_detail_stage_without_its_global_network_is_refused(pairs, global_run, tmp_path):
+    from dce.gan.inference import Refiner
+
+    trainer = DetailTrainer(detail_settings(pairs, global_run, tmp_path, iterations=0),
+                            log=lambda *a: None)
+    trainer.train()
+    state = load_checkpoint(tmp_path / "last.pt")
+    del state["global"]
+    save_checkpoint(tmp_path / "broken.pt", state)
+    with pytest.raises(CheckpointError, match="broken.pt.*without its global network"):
+        Refiner(tmp_path / "broken.pt")
+
+
+def test_checkpoint_channels_that_the_file_lacks_are_refused(pairs, global_run, tmp_path):
+    """A colour model on a file without colour: the message names both."""
+    from dce.cli.build import main as build
+    from dce.cli.evaluate import main
+
+    rgb_run = tmp_path / "rgb"
+    Trainer(TrainSettings(data=str(pairs), out=str(rgb_run), config="DCE+RGB|D|DCE",
+                          preset="tiny", batch_size=2, workers=0, iters_per_resolution=1,
+                          max_resolution=4, log_every=1000), log=lambda *a: None).train()
+    plain = tmp_path / "plain.h5"
+    world = pairs.parent / "world"
+    assert build(["synthetic", "--world", str(world), "-o", str(plain), "--size", "32",
+                  "--poses", "0", "--workers", "1"]) == 0
+    from dce.gan.evaluate import evaluate
+
+    with pytest.raises(ValueError, match=r"plain\.h5.*r', 'g', 'b.*rgb/last\.pt|plain\.h5.*"
+                                         r"rgb/last\.pt"):
+        evaluate(rgb_run / "last.pt", plain)
+    assert main([str(plain), str(rgb_run / "last.pt"), "-o", str(tmp_path / "e")]) == 2
