@@ -3,18 +3,22 @@ report a person can read.
 
 1. builds the synthetic world (FRGC-format raw scans with photos and
    landmarks, coarse 3DMM fits from noisy landmarks) and its DCE pair file
-   (dce-build synthetic);
-2. trains the cpu preset (dce-train --preset cpu: 4 -> 32 px);
-3. evaluates it on the held-out identities (dce-eval, with heat maps);
-4. refines one held-out face back to a 3D mesh (dce-refine);
-5. renders the real sample scans when ../shared/data is present;
-6. writes OUT/report.md: the MAE table (coarse and refined, mm and
-   normalized, +- std), loss curves, sample grids, error heat maps and the
-   refined mesh, as PNGs beside it.
+   at 256 px (dce-build synthetic);
+2. trains the progressive network, cpu preset (dce-train --preset cpu:
+   4 -> 32 px, residual, L1 over the face);
+3. trains the detail stage on full-resolution crops on top of it
+   (dce-train-detail);
+4. evaluates both on the held-out identities at 256 px (dce-eval: MAE,
+   face MAE, normal error, detail correlation, roughness; heat maps and
+   shaded coarse | refined | target pictures) -> OUT/eval/mae.csv;
+5. refines one held-out face back to a 3D mesh (dce-refine);
+6. renders the real sample scans when ../shared/data is present;
+7. writes OUT/report.md with the tables, loss curves, pictures and the time
+   per step.
 
 Every step resumes: rerun the command after an interruption and finished
-work is kept (the build and the training continue where they stopped).
-About 7 minutes on 2 CPU cores.
+work is kept (the build and the trainings continue where they stopped).
+About 13 minutes on 2 CPU cores.
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+DETAIL_ITERATIONS = 600
 SAMPLES = (
     # name, mesh, landmarks (iBUG-68, 3D, mm)
     ("lps-smooth", "lee-perry-smith/lps_smooth_face.ply", "lee-perry-smith/lps_landmarks_68.txt"),
@@ -61,6 +66,9 @@ def parse_args(argv=None):
                    help="dce-train preset (default: cpu, 4 -> 32 px in about 5 minutes)")
     p.add_argument("--iters-per-resolution", type=int, default=None,
                    help="override the preset's iterations per resolution")
+    p.add_argument("--detail-iterations", type=int, default=DETAIL_ITERATIONS,
+                   help="iterations of the detail stage, 8 crops each; 0 = no detail stage "
+                        f"(default: {DETAIL_ITERATIONS}, about 4 minutes on 2 cores)")
     p.add_argument("--heatmaps", type=int, default=8,
                    help="error heat maps written by the evaluation (default: 8)")
     p.add_argument("--workers", type=int, default=None,
@@ -146,20 +154,30 @@ def write_report(out: Path, steps: Steps, info: dict) -> Path:
     if info.get("pairs_png"):
         lines += [f"Random pairs (coarse above, ground truth below): "
                   f"![pairs]({_rel(info['pairs_png'], out)})", ""]
-    lines += ["## Training", "", f"![loss curves]({_rel(info['curves'], out)})", ""]
+    lines += ["## Training", "", "The progressive network (4 -> 32 px):", "",
+              f"![loss curves]({_rel(info['curves'], out)})", ""]
     if info.get("grid"):
-        lines += [f"Last sample grid (per channel: coarse | refined | target): "
+        lines += [f"Its last sample grid (per channel: coarse | refined | target): "
                   f"![samples]({_rel(info['grid'], out)})", ""]
-    lines += ["## Evaluation on the held-out identities", "",
-              info["mae"].rstrip(), "",
-              "Face MAE: over the ground truth's own pixels. Eq. 4 (the paper's) also counts "
-              "pixels where only one image has surface. Roughness: mean |Laplacian| of the "
-              "depth inside the face.", ""]
-    for png in info["heatmaps"][:4]:
-        lines.append(f"![heat map]({_rel(png, out)})")
-    lines += ["", "Heat maps: |coarse - target| (left) and |refined - target| (right), "
-              "0 (blue) to 5 mm (red).", "",
-              "## A held-out face refined to a mesh", ""]
+    if info.get("detail_curves"):
+        lines += ["The detail stage (full-resolution crops):", "",
+                  f"![detail loss curves]({_rel(info['detail_curves'], out)})", ""]
+    lines += ["## Evaluation on the held-out identities", "", info["mae"].rstrip(), ""]
+    if info.get("global_mae"):
+        lines += ["The progressive network alone (without the detail stage):", "",
+                  info["global_mae"].rstrip(), ""]
+    lines += ["MAE: Eq. 4 of the paper (pixels where either image has surface). Face MAE: "
+              "over the ground truth's own pixels. Normal error: mean angle between the "
+              "refined and the ground-truth surface normals over the face. Detail corr.: "
+              "correlation of the detail added (refined - coarse) with the detail missing "
+              "(target - coarse), both band-passed to 1-5 mm (0 for the coarse input by "
+              "definition). Roughness: mean |Laplacian| of the depth inside the face.", "",
+              "Shaded at 256 px, coarse | refined | target:", ""]
+    lines += [f"![shaded]({_rel(png, out)})" for png in info["shaded"][:4]]
+    lines += ["", "Heat maps, coarse (left) and refined (right): depth error, 0 (blue) to 5 mm "
+              "(red), above; normal error, 0 to 20 degrees, below.", ""]
+    lines += [f"![heat map]({_rel(png, out)})" for png in info["heatmaps"][:4]]
+    lines += ["", "## A held-out face refined to a mesh", ""]
     lines += [f"- `{_rel(p, out)}`" for p in info["meshes"]]
     lines += [""] + [f"![refined]({_rel(p, out)})" for p in info["refine_pngs"]] + [""]
     if info.get("real"):
@@ -174,16 +192,17 @@ def write_report(out: Path, steps: Steps, info: dict) -> Path:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from dce.cli import build, evaluate, refine, train
+    from dce.cli import build, evaluate, refine, train, train_detail
     from dce.gan.h5format import describe
-    from dce.gan.report import plot_losses
+    from dce.gan.report import DETAIL_CURVES, plot_losses
 
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     data = args.data or default_data_dir()
-    steps = Steps(6)
+    steps = Steps(7)
     workers = args.workers or os.cpu_count()
-    pairs, run, evaluation = out / "pairs.h5", out / "run", out / "eval"
+    pairs, run, detail = out / "pairs.h5", out / "run", out / "detail"
+    evaluation, global_eval = out / "eval", out / "eval_global"
 
     steps.next("dataset: synthetic world -> aligned DCE pairs (dce-build)")
     _run("dce-build", build.main,
@@ -191,21 +210,36 @@ def main(argv=None) -> int:
           "--size", args.size, "--poses", args.poses, "--seed", args.seed, "--workers", workers,
           "--preview", 8])
 
-    steps.next(f"training, preset {args.preset} (dce-train)")
+    steps.next(f"training the progressive network, preset {args.preset} (dce-train)")
     argv = [pairs, "-o", run, "--preset", args.preset, "--device", args.device, "--seed",
             args.seed, "--workers", min(workers, 2)]
     if args.iters_per_resolution:
         argv += ["--iters-per-resolution", args.iters_per_resolution]
     _run("dce-train", train.main, argv + (["--resume"] if (run / "last.pt").exists() else []))
 
-    steps.next("evaluation on the held-out identities (dce-eval)")
-    if evaluation.exists():
-        shutil.rmtree(evaluation)
-    _run("dce-eval", evaluate.main, [pairs, run / "last.pt", "-o", evaluation, "--heatmaps",
-                                     args.heatmaps])
+    model = run / "last.pt"
+    steps.next("training the detail stage at full resolution (dce-train-detail)")
+    if args.detail_iterations > 0:
+        argv = [pairs, model, "-o", detail, "--iterations", args.detail_iterations,
+                "--device", args.device, "--seed", args.seed]
+        _run("dce-train-detail", train_detail.main,
+             argv + (["--resume"] if (detail / "last.pt").exists() else []))
+        model = detail / "last.pt"
+    else:
+        print("  skipped (--detail-iterations 0)")
+
+    steps.next("evaluation on the held-out identities at full resolution (dce-eval)")
+    for folder in (evaluation, global_eval):
+        if folder.exists():
+            shutil.rmtree(folder)
+    _run("dce-eval", evaluate.main, [pairs, model, "-o", evaluation, "--heatmaps",
+                                     args.heatmaps, "--device", _torch_device(args)])
+    if model != run / "last.pt":
+        _run("dce-eval", evaluate.main, [pairs, run / "last.pt", "-o", global_eval,
+                                         "--device", _torch_device(args)])
 
     steps.next("one held-out face refined to a mesh (dce-refine)")
-    _run("dce-refine", refine.main, [run / "last.pt", "--pairs", pairs, "-o", out / "refined"])
+    _run("dce-refine", refine.main, [model, "--pairs", pairs, "-o", out / "refined"])
 
     steps.next("real sample scans")
     real = []
@@ -219,9 +253,16 @@ def main(argv=None) -> int:
     info = {"identities": args.identities, "preset": args.preset, "device": _device(args),
             "describe": describe(pairs), "pairs_png": pairs.with_suffix(".png"),
             "curves": plot_losses(run / "log.jsonl", out / "loss_curves.png"),
+            "detail_curves": (plot_losses(detail / "log.jsonl", out / "detail_loss_curves.png",
+                                          DETAIL_CURVES)
+                              if (detail / "log.jsonl").exists() and model != run / "last.pt"
+                              else None),
             "grid": grids[-1] if grids else None,
             "mae": (evaluation / "mae.md").read_text(encoding="utf-8"),
-            "heatmaps": sorted((evaluation / "heatmaps").glob("*.png")),
+            "global_mae": ((global_eval / "mae.md").read_text(encoding="utf-8")
+                           if global_eval.exists() else None),
+            "heatmaps": sorted((evaluation / "heatmaps").glob("heatmap_*.png")),
+            "shaded": sorted((evaluation / "heatmaps").glob("shaded_*.png")),
             "meshes": sorted(p for p in (out / "refined").iterdir()
                              if p.suffix in (".ply", ".obj")),
             "refine_pngs": sorted((out / "refined").glob("*.png")), "real": real}
@@ -229,6 +270,15 @@ def main(argv=None) -> int:
     report = write_report(out, steps, info)
     print(f"\nreport: {report} ({steps.elapsed() / 60:.1f} min in all)")
     return 0
+
+
+def _torch_device(args) -> str:
+    """dce-eval's --device: 'auto' is a training option only."""
+    import torch
+
+    if args.device != "auto":
+        return args.device
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _device(args) -> str:

@@ -52,10 +52,10 @@ def parse_args(argv=None):
     p.add_argument("--residual", action=argparse.BooleanOptionalAction, default=None,
                    help="the generator learns a correction added to the coarse input "
                         "(our addition; default: on for --preset cpu, off for the paper preset)")
-    p.add_argument("--masked-loss", action="store_true",
+    p.add_argument("--masked-loss", action=argparse.BooleanOptionalAction, default=None,
                    help="L1 pixel loss over the ground truth's surface only, so the scans' holes "
-                        "(eyes, brows, hair) are not learned (our option; default: the whole "
-                        "image, as the paper)")
+                        "(eyes, brows, hair) are not learned (our option; default: on for "
+                        "--preset cpu, off for the paper preset, whose L1 covers the whole image)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (default: auto)")
     p.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"],
                    help="mixed precision on CUDA (default: auto = bf16 where supported)")

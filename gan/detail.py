@@ -137,7 +137,10 @@ class DetailSettings:
     blocks: int = 4
     lr: float = 1e-3
     highpass_mm: float = 4.0
+    pixel_loss: str = "l2"
     gradient_weight: float = 1.0
+    edge_px: int = 3
+    clip_mm: float = 2.0
     adversarial_weight: float = 0.0
     gp_lambda: float = 10.0
     flip: bool = True
@@ -226,12 +229,12 @@ def prepare_arrays(settings: DetailSettings, refiner, device, log=print) -> _Arr
         base = torch.from_numpy(refiner(coarse.numpy()))[:, out_depth]
         valid = ((torch.stack([it["target_mask"] for it in items])[:, 0] > 0)
                  & (coarse[:, depth] >= FOREGROUND_ABOVE) & (base >= FOREGROUND_ABOVE))
+        detail = detail_target(target, base, valid, mm, pixel_mm[start:start + len(items)],
+                               settings.highpass_mm)[:, None]
         parts["inputs"].append(enhancer_input(coarse, base[:, None], depth))
         parts["base"].append(base[:, None])
-        parts["detail"].append(detail_target(target, base, valid, mm,
-                                             pixel_mm[start:start + len(items)],
-                                             settings.highpass_mm)[:, None])
-        parts["valid"].append(valid[:, None])
+        parts["detail"].append(detail.clamp(-settings.clip_mm, settings.clip_mm))
+        parts["valid"].append(erode(valid[:, None], settings.edge_px))
         parts["coarse_depth"].append(coarse[:, depth:depth + 1])
         parts["target_depth"].append(target[:, None])
         parts["mm_per_unit"].append(mm)
@@ -273,13 +276,36 @@ def crop_batch(arrays: _Arrays, settings: DetailSettings, iteration: int) -> dic
     return batch
 
 
-def gradient_l1(a, b, valid):
-    """Mean over ``valid`` pixel pairs of |d/dx (a - b)| + |d/dy (a - b)|,
-    forward differences; (N, 1, H, W) tensors."""
+def penalty(error, kind: str):
+    """|error| ("l1") or error^2 ("l2"), elementwise."""
+    if kind == "l1":
+        return error.abs()
+    if kind == "l2":
+        return error.square()
+    raise ValueError(f"pixel_loss must be 'l1' or 'l2', got {kind!r}")
+
+
+def pixel_term(a, b, valid, kind: str):
+    """Mean penalty of (a - b) over ``valid``; (N, 1, H, W) tensors."""
+    return (penalty(a - b, kind) * valid).sum() / valid.sum().clamp(min=1)
+
+
+def gradient_term(a, b, valid, kind: str):
+    """Mean penalty of the forward differences of (a - b) along x and y over
+    the ``valid`` pixel pairs (the error of the surface's slope, hence of its
+    normals); (N, 1, H, W) tensors."""
     d = a - b
-    gx = (d[..., :, 1:] - d[..., :, :-1]).abs() * (valid[..., :, 1:] & valid[..., :, :-1])
-    gy = (d[..., 1:, :] - d[..., :-1, :]).abs() * (valid[..., 1:, :] & valid[..., :-1, :])
-    return gx.sum() / valid.sum().clamp(min=1) + gy.sum() / valid.sum().clamp(min=1)
+    gx = penalty(d[..., :, 1:] - d[..., :, :-1], kind) * (valid[..., :, 1:] & valid[..., :, :-1])
+    gy = penalty(d[..., 1:, :] - d[..., :-1, :], kind) * (valid[..., 1:, :] & valid[..., :-1, :])
+    return (gx.sum() + gy.sum()) / valid.sum().clamp(min=1)
+
+
+def erode(mask, pixels: int):
+    """(N, 1, H, W) bool mask less the pixels within ``pixels`` of its edge."""
+    if pixels <= 0:
+        return mask
+    outside = F.max_pool2d((~mask).float(), 2 * pixels + 1, stride=1, padding=pixels)
+    return mask & (outside < 0.5)
 
 
 class DetailTrainer:
@@ -346,11 +372,10 @@ class DetailTrainer:
         b = {k: v.to(dev) for k, v in batch.items()}
         detail = self.G(b["inputs"])
         valid = b["valid"]
-        weight = valid.float()
-        l1 = ((detail - b["detail"]).abs() * weight).sum() / weight.sum().clamp(min=1)
-        grad = gradient_l1(detail, b["detail"], valid)
-        loss = l1 + self.s.gradient_weight * grad
-        record = {"l1_mm": l1.item(), "gradient_mm": grad.item()}
+        pixel = pixel_term(detail, b["detail"], valid, self.s.pixel_loss)
+        grad = gradient_term(detail, b["detail"], valid, self.s.pixel_loss)
+        loss = pixel + self.s.gradient_weight * grad
+        record = {"pixel": pixel.item(), "gradient": grad.item()}
         if self.D is not None:
             refined = b["base"] + detail / b["mm_per_unit"][:, None, None, None]
             real = b["target_depth"]
@@ -406,8 +431,8 @@ class DetailTrainer:
                         log_file.flush()
                         eta = (self.s.iterations - self.iteration) * self.s.batch_size / rate
                         self.log(f"detail it {self.iteration}/{self.s.iterations}  "
-                                 f"L1 {record['l1_mm']:.4f} mm  gradient "
-                                 f"{record['gradient_mm']:.4f}  {rate:.1f} crops/s  "
+                                 f"{self.s.pixel_loss} {record['pixel']:.4f}  gradient "
+                                 f"{record['gradient']:.4f}  {rate:.1f} crops/s  "
                                  f"ETA {eta / 60:.1f} min")
                     if self.iteration % self.s.checkpoint_every == 0:
                         self.save()

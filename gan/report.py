@@ -16,6 +16,11 @@ CURVES = (
     ("d_gp", "gradient penalty"),
     ("g_adversarial", "generator adversarial term"),
 )
+# The detail stage's log (dce-train-detail): its loss terms, in mm^2 with the L2 loss.
+DETAIL_CURVES = (
+    ("pixel", "detail stage: pixel loss of the detail"),
+    ("gradient", "detail stage: loss of its gradient (the normals)"),
+)
 PANEL = (560, 180)
 MARGIN = (64, 18, 14, 30)  # left, top, right, bottom
 COLORS = ((31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189))

@@ -119,9 +119,9 @@ def test_loss_falls_when_overfitting_one_crop(pairs, global_run, tmp_path):
 
     arrays = prepare_arrays(trainer.s, trainer.refiner, trainer.device, log=lambda *a: None)
     batch = crop_batch(arrays, trainer.s, 0)
-    first = trainer.step(batch)["l1_mm"]
+    first = trainer.step(batch)["pixel"]
     for _ in range(150):
-        last = trainer.step(batch)["l1_mm"]
+        last = trainer.step(batch)["pixel"]
     assert first > 0 and last < 0.3 * first
 
 

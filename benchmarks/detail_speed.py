@@ -1,0 +1,99 @@
+"""Speed of the detail stage (dce-train-detail) on this machine.
+
+* training: crops per second of one optimizer step of the LocalEnhancer
+  (forward, the pixel and gradient losses, backward, Adam), with and
+  without the adversarial patch critic (its WGAN-GP step included);
+* inference: milliseconds per 256 x 256 image of the enhancer's forward
+  pass, batch 1 and batch 8.
+
+    python benchmarks/detail_speed.py [--crop 96] [--batch 8] [--width 32] [--blocks 4]
+        [--channels 3] [--repeats 5] [--device cpu]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import timed  # noqa: E402
+from dce.gan.detail import LocalEnhancer, PatchCritic, gradient_term, pixel_term  # noqa: E402
+from dce.gan.losses import gradient_penalty  # noqa: E402
+
+
+def training_step(args, device, adversarial: bool):
+    net = LocalEnhancer(args.channels + 1, args.width, args.blocks).to(device)
+    torch.nn.init.normal_(net.out.weight, std=0.01)
+    opt = torch.optim.Adam(net.parameters(), 1e-3)
+    critic = PatchCritic().to(device) if adversarial else None
+    opt_d = torch.optim.Adam(critic.parameters(), 1e-3) if adversarial else None
+    shape = (args.batch, 1, args.crop, args.crop)
+    x = torch.randn(args.batch, args.channels + 1, args.crop, args.crop, device=device)
+    target = torch.randn(shape, device=device) * 0.2
+    valid = torch.rand(shape, device=device) > 0.2
+    cond = torch.rand(shape, device=device)
+
+    def step():
+        detail = net(x)
+        loss = pixel_term(detail, target, valid, "l2") + gradient_term(detail, target, valid, "l2")
+        if critic is not None:
+            fake = cond + detail / 50.0
+            real = cond + target / 50.0
+
+            def d(c, image):
+                return critic(torch.cat([c, image], dim=1))
+
+            d_loss = (d(cond, fake.detach()).mean() - d(cond, real).mean()
+                      + gradient_penalty(d, real, fake.detach(), cond))
+            opt_d.zero_grad()
+            d_loss.backward()
+            opt_d.step()
+            critic.requires_grad_(False)
+            loss = loss - 0.01 * d(cond, fake).mean()
+            critic.requires_grad_(True)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    return step
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--crop", type=int, default=96, help="crop side (default: 96)")
+    p.add_argument("--batch", type=int, default=8, help="crops per step (default: 8)")
+    p.add_argument("--width", type=int, default=32, help="enhancer width (default: 32)")
+    p.add_argument("--blocks", type=int, default=4, help="residual blocks (default: 4)")
+    p.add_argument("--channels", type=int, default=3,
+                   help="coarse channels: 3 for DCE, 6 for DCE+RGB (default: 3)")
+    p.add_argument("--repeats", type=int, default=5, help="timed repeats (default: 5)")
+    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    args = p.parse_args()
+    device = torch.device(args.device)
+    print(f"{device}, {torch.get_num_threads()} threads; enhancer width {args.width}, "
+          f"{args.blocks} blocks, {args.channels} + 1 input channels")
+    print("| measure | value |\n|---|---|")
+    for adversarial in (False, True):
+        t = timed(training_step(args, device, adversarial), args.repeats)
+        label = "with the patch critic" if adversarial else "L2 + gradient losses"
+        print(f"| training, {args.batch} crops of {args.crop} px, {label} | "
+              f"{args.batch / t.min():.1f} crops/s (median {args.batch / float(sorted(t)[len(t) // 2]):.1f}) |")
+    net = LocalEnhancer(args.channels + 1, args.width, args.blocks).to(device).eval()
+    for batch in (1, 8):
+        x = torch.randn(batch, args.channels + 1, 256, 256, device=device)
+
+        def infer():
+            with torch.no_grad():
+                net(x)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+        t = timed(infer, args.repeats)
+        print(f"| inference, 256 x 256, batch {batch} | {t.min() / batch * 1e3:.0f} ms per image |")
+
+
+if __name__ == "__main__":
+    main()
