@@ -1,21 +1,24 @@
 """The comparison table (paper Table 3, on the built-in world): the same
 data, the same schedule and iteration budget for each model, evaluated on the
-held-out identities.
+held-out identities at the pair file's resolution (256 px).
 
-Rows: D|D|D, DCE|D|D, DCE|D|DCE (the paper's configuration) and
-DCE+RGB|D|DCE with our residual progressive generator; DCE|D|DCE with the
-paper's network unchanged; pix2pix in DCE|D|D. Columns: Eq. 4 MAE
-(normalized and mm), the MAE over the ground truth's face pixels (mm) and the
-surface roughness (mean |Laplacian| of the depth, mm/px^2) beside the ground
-truth's.
+Rows (``ROWS``): the paper's DCE|D|DCE with the paper's network unchanged
+(whole-image L1, no residual); our residual progressive network (L1 over the
+face); the same plus the detail stage (dce-train-detail) on full-resolution
+crops; the colour configuration DCE+RGB|D|DCE with and without the detail
+stage; pix2pix in DCE|D|D. Columns: Eq. 4 MAE (normalized and mm), the face
+MAE (mm), the normal error (degrees), the detail correlation and the surface
+roughness (mean |Laplacian| of the depth, mm/px^2) beside the ground truth's.
 
     python benchmarks/compare_configs.py                 # builds the world with RGB, cpu preset
     python benchmarks/compare_configs.py --data pairs.h5 --out out/compare --device cuda
+    python benchmarks/compare_configs.py --only "DCE|D|DCE + detail stage"
 
 Without --data it builds the default synthetic world with the RGB channels
 (about a minute and a half here). Every run lives in OUT/<name>/ and is
 skipped when finished, so an interrupted comparison continues where it
-stopped. On 2 CPU cores each cpu-preset run takes about 4-5 minutes.
+stopped. On 2 CPU cores each cpu-preset run takes about 4-5 minutes, each
+detail stage about 4, each evaluation about 1.
 """
 from __future__ import annotations
 
@@ -26,14 +29,14 @@ import sys
 import time
 from pathlib import Path
 
+# name, model, config, residual generator, masked L1, detail stage on top
 ROWS = [
-    # name, model, config, residual generator
-    ("DCE|D|DCE", "progressive", "DCE|D|DCE", True),
-    ("D|D|D", "progressive", "D|D|D", True),
-    ("DCE|D|D", "progressive", "DCE|D|D", True),
-    ("DCE+RGB|D|DCE", "progressive", "DCE+RGB|D|DCE", True),
-    ("DCE|D|DCE, paper network", "progressive", "DCE|D|DCE", False),
-    ("pix2pix DCE|D|D", "pix2pix", "DCE|D|D", False),
+    ("DCE|D|DCE, paper network", "progressive", "DCE|D|DCE", False, False, False),
+    ("DCE|D|DCE, residual", "progressive", "DCE|D|DCE", True, True, False),
+    ("DCE|D|DCE + detail stage", "progressive", "DCE|D|DCE", True, True, True),
+    ("DCE+RGB|D|DCE, residual", "progressive", "DCE+RGB|D|DCE", True, True, False),
+    ("DCE+RGB|D|DCE + detail stage", "progressive", "DCE+RGB|D|DCE", True, True, True),
+    ("pix2pix DCE|D|D", "pix2pix", "DCE|D|D", False, False, False),
 ]
 
 
@@ -49,17 +52,22 @@ def build_world(out: Path) -> Path:
     return data
 
 
-def run(name, model, config, residual, args, data) -> dict:
-    from dce.gan.checkpoint import load_checkpoint
-    from dce.gan.evaluate import evaluate
+def folder_name(name: str) -> str:
+    return (name.replace("|", "-").replace(", ", "_").replace(" + ", "+")
+            .replace(" ", "_"))
+
+
+def train_global(name, model, config, residual, masked, args, data) -> tuple:
+    """(checkpoint, seconds) of the progressive or pix2pix run of a row,
+    trained unless finished; rows that differ only by the detail stage share it."""
     from dce.gan.train import Trainer, TrainSettings
 
-    folder = args.out / name.replace("|", "-").replace(", ", "_").replace(" ", "_")
+    folder = args.out / folder_name(f"{model} {config} residual={residual} masked={masked}")
     settings = TrainSettings(data=str(data), out=str(folder), config=config, model=model,
                              preset=args.preset, iters_per_resolution=args.iters_per_resolution,
                              residual=residual if model == "progressive" else None,
-                             crop_pad=args.crop_pad, device=args.device, workers=args.workers,
-                             log_every=10**9, checkpoint_every=500)
+                             masked_loss=masked, crop_pad=args.crop_pad, device=args.device,
+                             workers=args.workers, log_every=10**9, checkpoint_every=500)
     t0 = time.perf_counter()
     trainer = Trainer(settings, log=lambda *a: None)
     checkpoint = folder / "last.pt"
@@ -71,12 +79,46 @@ def run(name, model, config, residual, args, data) -> dict:
         trainer.train()
         if trainer.interrupted:
             sys.exit(130)
-    seconds = time.perf_counter() - t0
-    iterations = int(load_checkpoint(checkpoint)["iteration"])
-    scores, _, info = evaluate(checkpoint, data, device=str(trainer.device))
+    return checkpoint, time.perf_counter() - t0
+
+
+def train_detail(name, checkpoint, args, data) -> tuple:
+    """(checkpoint, seconds) of the detail stage on top of ``checkpoint``."""
+    from dce.gan.detail import DetailSettings, DetailTrainer
+
+    folder = args.out / folder_name(name)
+    settings = DetailSettings(data=str(data), out=str(folder), global_checkpoint=str(checkpoint),
+                              iterations=args.detail_iterations, device=args.device,
+                              log_every=10**9)
+    t0 = time.perf_counter()
+    trainer = DetailTrainer(settings, log=lambda *a: None)
+    if (folder / "last.pt").exists():
+        trainer.resume(folder / "last.pt")
+    if trainer.iteration < settings.iterations:
+        print(f"{name}: training the detail stage, {settings.iterations - trainer.iteration} "
+              "iterations", flush=True)
+        trainer.train()
+        if trainer.interrupted:
+            sys.exit(130)
+    return folder / "last.pt", time.perf_counter() - t0
+
+
+def run(name, model, config, residual, masked, detail, args, data) -> dict:
+    from dce.gan.evaluate import evaluate
+
+    checkpoint, seconds = train_global(name, model, config, residual, masked, args, data)
+    if detail:
+        checkpoint, more = train_detail(name, checkpoint, args, data)
+        seconds += more
+    device = "cuda" if args.device == "cuda" else "cpu"
+    scores, _, info = evaluate(checkpoint, data, device=device)
     coarse, refined = scores.table()
-    return {"name": name, "resolution": info["resolution"], "iterations": iterations,
-            "train_s": round(seconds, 1), "coarse": coarse, "refined": refined}
+    print(f"{name}: face MAE {refined['face_mae_mm']:.3f} mm (coarse "
+          f"{coarse['face_mae_mm']:.3f}), normal error {refined['normal_error_deg']:.2f} deg "
+          f"(coarse {coarse['normal_error_deg']:.2f}), detail corr. "
+          f"{refined['detail_corr']:.3f}", flush=True)
+    return {"name": name, "resolution": info["resolution"], "train_s": round(seconds, 1),
+            "coarse": coarse, "refined": refined}
 
 
 def write(results: list, out: Path) -> Path:
@@ -84,8 +126,7 @@ def write(results: list, out: Path) -> Path:
 
     first = results[0]
     lines = [f"Held-out identities: {first['refined']['images']} images at "
-             f"{first['resolution']} px, {first['iterations']} iterations per model, "
-             "mean ± std over images.", "",
+             f"{first['resolution']} px, mean ± std over images.", "",
              # A "|" inside a markdown cell must be escaped.
              markdown_table([first["coarse"]] + [r["refined"] for r in results],
                             ["coarse input"] + [r["name"].replace("|", chr(92) + "|")
@@ -114,6 +155,8 @@ def main():
                    help="override the preset's iterations per resolution")
     p.add_argument("--crop-pad", type=int, default=None,
                    help="crop-and-pad shift in file pixels (default: 16 scaled to the file size)")
+    p.add_argument("--detail-iterations", type=int, default=600,
+                   help="iterations of each detail stage (default: 600, as dce-demo)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda (default: auto)")
     p.add_argument("--workers", type=int, default=2, help="data-loader processes (default: 2)")
     p.add_argument("--only", default=None, help="comma-separated row names to run")

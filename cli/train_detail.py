@@ -41,6 +41,14 @@ def parse_args(argv=None):
     p.add_argument("--highpass-mm", type=float, default=d.highpass_mm,
                    help="the stage learns the ground truth's difference to the global output "
                         f"finer than this Gaussian sigma, mm (default: {d.highpass_mm:g})")
+    p.add_argument("--denoise-mm", type=float, default=d.denoise_mm,
+                   help="drop the ground truth's detail finer than this Gaussian sigma, mm "
+                        "(pores, sensor noise: nothing predicts them); 0 = keep all "
+                        f"(default: {d.denoise_mm:g})")
+    p.add_argument("--pixel-loss", choices=["l1", "l2"], default=d.pixel_loss,
+                   help="penalty of the detail's error and of its gradient's: l2 learns the "
+                        "mean of an uncertain crease (a softened crease where it belongs), l1 "
+                        f"its median (often none) (default: {d.pixel_loss})")
     p.add_argument("--gradient-weight", type=float, default=d.gradient_weight,
                    help=f"weight of the L1 on the detail's gradient (default: {d.gradient_weight:g})")
     p.add_argument("--adversarial-weight", type=float, default=d.adversarial_weight,
@@ -69,6 +77,7 @@ def main(argv=None) -> int:
         data=str(args.data), out=str(args.out), global_checkpoint=str(args.global_checkpoint),
         iterations=args.iterations, batch_size=args.batch_size, crop=args.crop,
         width=args.width, blocks=args.blocks, lr=args.lr, highpass_mm=args.highpass_mm,
+        denoise_mm=args.denoise_mm, pixel_loss=args.pixel_loss,
         gradient_weight=args.gradient_weight, adversarial_weight=args.adversarial_weight,
         flip=not args.no_flip, seed=args.seed, device=args.device,
         checkpoint_every=args.checkpoint_every, log_every=args.log_every)

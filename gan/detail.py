@@ -137,6 +137,7 @@ class DetailSettings:
     blocks: int = 4
     lr: float = 1e-3
     highpass_mm: float = 4.0
+    denoise_mm: float = 0.0
     pixel_loss: str = "l2"
     gradient_weight: float = 1.0
     edge_px: int = 3
@@ -150,13 +151,17 @@ class DetailSettings:
     log_every: int = 25
 
 
-def detail_target(target, base, valid, mm_per_unit, pixel_mm, highpass_mm: float):
-    """What the stage learns, in mm: the high-pass of (target - base) depth,
-    i.e. minus its Gaussian blur of sigma ``highpass_mm`` taken over ``valid``
-    pixels only; 0 outside ``valid``. target, base: (N, H, W) depth in [-1,
-    1]; valid (N, H, W) bool; mm_per_unit, pixel_mm: (N,)."""
+def detail_target(target, base, valid, mm_per_unit, pixel_mm, highpass_mm: float,
+                  denoise_mm: float = 0.0):
+    """What the stage learns, in mm: the band of (target - base) depth between
+    Gaussian blurs of sigma ``denoise_mm`` (0: none) and ``highpass_mm``,
+    both taken over ``valid`` pixels only (normalized convolution); 0
+    outside ``valid``. target, base: (N, H, W) depth in [-1, 1]; valid (N, H,
+    W) bool; mm_per_unit, pixel_mm: (N,)."""
     difference = (target - base) * mm_per_unit[:, None, None]
     low = gaussian_blur_masked(difference, valid, highpass_mm / pixel_mm)
+    if denoise_mm > 0:
+        difference = gaussian_blur_masked(difference, valid, denoise_mm / pixel_mm)
     return (difference - low) * valid
 
 
@@ -230,7 +235,7 @@ def prepare_arrays(settings: DetailSettings, refiner, device, log=print) -> _Arr
         valid = ((torch.stack([it["target_mask"] for it in items])[:, 0] > 0)
                  & (coarse[:, depth] >= FOREGROUND_ABOVE) & (base >= FOREGROUND_ABOVE))
         detail = detail_target(target, base, valid, mm, pixel_mm[start:start + len(items)],
-                               settings.highpass_mm)[:, None]
+                               settings.highpass_mm, settings.denoise_mm)[:, None]
         parts["inputs"].append(enhancer_input(coarse, base[:, None], depth))
         parts["base"].append(base[:, None])
         parts["detail"].append(detail.clamp(-settings.clip_mm, settings.clip_mm))
@@ -355,6 +360,7 @@ class DetailTrainer:
             raise ckpt.CheckpointError(f"{path}: not a detail-stage checkpoint")
         theirs = state["settings"]
         for key in ("global_checkpoint", "batch_size", "crop", "width", "blocks", "highpass_mm",
+                    "denoise_mm", "pixel_loss", "edge_px", "clip_mm",
                     "adversarial_weight", "seed", "flip"):
             if theirs.get(key) != getattr(self.s, key):
                 raise ValueError(f"{path}: trained with {key}={theirs.get(key)!r}, now "
