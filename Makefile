@@ -22,3 +22,4 @@ bench: install
 	$(PYTHON) benchmarks/build_throughput.py
 	$(PYTHON) benchmarks/train_throughput.py
 	$(PYTHON) benchmarks/loader_throughput.py
+	$(PYTHON) benchmarks/detail_speed.py

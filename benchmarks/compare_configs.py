@@ -106,6 +106,9 @@ def train_detail(name, checkpoint, args, data) -> tuple:
 def run(name, model, config, residual, masked, detail, args, data) -> dict:
     from dce.gan.evaluate import evaluate
 
+    done = args.out / folder_name(name) / "result.json"
+    if done.exists():  # trained and evaluated by an earlier invocation
+        return json.loads(done.read_text(encoding="utf-8"))
     checkpoint, seconds = train_global(name, model, config, residual, masked, args, data)
     if detail:
         checkpoint, more = train_detail(name, checkpoint, args, data)
@@ -117,8 +120,11 @@ def run(name, model, config, residual, masked, detail, args, data) -> dict:
           f"{coarse['face_mae_mm']:.3f}), normal error {refined['normal_error_deg']:.2f} deg "
           f"(coarse {coarse['normal_error_deg']:.2f}), detail corr. "
           f"{refined['detail_corr']:.3f}", flush=True)
-    return {"name": name, "resolution": info["resolution"], "train_s": round(seconds, 1),
-            "coarse": coarse, "refined": refined}
+    result = {"name": name, "resolution": info["resolution"], "train_s": round(seconds, 1),
+              "coarse": coarse, "refined": refined}
+    done.parent.mkdir(parents=True, exist_ok=True)
+    done.write_text(json.dumps(result, indent=1), encoding="utf-8")
+    return result
 
 
 def write(results: list, out: Path) -> Path:
@@ -159,7 +165,7 @@ def main():
                    help="iterations of each detail stage (default: 600, as dce-demo)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda (default: auto)")
     p.add_argument("--workers", type=int, default=2, help="data-loader processes (default: 2)")
-    p.add_argument("--only", default=None, help="comma-separated row names to run")
+    p.add_argument("--only", default=None, help="row names to run, separated by ';'")
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     data = args.data or build_world(args.out)
@@ -167,7 +173,7 @@ def main():
         from dce.gan.h5format import validate
 
         args.crop_pad = max(1, round(16 * validate(data)["height"] / 256))
-    wanted = None if args.only is None else set(args.only.split(","))
+    wanted = None if args.only is None else set(args.only.split(";"))
     results = []
     for row in ROWS:
         if wanted is None or row[0] in wanted:

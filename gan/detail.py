@@ -9,16 +9,21 @@ and lid lines of the target are 1-5 mm wide. Between coarse and target the
 depth differs by ~3 mm of low-frequency shape and only ~0.2 mm of detail, so
 a full-resolution network trained on the whole residual spends its capacity
 on shape it cannot see in a crop and learns no detail. The stage therefore
-learns only the detail band: its target is the high-pass of (ground truth -
-global output), ``highpass_mm`` Gaussian, computed by normalized convolution
-over the ground truth's surface (so holes and the silhouette do not leak in);
-the global network keeps the shape. Random ``crop`` x ``crop`` windows of the
+learns only the detail band: its target is the band of (ground truth -
+global output) between Gaussians of ``denoise_mm`` and ``highpass_mm``,
+computed by normalized convolution over the ground truth's surface (so holes
+and the silhouette do not leak in); the global network keeps the shape, and
+the pores and sensor noise below ``denoise_mm``, which nothing in the input
+predicts, do not drown the gradient of the loss (measured on 24 held-out
+images after 600 iterations: detail correlation 0.17 without, 0.22 with a
+0.5 mm denoising blur). Random ``crop`` x ``crop`` windows of the
 full-resolution images, centred on the face, make it cheap to train.
 
-Losses: L1 of the detail (mm) plus ``gradient_weight`` x L1 of its
-finite-difference gradient (mm per pixel: the surface normals), over the
-pixels where the ground truth, the coarse input and the global output are all
-surface. With ``adversarial_weight`` > 0 the paper's depth-only conditional
+Losses: ``pixel_loss`` (L2 by default) of the detail (mm) plus
+``gradient_weight`` x the same of its finite-difference gradient (mm per
+pixel: the surface normals), over the pixels where the ground truth, the
+coarse input and the global output are all surface, ``edge_px`` away from
+their edges, the target clipped to +-``clip_mm``. With ``adversarial_weight`` > 0 the paper's depth-only conditional
 critic (WGAN-GP) judges crops of (coarse depth, refined depth): it keeps the
 amplitude that L1 shrinks where a crease's position is uncertain.
 
@@ -41,8 +46,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import checkpoint as ckpt
+from . import h5format
 from .configs import get_config
 from .data import FOREGROUND_ABOVE, PairDataset
+from .h5format import PairFileError
 from .losses import gradient_penalty
 from .metrics import gaussian_blur_masked
 from .networks import LRELU_SLOPE
@@ -137,7 +144,7 @@ class DetailSettings:
     blocks: int = 4
     lr: float = 1e-3
     highpass_mm: float = 4.0
-    denoise_mm: float = 0.0
+    denoise_mm: float = 0.5
     pixel_loss: str = "l2"
     gradient_weight: float = 1.0
     edge_px: int = 3
@@ -326,6 +333,12 @@ class DetailTrainer:
         if settings.crop < 16 or settings.crop % 2:
             raise ValueError(f"crop must be an even number >= 16, got {settings.crop}")
         self.refiner = global_refiner(settings.global_checkpoint, self.device)
+        channels = h5format.validate(settings.data)["channels"]
+        missing = [c for c in self.refiner.input_channels if c not in channels]
+        if missing:
+            raise PairFileError(f"{settings.data}: has channels {list(channels)}, but the global "
+                                f"network {settings.global_checkpoint} reads "
+                                f"{list(self.refiner.input_channels)} (missing {missing})")
         self.depth_mm_per_unit = depth_scale(settings.data)
         torch.manual_seed(settings.seed)
         channels = len(self.refiner.input_channels) + 1

@@ -189,3 +189,31 @@ def test_checkpoint_channels_that_the_file_lacks_are_refused(pairs, global_run, 
                                          r"rgb/last\.pt"):
         evaluate(rgb_run / "last.pt", plain)
     assert main([str(plain), str(rgb_run / "last.pt"), "-o", str(tmp_path / "e")]) == 2
+    from dce.gan.h5format import PairFileError
+
+    with pytest.raises(PairFileError, match=r"plain\.h5.*rgb/last\.pt"):
+        DetailTrainer(detail_settings(plain, rgb_run / "last.pt", tmp_path / "d"))
+
+
+def test_denoised_target_drops_pixel_noise_and_keeps_creases():
+    """With ``denoise_mm`` the target loses the independent pixel noise (a
+    0.5 mm blur averages ~3 pixels of 0.4 mm: std down > 2x) while a 2 mm wide
+    groove keeps most of its depth."""
+    H = 96
+    g = torch.Generator().manual_seed(0)
+    xx = torch.arange(H, dtype=torch.float64).expand(H, H)
+    groove = -0.1 * torch.exp(-0.5 * ((xx - 48) / 5.0) ** 2)  # mm, 2 mm wide at 0.4 mm/px
+    noise = 0.05 * torch.randn(H, H, generator=g, dtype=torch.float64)
+    target = ((groove + noise) / 50.0)[None]
+    base = torch.zeros_like(target)
+    valid = torch.ones(1, H, H, dtype=torch.bool)
+    mm, px = torch.tensor([50.0], dtype=torch.float64), torch.tensor([0.4], dtype=torch.float64)
+    plain = detail_target(target, base, valid, mm, px, 4.0)
+    clean = detail_target(target, base, valid, mm, px, 4.0, denoise_mm=0.5)
+    inner = (0, slice(30, 66), slice(0, 30))  # away from the groove: noise only
+    assert clean[inner].std() < 0.5 * plain[inner].std()
+    # The groove alone: a 1.25 px blur of a Gaussian of 5 px keeps 5 / sqrt(25 + 1.5625) of
+    # its depth, less the 10 px high-pass's share 5 / sqrt(125), as without the blur.
+    only = detail_target((groove / 50.0)[None], base, valid, mm, px, 4.0, denoise_mm=0.5)
+    expected = -0.1 * (5 / np.sqrt(25 + 1.5625) - 5 / np.sqrt(125))
+    assert float(only[0, 48, 48]) == pytest.approx(expected, rel=1e-2)
