@@ -220,8 +220,10 @@ def main(argv=None) -> int:
     model = run / "last.pt"
     steps.next("training the detail stage at full resolution (dce-train-detail)")
     if args.detail_iterations > 0:
+        # Crops of 96 px on the default 256 px images; smaller images, smaller crops.
         argv = [pairs, model, "-o", detail, "--iterations", args.detail_iterations,
-                "--device", args.device, "--seed", args.seed]
+                "--crop", min(96, args.size // 2 // 2 * 2), "--device", args.device,
+                "--seed", args.seed]
         _run("dce-train-detail", train_detail.main,
              argv + (["--resume"] if (detail / "last.pt").exists() else []))
         model = detail / "last.pt"

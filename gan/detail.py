@@ -137,7 +137,7 @@ class DetailSettings:
     data: str
     out: str
     global_checkpoint: str
-    iterations: int = 1500
+    iterations: int = 600
     batch_size: int = 8
     crop: int = 96
     width: int = 32
@@ -340,6 +340,9 @@ class DetailTrainer:
                                 f"network {settings.global_checkpoint} reads "
                                 f"{list(self.refiner.input_channels)} (missing {missing})")
         self.depth_mm_per_unit = depth_scale(settings.data)
+        if settings.crop > self.image_size():
+            raise ValueError(f"{settings.data}: crops of {settings.crop} px do not fit its "
+                             f"{self.image_size()} px images (pass a smaller --crop)")
         torch.manual_seed(settings.seed)
         channels = len(self.refiner.input_channels) + 1
         self.G = LocalEnhancer(channels, settings.width, settings.blocks).to(self.device)

@@ -14,12 +14,17 @@ def test_demo_runs_the_main_job_and_writes_a_report(tmp_path):
     out = tmp_path / "demo"
     argv = ["--out", str(out), "--identities", "3", "--poses", "1", "--size", "64",
             "--preset", "tiny", "--iters-per-resolution", "3", "--heatmaps", "2",
+            "--detail-iterations", "3",
             "--workers", "1", "--data", str(tmp_path / "no-data")]
     assert demo.main(argv) == 0
     report = (out / "report.md").read_text()
-    assert "| coarse input |" in report and "| refined |" in report
+    assert "| coarse |" in report and "| refined |" in report and "normal error" in report
+    header = (out / "eval" / "mae.csv").read_text().splitlines()[0]
+    assert header.startswith("model,resolution,images,eq4_mae,eq4_mae_mm,face_mae_mm,"
+                             "normal_error_deg,detail_corr,roughness")
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
-    assert {"loss_curves.png", "refined/side_by_side.png"} <= set(links)
+    assert {"loss_curves.png", "detail_loss_curves.png", "refined/side_by_side.png",
+            "eval/heatmaps/shaded_000.png"} <= set(links)
     for link in links:
         assert np.asarray(Image.open(out / link)).max() > 0, link
     assert (out / "refined" / "refined.ply").stat().st_size > 0
