@@ -19,8 +19,6 @@ splits the face into six regions by its landmarks, for per-region scores.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
