@@ -469,8 +469,9 @@ class DetailTrainer:
 
 
 def load_enhancer(state: dict, path, device="cpu") -> tuple:
-    """(LocalEnhancer in eval mode, DetailSettings, image size) of a loaded
-    detail-stage checkpoint ``state``; CheckpointError naming ``path``."""
+    """(LocalEnhancer in eval mode, DetailSettings, image size, depth mm per
+    unit) of a loaded detail-stage checkpoint ``state``; CheckpointError
+    naming ``path``."""
     try:
         settings = DetailSettings(**{k: v for k, v in state["settings"].items()
                                      if k in DetailSettings.__dataclass_fields__})
@@ -481,9 +482,12 @@ def load_enhancer(state: dict, path, device="cpu") -> tuple:
         G = LocalEnhancer(len(cfg.generator_in) + 1, settings.width, settings.blocks)
         G.load_state_dict(state["G"])
         size = int(state["image_size"])
+        mm_per_unit = float(state["depth_mm_per_unit"])
+        if not (np.isfinite(mm_per_unit) and mm_per_unit > 0 and size > 0):
+            raise ValueError(f"depth scale {mm_per_unit}, image size {size}")
     except ckpt.CheckpointError:
         raise
-    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as error:
         raise ckpt.CheckpointError(f"{path}: not a usable detail-stage checkpoint "
                                    f"({type(error).__name__}: {error})") from None
-    return G.to(device).eval(), settings, size
+    return G.to(device).eval(), settings, size, mm_per_unit

@@ -67,16 +67,15 @@ class Refiner:
     def __init__(self, checkpoint, device: str = "cpu", detail: bool = True):
         state = load_checkpoint(checkpoint, map_location=device)
         self.enhancer = None
-        if state.get("format") == detail_stage.FORMAT:
-            enhancer, self.detail_settings, self.detail_size = detail_stage.load_enhancer(
-                state, checkpoint, device)
-            self.depth_mm_per_unit = float(state["depth_mm_per_unit"])
+        if isinstance(state, dict) and state.get("format") == detail_stage.FORMAT:
+            (enhancer, self.detail_settings, self.detail_size,
+             self.depth_mm_per_unit) = detail_stage.load_enhancer(state, checkpoint, device)
             if detail:
                 self.enhancer = enhancer
             state = state["global"]
         self.generator, self.settings, self.resolution, self.alpha = generator_from_state(
             state, checkpoint, device)
-        # What a detail stage embeds of its global network.
+        # What a detail stage embeds of its global network (checked by generator_from_state).
         self.checkpoint_state = {k: state[k] for k in ("settings", "G", "iteration")}
         self.config = get_config(self.settings.config)
         self.input_channels = tuple(self.config.generator_in)

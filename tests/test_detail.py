@@ -168,6 +168,14 @@ def test_a_detail_stage_without_its_global_network_is_refused(pairs, global_run,
     save_checkpoint(tmp_path / "broken.pt", state)
     with pytest.raises(CheckpointError, match="broken.pt.*without its global network"):
         Refiner(tmp_path / "broken.pt")
+    state = load_checkpoint(tmp_path / "last.pt")
+    state["depth_mm_per_unit"] = float("nan")
+    save_checkpoint(tmp_path / "nan.pt", state)
+    with pytest.raises(CheckpointError, match="nan.pt.*depth scale nan"):
+        Refiner(tmp_path / "nan.pt")
+    save_checkpoint(tmp_path / "list.pt", [1, 2])
+    with pytest.raises(CheckpointError, match="list.pt"):
+        Refiner(tmp_path / "list.pt")
 
 
 def test_checkpoint_channels_that_the_file_lacks_are_refused(pairs, global_run, tmp_path):
