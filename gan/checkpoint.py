@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 import random
+import signal
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -60,3 +62,18 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+@contextmanager
+def interrupts_call(on_interrupt):
+    """Within the block, SIGINT (Ctrl-C) and SIGTERM call ``on_interrupt()``
+    instead of stopping the process, so a training loop can finish its
+    step, checkpoint and return; the previous handlers come back after."""
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in previous:
+        signal.signal(s, lambda signum, frame: on_interrupt())
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)

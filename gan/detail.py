@@ -33,7 +33,6 @@ output's surface; curvature and elevation stay the global network's.
 from __future__ import annotations
 
 import json
-import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -333,16 +332,17 @@ class DetailTrainer:
         if settings.crop < 16 or settings.crop % 2:
             raise ValueError(f"crop must be an even number >= 16, got {settings.crop}")
         self.refiner = global_refiner(settings.global_checkpoint, self.device)
-        channels = h5format.validate(settings.data)["channels"]
+        summary = h5format.validate(settings.data)
+        channels, self.image_size = summary["channels"], int(summary["height"])
         missing = [c for c in self.refiner.input_channels if c not in channels]
         if missing:
             raise PairFileError(f"{settings.data}: has channels {list(channels)}, but the global "
                                 f"network {settings.global_checkpoint} reads "
                                 f"{list(self.refiner.input_channels)} (missing {missing})")
         self.depth_mm_per_unit = depth_scale(settings.data)
-        if settings.crop > self.image_size():
+        if settings.crop > self.image_size:
             raise ValueError(f"{settings.data}: crops of {settings.crop} px do not fit its "
-                             f"{self.image_size()} px images (pass a smaller --crop)")
+                             f"{self.image_size} px images (pass a smaller --crop)")
         torch.manual_seed(settings.seed)
         channels = len(self.refiner.input_channels) + 1
         self.G = LocalEnhancer(channels, settings.width, settings.blocks).to(self.device)
@@ -359,13 +359,9 @@ class DetailTrainer:
                 "G": self.G.state_dict(), "opt_g": self.opt_g.state_dict(),
                 "D": None if self.D is None else self.D.state_dict(),
                 "opt_d": None if self.opt_d is None else self.opt_d.state_dict(),
-                "global": self.refiner.checkpoint_state, "image_size": self.image_size(),
+                "global": self.refiner.checkpoint_state, "image_size": self.image_size,
                 "depth_mm_per_unit": self.depth_mm_per_unit,
                 "rng": ckpt.rng_state()}
-
-    def image_size(self) -> int:
-        with h5py.File(self.s.data, "r") as f:
-            return int(f.attrs["height"])
 
     def save(self) -> Path:
         return ckpt.save_checkpoint(self.out / "last.pt", self.state())
@@ -432,16 +428,10 @@ class DetailTrainer:
         on Ctrl-C / SIGTERM and at the end."""
         if self.arrays is None:
             self.arrays = prepare_arrays(self.s, self.refiner, self.device, self.log)
-        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-
-        def stop(signum, frame):
-            self.interrupted = True
-
-        for s in previous:
-            signal.signal(s, stop)
         record, t0, start = {}, time.perf_counter(), self.iteration
         try:
-            with open(self.out / "log.jsonl", "a", encoding="utf-8") as log_file:
+            with ckpt.interrupts_call(lambda: setattr(self, "interrupted", True)), \
+                    open(self.out / "log.jsonl", "a", encoding="utf-8") as log_file:
                 while self.iteration < self.s.iterations and not self.interrupted:
                     record = self.step(crop_batch(self.arrays, self.s, self.iteration))
                     rate = ((self.iteration - start) * self.s.batch_size
@@ -459,8 +449,6 @@ class DetailTrainer:
                     if self.iteration % self.s.checkpoint_every == 0:
                         self.save()
         finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
             self.save()
         if self.interrupted:
             self.log(f"interrupted at iteration {self.iteration}; checkpoint "

@@ -18,7 +18,6 @@ import json
 import math
 from contextlib import contextmanager
 import os
-import signal
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -432,16 +431,10 @@ class Trainer:
         until = self.total if until is None else min(until, self.total)
         log_path = self.out / "log.jsonl"
         board = self._tensorboard()
-        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-
-        def stop(signum, frame):
-            self.interrupted = True
-
-        for s in previous:
-            signal.signal(s, stop)
         record, t0, start = {}, time.perf_counter(), self.iteration
         try:
-            with open(log_path, "a", encoding="utf-8") as log_file:
+            with ckpt.interrupts_call(lambda: setattr(self, "interrupted", True)), \
+                    open(log_path, "a", encoding="utf-8") as log_file:
                 for batch in self.batches():
                     if self.iteration >= until or self.interrupted:
                         break
@@ -477,8 +470,6 @@ class Trainer:
                             or stage_after != stage_before):
                         self.save()
         finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
             self.save()
             if board is not None:
                 board.close()
