@@ -76,10 +76,26 @@ and expression weights w, X_i(c, w) being model landmark i. Each iteration
    does, so the cost decreases monotonically.
 
 It stops when no coefficient, scale or rotation entry changes by more than
-``tolerance`` (relative). ``lambda`` (``regularization``) is in px^2: the
-coefficients are unit-variance, so for Gaussian landmark noise of sigma px per
-coordinate lambda = sigma^2 makes the fit the MAP estimate under the model's
-prior; 0 gives the unregularized least-squares fit. Expression weights stay
+``tolerance`` (relative).
+
+The prior is resolution-invariant. The coefficients are unit-variance, so
+for Gaussian landmark noise of sigma px per coordinate lambda = sigma^2
+makes the fit the MAP estimate under the model's prior. A detector's error
+grows with the face in pixels, so sigma is given relative to the face's
+size (``landmark_noise``, a fraction of the outer-eye distance, default
+0.02 = 2 %): lambda = (landmark_noise * D)^2, where D is the model mean's
+outer-eye distance (iBUG 36-45) in the image, through the
+scaled-orthographic camera fitted to the mean before the first iteration.
+Scaling the landmarks by any factor then scales D, lambda and the whole
+cost alike: the same coefficients come out, with the camera scaled. An
+absolute lambda in px^2 (``regularization``) fixed the prior at 4 px^2
+before; at 8 px/mm (Bosphorus photos) that prior is too weak for a
+detector's real error, and the camera scale trades against the identity
+modes that change the face's size (faces shrunk by 40 %, coefficients of
+8 sigma). Expression weights take ``expression_stiffness`` times the
+identity's lambda: blendshape weights are not unit-variance, and expression
+modes that move the eye and mouth corners otherwise absorb the size.
+Expression weights stay
 within the model's ``expression_range`` ([0, 1] for ICT-style blendshapes,
 solved by an active-set bounded least squares) or are unconstrained when it
 is None (PCA expressions). The result's camera is the one of the last step,
@@ -122,6 +138,12 @@ CONTOURS = ("fixed", "sliding")
 # alternations during which sliding jaw correspondences are re-picked; then they
 # are held, since a vertex choice can flip between two neighbours forever
 SLIDING_ITERATIONS = 10
+# landmark error sigma as a fraction of the outer-eye distance (a detector's
+# typical 1.5 %, plus the model's own misfit of another face), and the
+# expression weights' prior over the identity's: measured best in
+# benchmarks/fit_accuracy.py (scale and eye distance within 4 % and 8 %)
+LANDMARK_NOISE = 0.02
+EXPRESSION_STIFFNESS = 4.0
 
 
 # ------------------------------------------------------------------ model
@@ -475,7 +497,8 @@ class Fit:
     reprojected landmarks; ``landmarks_3d`` (68, 3) the fitted landmark
     positions (model frame, mm); ``landmark_vertices`` (68,) the vertex used
     for each landmark (the jaw ones change with ``contour="sliding"``);
-    ``iterations`` the alternations run.
+    ``iterations`` the alternations run; ``face_px`` the unit of
+    ``landmark_noise``: the mean face's outer-eye distance in the image (px).
     """
 
     mesh: Mesh
@@ -486,6 +509,59 @@ class Fit:
     landmarks_3d: np.ndarray
     landmark_vertices: np.ndarray
     iterations: int
+    face_px: float = float("nan")
+
+    @property
+    def eye_distance_mm(self) -> float:
+        """Outer-eye distance (iBUG 36-45) of the fitted face, mm."""
+        return float(np.linalg.norm(self.landmarks_3d[36] - self.landmarks_3d[45]))
+
+    @property
+    def relative_residual(self) -> float:
+        """``residual_px`` over the fitted outer-eye distance in the image."""
+        return self.residual_px / (self.camera.scale * self.eye_distance_mm)
+
+
+@dataclass(frozen=True)
+class FitGate:
+    """The limits a landmark fit must meet to stand as a pair's coarse side.
+
+    ``max_residual``: the RMS landmark residual over the fitted outer-eye
+    distance in the image (:attr:`Fit.relative_residual`; 2 % detector noise
+    leaves about 3 %). ``max_coefficient``: the largest |identity coefficient|
+    in sigma; beyond 4 sigma the fit traded the face's size or shape for the
+    camera. ``eye_distance_mm``: the plausible range of the fitted outer-eye
+    (exocanthion) distance, adults being about 80-100 mm (Farkas' norms),
+    widened for the model's own landmark placement.
+    """
+
+    max_residual: float = 0.08
+    max_coefficient: float = 4.0
+    eye_distance_mm: tuple = (75.0, 115.0)
+
+    def __post_init__(self):
+        lo, hi = (float(v) for v in self.eye_distance_mm)
+        object.__setattr__(self, "eye_distance_mm", (lo, hi))
+        if not (self.max_residual > 0 and self.max_coefficient > 0 and 0 <= lo < hi
+                and np.isfinite([self.max_residual, self.max_coefficient, lo, hi]).all()):
+            raise ValueError(f"FitGate: limits must be finite, > 0 and eye_distance_mm low < "
+                             f"high, got {self}")
+
+    def check(self, fit: Fit) -> list:
+        """The reasons (str) ``fit`` fails the gate; empty when it passes."""
+        reasons = []
+        if not fit.relative_residual <= self.max_residual:
+            reasons.append(f"landmark residual {100 * fit.relative_residual:.1f} % of the "
+                           f"outer-eye distance > {100 * self.max_residual:g} %")
+        largest = float(np.abs(fit.identity).max()) if len(fit.identity) else 0.0
+        if not largest <= self.max_coefficient:
+            reasons.append(f"identity coefficient of {largest:.1f} sigma > "
+                           f"{self.max_coefficient:g} sigma")
+        eye = fit.eye_distance_mm
+        lo, hi = self.eye_distance_mm
+        if not lo <= eye <= hi:
+            reasons.append(f"outer-eye distance {eye:.0f} mm outside {lo:g}-{hi:g} mm")
+        return reasons
 
 
 def _contour_bands(mean: np.ndarray, faces: np.ndarray, landmarks: np.ndarray):
@@ -523,7 +599,10 @@ def _contour_bands(mean: np.ndarray, faces: np.ndarray, landmarks: np.ndarray):
 
 
 def fit_to_landmarks(model: MorphableModel, landmarks_2d, n_identity: Optional[int] = None,
-                     n_expression: Optional[int] = 0, regularization: float = 4.0,
+                     n_expression: Optional[int] = 0,
+                     landmark_noise: float = LANDMARK_NOISE,
+                     expression_stiffness: float = EXPRESSION_STIFFNESS,
+                     regularization: Optional[float] = None,
                      expression_regularization: Optional[float] = None,
                      iterations: int = 50, tolerance: float = 1e-8,
                      contour: str = "fixed", weights=None) -> Fit:
@@ -531,12 +610,14 @@ def fit_to_landmarks(model: MorphableModel, landmarks_2d, n_identity: Optional[i
 
     ``landmarks_2d`` (68, 2) pixels (x = column, y = row, down).
     ``n_identity``: identity modes fitted (None = all); ``n_expression``:
-    expression modes fitted (0 = none, None = all). ``regularization``:
-    lambda in px^2, the Tikhonov weight on the unit-variance identity
-    coefficients: lambda = sigma^2 is the MAP fit for landmark noise of sigma
-    px per coordinate (the default 4 px^2: sigma = 2 px); 0 = unregularized.
-    ``expression_regularization``: the same for the expression weights (None
-    = ``regularization``). ``iterations``: at most this many camera /
+    expression modes fitted (0 = none, None = all). ``landmark_noise``: the
+    landmarks' error sigma per coordinate as a fraction of the outer-eye
+    distance, which sets the prior (module docstring); 0 = unregularized.
+    ``expression_stiffness``: the expression weights' lambda over the
+    identity's. ``regularization``: an absolute lambda in px^2 instead, for
+    callers whose noise is known in pixels (not resolution-invariant);
+    ``expression_regularization`` then the expression weights' (None = the
+    same). ``iterations``: at most this many camera /
     coefficient iterations; they stop when no coefficient, nor the scale,
     nor an entry of the rotation changes by more than ``tolerance``
     (relative). ``contour``: ``"fixed"`` or ``"sliding"`` jaw
@@ -559,18 +640,29 @@ def fit_to_landmarks(model: MorphableModel, landmarks_2d, n_identity: Optional[i
     if not (0 <= e <= model.n_expression):
         raise ValueError(f"n_expression={e}: the model has {model.n_expression} "
                          f"expression modes")
-    lam = float(regularization)
-    lam_e = lam if expression_regularization is None else float(expression_regularization)
+    if not (np.isfinite(landmark_noise) and landmark_noise >= 0
+            and np.isfinite(expression_stiffness) and expression_stiffness >= 0):
+        raise ValueError(f"landmark_noise and expression_stiffness must be finite and >= 0, "
+                         f"got {landmark_noise} and {expression_stiffness}")
+    w_pt = np.ones(68) if weights is None else np.asarray(weights, dtype=np.float64).ravel()
+    if w_pt.shape != (68,) or not np.isfinite(w_pt).all() or (w_pt < 0).any() \
+            or (w_pt > 0).sum() < 4:
+        raise ValueError("weights: expected 68 finite non-negative values, at least 4 > 0")
+    M68 = model.mean[L]
+    face_px = fit_orthographic(x, M68, weights=w_pt).scale * float(
+        np.linalg.norm(M68[36] - M68[45]))
+    if regularization is None:
+        lam = (float(landmark_noise) * face_px) ** 2
+        lam_e = float(expression_stiffness) * lam
+    else:
+        lam = float(regularization)
+        lam_e = lam if expression_regularization is None else float(expression_regularization)
     if not (lam >= 0 and lam_e >= 0):
         raise ValueError(f"regularization must be >= 0 px^2, got {lam} and {lam_e}")
     if contour not in CONTOURS:
         raise ValueError(f"contour must be one of {CONTOURS}, got {contour!r}")
     if int(iterations) < 1:
         raise ValueError(f"iterations must be >= 1, got {iterations}")
-    w_pt = np.ones(68) if weights is None else np.asarray(weights, dtype=np.float64).ravel()
-    if w_pt.shape != (68,) or not np.isfinite(w_pt).all() or (w_pt < 0).any() \
-            or (w_pt > 0).sum() < 4:
-        raise ValueError("weights: expected 68 finite non-negative values, at least 4 > 0")
 
     # The basis stacked over (identity, expression) modes: (k + e, n, 3) is
     # only ever read at landmark (and, sliding, contour-band) vertices.
@@ -668,7 +760,7 @@ def fit_to_landmarks(model: MorphableModel, landmarks_2d, n_identity: Optional[i
     identity, expression = z[:k], z[k:]
     return Fit(mesh=model.mesh(identity, expression), camera=camera,
                identity=identity, expression=expression, residual_px=float(residual),
-               landmarks_3d=X, landmark_vertices=vertices, iterations=it)
+               landmarks_3d=X, landmark_vertices=vertices, iterations=it, face_px=face_px)
 
 
 def _regularized_lstsq(A, b, reg, bounds=None, start=None):
