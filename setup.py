@@ -44,6 +44,7 @@ setup(
             "dce-build=dce.cli.build:main",
             "dce-demo=dce.cli.demo:main",
             "dce-eval=dce.cli.evaluate:main",
+            "dce-eval-mesh=dce.cli.eval_mesh:main",
             "dce-landmarks=dce.cli.landmarks:main",
             "dce-refine=dce.cli.refine:main",
             "dce-train=dce.cli.train:main",
