@@ -48,6 +48,7 @@ import gzip
 import os
 import re
 import struct
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -60,6 +61,29 @@ PathLike = Union[str, os.PathLike]
 
 class FormatError(ValueError):
     """An input file is malformed; the message names the file and the problem."""
+
+
+# Plausibility limits for what a face scanner produces (see "Input checks" in
+# the README). Coordinates are millimetres; nothing a face scanner sees lies
+# 10 m from its origin, so a larger value is a damaged number or a background
+# marker read as data.
+MAX_COORDINATE = 1e4
+# 2D landmarks are photo pixels; no photo is 100,000 pixels wide.
+MAX_PIXEL = 1e5
+# A range scan with fewer valid points than this cannot hold one triangle.
+MIN_SCAN_POINTS = 3
+# The largest .abs grid read (FRGC: 480 x 640). It also bounds what an
+# .abs.gz may decompress to, together with MAX_ABS_BYTES_PER_PIXEL.
+MAX_GRID_PIXELS = 1 << 22
+# Generous upper bound on the text of one .abs pixel (flag + 3 numbers of up
+# to 24 characters, separators): an .abs.gz stream longer than header +
+# pixels x this is refused as a decompression bomb.
+MAX_ABS_BYTES_PER_PIXEL = 4 * 26
+# Longest .bnt texture file name accepted (a plain name in the scan's folder).
+MAX_NAME_BYTES = 255
+# Longest whitespace-separated token of a VRML file (numbers are < 30 bytes;
+# a megabyte "number" made pymeshlab invent vertices).
+MAX_VRML_TOKEN = 1024
 
 
 @dataclass
@@ -142,6 +166,34 @@ def _existing_file(path: PathLike) -> Path:
     return path
 
 
+def _check_plausible(values: np.ndarray, src: str, what: str,
+                     limit: float = MAX_COORDINATE, unit: str = "mm") -> None:
+    """FormatError unless every row of ``values`` (k, d) is finite and within
+    +-``limit``; ``what`` names a row ("vertex", "landmark", ...)."""
+    values = np.asarray(values, dtype=np.float64).reshape(len(values), -1)
+    bad = ~np.isfinite(values).all(axis=1)
+    if bad.any():
+        raise FormatError(f"{src}: {bad.sum()} {what} row(s) are NaN or infinite "
+                          f"(first at index {np.flatnonzero(bad)[0]})")
+    far = (np.abs(values) > limit).any(axis=1)
+    if far.any():
+        i = int(np.flatnonzero(far)[0])
+        raise FormatError(f"{src}: {what} {i} has coordinate {np.abs(values[i]).max():.6g} {unit}, "
+                          f"beyond the {limit:g} {unit} a face scanner can produce "
+                          f"(damaged number?)")
+
+
+def _check_terminated(data: bytes, src: str) -> None:
+    """Truncation inside the last value: formats whose records are lines and
+    whose last record ends in a number (.abs, .lm2, .lm3, ascii PLY, OFF) need
+    whitespace (normally the final line break) after that number; a file that
+    stops right after a digit may have lost the rest of it."""
+    if data and not data[-1:].isspace():
+        tail = data[-24:].split()[-1].decode("ascii", "replace")
+        raise FormatError(f"{src}: the file ends inside the value {tail!r} with no line break "
+                          f"after it (truncated file? a complete file ends with a newline)")
+
+
 def _atomic_write(path: PathLike, data: bytes) -> None:
     """Write ``data`` to a temporary file beside ``path``, then rename it over
     ``path`` (readers in other processes never see a partial file)."""
@@ -216,6 +268,21 @@ def load_mesh(path: PathLike, split_uv_seams: bool = False) -> Mesh:
     path = _existing_file(path)
     src = str(path)
     V, counts, corners, colors, uv, corner_uv = reader(path)
+    V = np.asarray(V, dtype=np.float64).reshape(-1, 3)
+    if len(V) == 0:
+        raise FormatError(f"{src}: mesh has no vertices")
+    _check_plausible(V, src, "vertex")
+    if colors is not None:
+        colors = np.asarray(colors, dtype=np.float64)
+        bad = ~((colors >= 0.0) & (colors <= 1.0)).all(axis=1)  # NaN fails too
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise FormatError(f"{src}: vertex {i} has colour {colors[i].tolist()}, outside "
+                              f"[0, 1] (or 0..255 for 8-bit colours)")
+    for name, arr in (("texture coordinate", uv), ("per-corner texture coordinate", corner_uv)):
+        if arr is not None and not np.isfinite(arr).all():
+            i = int(np.argmax(~np.isfinite(arr).all(axis=1)))
+            raise FormatError(f"{src}: {name} {i} is NaN or infinite")
     counts = np.asarray(counts, dtype=np.int64)
     if len(counts) and counts.min() < 3:
         i = int(np.argmax(counts < 3))
@@ -265,43 +332,63 @@ _PLY_TYPES = {"char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1",
 
 def _ply_header(raw: bytes, src: str):
     """(format, elements, data offset); elements are (name, count, props) with
-    props (name, numpy type code, count type code or None for scalars)."""
-    end = raw.find(b"end_header")
-    if not raw.startswith(b"ply") or end < 0:
-        raise FormatError(f"{src}: not a PLY file (no 'ply' magic or no 'end_header')")
-    nl = raw.find(b"\n", end)
-    start = len(raw) if nl < 0 else nl + 1
+    props (name, numpy type code, count type code or None for scalars).
+    Counts are non-negative decimal integers, list lengths have an integer
+    type, and names are unique within their element."""
+    end = re.search(rb"\nend_header[ \t\r]*(?:\n|$)", raw)
+    if not re.match(rb"ply[ \t\r]*\n", raw) or end is None:
+        raise FormatError(f"{src}: not a PLY file (no 'ply' magic line or no 'end_header' line)")
     fmt, elements = None, []
-    for no, line in enumerate(raw[:end].decode("ascii", "replace").splitlines()[1:], 2):
+    for no, line in enumerate(raw[:end.start()].split(b"\n")[1:], 2):
         t = line.split()
-        if not t or t[0] in ("comment", "obj_info"):
+        if not t or t[0] in (b"comment", b"obj_info"):
             continue
+        problem = None
         try:
-            if t[0] == "format":
+            t = [x.decode("ascii") for x in t]
+            if t[0] == "format" and len(t) == 3 and fmt is None:
                 fmt = t[1]
                 if fmt not in ("ascii", "binary_little_endian", "binary_big_endian"):
                     raise KeyError(fmt)
-            elif t[0] == "element":
-                elements.append((t[1], int(t[2]), []))
-            elif t[0] == "property" and t[1] == "list":
-                elements[-1][2].append((t[4], _PLY_TYPES[t[3]], _PLY_TYPES[t[2]]))
-            elif t[0] == "property":
-                elements[-1][2].append((t[2], _PLY_TYPES[t[1]], None))
+            elif t[0] == "element" and len(t) == 3:
+                if not re.fullmatch(r"[0-9]+", t[2]):
+                    problem = "the count must be a non-negative integer in"
+                elif any(e[0] == t[1] for e in elements):
+                    problem = f"a second element '{t[1]}'"
+                else:
+                    elements.append((t[1], int(t[2]), []))
+            elif t[0] == "property" and elements and len(t) in (3, 5):
+                if len(t) == 5:
+                    if t[1] != "list" or _PLY_TYPES[t[2]][0] == "f":
+                        raise KeyError(t[2])  # a list length must be an integer type
+                    prop = (t[4], _PLY_TYPES[t[3]], _PLY_TYPES[t[2]])
+                else:
+                    prop = (t[2], _PLY_TYPES[t[1]], None)
+                if any(q[0] == prop[0] for q in elements[-1][2]):
+                    problem = f"a second property '{prop[0]}' in element '{elements[-1][0]}'"
+                elements[-1][2].append(prop)
             else:
                 raise KeyError(t[0])
-        except (IndexError, KeyError, ValueError):
-            raise FormatError(f"{src}: header line {no}: cannot parse {line.strip()!r}") from None
+        except (IndexError, KeyError, UnicodeDecodeError):
+            problem = "cannot parse"
+        if problem:
+            raise FormatError(f"{src}: header line {no}: {problem} "
+                              f"{line.strip().decode('ascii', 'replace')[:80]!r}")
     if fmt is None:
         raise FormatError(f"{src}: PLY header has no 'format' line")
-    return fmt, elements, start
+    for name, count, props in elements:
+        if count and not props:
+            raise FormatError(f"{src}: element '{name}' has {count} records but no properties")
+    return fmt, elements, end.end()
 
 
 @njit(cache=True)
-def _ply_walk(buf, pos, n, sizes, csizes, big):
+def _ply_walk(buf, pos, n, sizes, csizes, csigned, big):
     """Byte offset of every property of each of ``n`` records starting at
     ``pos`` (a PLY element whose list lengths vary; ``csizes[p]`` is the size
-    of list p's count, 0 for scalars). Returns (offsets, list counts, end
-    offset), end = -1 when the data stops early."""
+    of list p's count, 0 for scalars; ``csigned[p]`` whether that count type
+    is signed). Returns (offsets, list counts, end offset), end = -1 when the
+    data stops early and -2 at a negative list length."""
     P = sizes.shape[0]
     off = np.zeros((n, P), np.int64)
     cnt = np.zeros((n, P), np.int64)
@@ -318,6 +405,8 @@ def _ply_walk(buf, pos, n, sizes, csizes, big):
                 c = 0
                 for b in range(cs):
                     c = c * 256 + np.int64(buf[pos + b] if big else buf[pos + cs - 1 - b])
+                if csigned[p] and c >= np.int64(1) << (8 * cs - 1):
+                    return off, cnt, -2
                 cnt[i, p] = c
                 pos += cs + c * sizes[p]
             if pos > L:
@@ -336,35 +425,52 @@ def _ply_binary_element(raw, pos, name, count, props, order, src):
     def truncated():
         return FormatError(f"{src}: binary data ends inside element '{name}' "
                            f"({count} records declared; truncated file?)")
+    size = lambda t: np.dtype(t).itemsize
+    # Every record holds at least its scalars and list lengths: a count the
+    # rest of the file cannot hold is refused before anything is allocated.
+    least = sum(size(t) if ct is None else size(ct) for _, t, ct in props)
+    if count * least > len(raw) - pos:
+        raise FormatError(f"{src}: element '{name}' declares {count} records of at least "
+                          f"{least} bytes but only {len(raw) - pos} bytes remain "
+                          f"(wrong count or truncated file)")
     # Fast path: every list as long as in the first record -> one structured view.
-    fields, q = [], pos
+    fields, q, fast = [], pos, count > 0
     for i, (pname, t, ct) in enumerate(props):
+        if not fast:
+            break
         if ct is None:
             fields.append((pname, order + t))
-            q += np.dtype(t).itemsize
+            q += size(t)
         else:
-            if q + np.dtype(ct).itemsize > len(raw):
-                raise truncated()
-            c = int(np.frombuffer(raw, order + ct, 1, q)[0]) if count else 0
-            fields += [(f"__count{i}", order + ct), (pname, order + t, (c,))]
-            q += np.dtype(ct).itemsize + c * np.dtype(t).itemsize
-    dt = np.dtype(fields)
-    end = pos + count * dt.itemsize
-    if end <= len(raw):
-        rec = np.frombuffer(raw, dt, count, pos)
-        lists = [(i, p) for i, p in enumerate(props) if p[2] is not None]
-        if all((rec[f"__count{i}"] == rec.dtype[p[0]].shape[0]).all() for i, p in lists):
-            out = {}
-            for i, (pname, t, ct) in enumerate(props):
-                col = rec[pname]
-                out[pname] = col.copy() if ct is None else (
-                    np.full(count, col.shape[1], np.int64), col.reshape(-1).copy())
-            return out, end
+            c = int(np.frombuffer(raw, order + ct, 1, q)[0]) if q + size(ct) <= len(raw) else -1
+            if c < 0 or q + size(ct) + c * size(t) > len(raw):
+                fast = False  # the general path reports it
+            fields += [(f"__count{i}", order + ct), (pname, order + t, (max(c, 0),))]
+            q += size(ct) + max(c, 0) * size(t)
+    if count == 0:
+        return {p: (np.zeros(0, np.int64), np.zeros(0, order + t)) if ct else np.zeros(0, order + t)
+                for p, t, ct in props}, pos
+    if fast:
+        dt = np.dtype(fields)
+        end = pos + count * dt.itemsize
+        if end <= len(raw):
+            rec = np.frombuffer(raw, dt, count, pos)
+            lists = [(i, p) for i, p in enumerate(props) if p[2] is not None]
+            if all((rec[f"__count{i}"] == rec.dtype[p[0]].shape[0]).all() for i, p in lists):
+                out = {}
+                for i, (pname, t, ct) in enumerate(props):
+                    col = rec[pname]
+                    out[pname] = col.copy() if ct is None else (
+                        np.full(count, col.shape[1], np.int64), col.reshape(-1).copy())
+                return out, end
     # General path: list lengths vary -> walk the records (numba).
     u8 = np.frombuffer(raw, np.uint8)
-    sizes = np.array([np.dtype(t).itemsize for _, t, _ in props], np.int64)
-    csizes = np.array([0 if ct is None else np.dtype(ct).itemsize for _, _, ct in props], np.int64)
-    off, cnt, end = _ply_walk(u8, pos, count, sizes, csizes, order == ">")
+    sizes = np.array([size(t) for _, t, _ in props], np.int64)
+    csizes = np.array([0 if ct is None else size(ct) for _, _, ct in props], np.int64)
+    csigned = np.array([ct is not None and ct[0] == "i" for _, _, ct in props])
+    off, cnt, end = _ply_walk(u8, pos, count, sizes, csizes, csigned, order == ">")
+    if end == -2:
+        raise FormatError(f"{src}: element '{name}' has a negative list length")
     if end < 0:
         raise truncated()
     out = {}
@@ -380,71 +486,108 @@ def _ply_binary_element(raw, pos, name, count, props, order, src):
     return out, end
 
 
+def _ply_numbers(chunk: list, what: str, src: str) -> np.ndarray:
+    """ASCII tokens (bytes) -> float64 with numpy's strict number parser; a
+    token that is not a number is named (``what``: where it was, for the
+    message)."""
+    if not chunk:
+        return np.zeros(0)
+    try:
+        out = np.fromstring(b" ".join(chunk), sep=" ")
+    except ValueError:
+        out = None
+    if out is None or out.size != len(chunk):
+        for x in chunk:
+            try:
+                ok = np.fromstring(x, sep=" ").size == 1
+            except ValueError:
+                ok = False
+            if not ok:
+                raise FormatError(f"{src}: {what}: non-numeric value "
+                                  f"{x.decode('ascii', 'replace')[:40]!r}")
+        raise FormatError(f"{src}: {what}: cannot parse the values")
+    return out
+
+
+def _ply_check_int(values: np.ndarray, t: str, name: str, what: str, src: str) -> None:
+    """Ascii values of an integer PLY type must be integers within its range."""
+    info = np.iinfo(np.dtype(t))
+    bad = ~((values == np.round(values)) & (values >= info.min) & (values <= info.max))
+    if bad.any():
+        raise FormatError(f"{src}: element '{name}': {what} {float(values[np.argmax(bad)])!r} "
+                          f"is not an integer in [{info.min}, {info.max}]")
+
+
 def _ply_ascii_element(tokens, pos, name, count, props, src):
-    """Parse one ascii element from the token list (values as float64)."""
-    def number(chunk):
-        try:
-            return np.array(chunk, dtype=np.float64)
-        except ValueError:
-            for x in chunk:
-                try:
-                    float(x)
-                except ValueError:
-                    raise FormatError(f"{src}: element '{name}': non-numeric value {x!r}") from None
-            raise
+    """Parse one ascii element from the token list (values as float64);
+    values of integer types must be integers within the type's range."""
+    left = len(tokens) - pos
+    if count * len(props) > left:
+        raise FormatError(f"{src}: element '{name}' declares {count} records of at least "
+                          f"{len(props)} values but only {left} values remain "
+                          f"(wrong count or truncated file)")
+
+    def list_length(q, pname, ct):
+        if q >= len(tokens):
+            raise FormatError(f"{src}: data ends inside element '{name}' "
+                              f"({count} records declared; truncated file?)")
+        c = _ply_numbers(tokens[q:q + 1], f"element '{name}'", src)
+        _ply_check_int(c, ct, name, f"length of list '{pname}'", src)
+        if c[0] < 0:
+            raise FormatError(f"{src}: element '{name}': negative length of list '{pname}'")
+        return int(c[0])
+
     # Record length from the first record's list counts (fast path: uniform).
-    width, q = 0, pos
+    width, q, cols = 0, pos, []
     for pname, t, ct in props:
-        if ct is None:
-            width, q = width + 1, q + 1
-        else:
-            c = int(number(tokens[q:q + 1])[0]) if q < len(tokens) else 0
-            width, q = width + 1 + c, q + 1 + c
-    if pos + count * width > len(tokens):
-        uniform = False
-    else:
-        table = number(tokens[pos:pos + count * width]).reshape(count, width)
-        cols, j = [], 0
-        for pname, t, ct in props:
-            if ct is None:
-                cols.append(j)
-                j += 1
-            else:
-                cols.append(j)
-                j += 1 + (int(table[0, j]) if count else 0)
-        uniform = count == 0 or all(ct is None or (table[:, c] == table[0, c]).all()
-                                    for (pname, t, ct), c in zip(props, cols))
+        cols.append(width)
+        step = 1 if ct is None else 1 + (list_length(q, pname, ct) if count else 0)
+        width, q = width + step, q + step
+    uniform = count == 0
+    if count and pos + count * width <= len(tokens):
+        table = _ply_numbers(tokens[pos:pos + count * width], f"element '{name}'", src)
+        table = table.reshape(count, width)
+        uniform = all(ct is None or (table[:, c] == table[0, c]).all()
+                      for (pname, t, ct), c in zip(props, cols))
     if uniform:
         out = {}
         for (pname, t, ct), c in zip(props, cols):
             if ct is None:
-                out[pname] = table[:, c]
+                out[pname] = table[:, c] if count else np.zeros(0)
             else:
                 k = int(table[0, c]) if count else 0
-                out[pname] = (np.full(count, k, np.int64), table[:, c + 1:c + 1 + k].reshape(-1))
-        return out, pos + count * width
-    # Varying list lengths: walk the records.
-    scal = {p[0]: [] for p in props if p[2] is None}
-    lists = {p[0]: ([], []) for p in props if p[2] is not None}
-    q = pos
-    for _ in range(count):
-        for pname, t, ct in props:
-            if q >= len(tokens):
-                raise FormatError(f"{src}: data ends inside element '{name}' "
-                                  f"({count} records declared; truncated file?)")
-            if ct is None:
-                scal[pname].append(tokens[q])
-                q += 1
-            else:
-                c = int(number(tokens[q:q + 1])[0])
-                lists[pname][0].append(c)
-                lists[pname][1].extend(tokens[q + 1:q + 1 + c])
-                q += 1 + c
-    if q > len(tokens):
-        raise FormatError(f"{src}: data ends inside element '{name}' (truncated file?)")
-    out = {k: number(v) for k, v in scal.items()}
-    out.update({k: (np.array(c, np.int64), number(v)) for k, (c, v) in lists.items()})
-    return out, q
+                out[pname] = (np.full(count, k, np.int64),
+                              table[:, c + 1:c + 1 + k].reshape(-1) if count else np.zeros(0))
+        end = pos + count * width
+    else:  # varying list lengths: walk the records
+        scal = {p[0]: [] for p in props if p[2] is None}
+        lists = {p[0]: ([], []) for p in props if p[2] is not None}
+        q = pos
+        for _ in range(count):
+            for pname, t, ct in props:
+                if ct is None:
+                    scal[pname].append(tokens[q] if q < len(tokens) else b"")
+                    q += 1
+                else:
+                    c = list_length(q, pname, ct)
+                    lists[pname][0].append(c)
+                    lists[pname][1].extend(tokens[q + 1:q + 1 + c])
+                    q += 1 + c
+                if q > len(tokens):
+                    raise FormatError(f"{src}: data ends inside element '{name}' "
+                                      f"({count} records declared; truncated file?)")
+        out = {k: _ply_numbers(v, f"element '{name}'", src) for k, v in scal.items()}
+        out.update({k: (np.array(c, np.int64), _ply_numbers(v, f"element '{name}'", src))
+                    for k, (c, v) in lists.items()})
+        end = q
+    for pname, t, ct in props:
+        if ct is not None:
+            _ply_check_int(out[pname][0].astype(np.float64), ct, name,
+                           f"length of list '{pname}'", src)
+        if np.dtype(t).kind in "iu":
+            _ply_check_int(out[pname] if ct is None else out[pname][1], t, name,
+                           f"'{pname}' value", src)
+    return out, end
 
 
 _PLY_COLOR_NAMES = (("red", "green", "blue"), ("diffuse_red", "diffuse_green", "diffuse_blue"),
@@ -456,33 +599,54 @@ def _read_ply(path: Path):
     src = str(path)
     raw = path.read_bytes()
     fmt, elements, pos = _ply_header(raw, src)
-    data, types = {}, {}
+    types = {name: {p[0]: p for p in props} for name, _, props in elements}
+    for key in ("vertex_indices", "vertex_index"):
+        prop = types.get("face", {}).get(key)
+        if prop is not None and prop[2] is not None and np.dtype(prop[1]).kind not in "iu":
+            raise FormatError(f"{src}: face property '{key}' holds '{prop[1]}' values; "
+                              f"vertex indices must have an integer type")
+    data = {}
     if fmt == "ascii":
-        tokens, tpos = raw[pos:].decode("ascii", "replace").split(), 0
+        tokens, tpos = raw[pos:].split(), 0
+        if tokens:
+            _check_terminated(raw, src)
     for name, count, props in elements:
         if fmt == "ascii":
             data[name], tpos = _ply_ascii_element(tokens, tpos, name, count, props, src)
         else:
             order = "<" if fmt == "binary_little_endian" else ">"
             data[name], pos = _ply_binary_element(raw, pos, name, count, props, order, src)
-        types[name] = {p[0]: p[1] for p in props}
     if fmt == "ascii" and tpos != len(tokens):
-        raise FormatError(f"{src}: {len(tokens) - tpos} values after the last element")
-    vert = data.get("vertex")
-    if vert is None or not all(k in vert for k in "xyz"):
+        raise FormatError(f"{src}: {len(tokens) - tpos} values after the last element "
+                          f"(an element count too small?)")
+    if fmt != "ascii" and pos != len(raw):
+        raise FormatError(f"{src}: {len(raw) - pos} bytes after the last element "
+                          f"(an element count too small, or trailing data)")
+    vert, vtypes = data.get("vertex"), types.get("vertex", {})
+
+    def scalars(names):
+        """The columns ``names`` of the vertex element if all are scalar properties."""
+        if not all(k in vtypes for k in names):
+            return None
+        if any(vtypes[k][2] is not None for k in names):
+            raise FormatError(f"{src}: vertex property '{names[0]}' is a list, expected a scalar")
+        return np.column_stack([vert[k] for k in names]).astype(np.float64)
+
+    V = scalars("xyz") if vert is not None else None
+    if V is None:
         raise FormatError(f"{src}: no 'vertex' element with x, y, z properties")
-    V = np.column_stack([vert["x"], vert["y"], vert["z"]]).astype(np.float64)
     colors = None
     for names in _PLY_COLOR_NAMES:
-        if all(k in vert for k in names):
-            t = np.dtype(types["vertex"][names[0]])
-            scale = 1.0 if t.kind == "f" else float(np.iinfo(t).max)
-            colors = np.column_stack([vert[k] for k in names]).astype(np.float64) / scale
+        colors = scalars(names)
+        if colors is not None:
+            t = np.dtype(vtypes[names[0]][1])
+            if t.kind in "iu":
+                colors = colors / float(np.iinfo(t).max)
             break
     uv = None
     for names in _PLY_UV_NAMES:
-        if all(k in vert for k in names):
-            uv = np.column_stack([vert[k] for k in names]).astype(np.float64)
+        uv = scalars(names)
+        if uv is not None:
             break
     face = data.get("face", {})
     key = next((k for k in ("vertex_indices", "vertex_index")
@@ -493,7 +657,9 @@ def _read_ply(path: Path):
         counts, flat = face[key]
         corners = flat.astype(np.int64)
     corner_uv = None
-    if isinstance(face.get("texcoord"), tuple) and np.array_equal(face["texcoord"][0], 2 * counts):
+    if isinstance(face.get("texcoord"), tuple):
+        if not np.array_equal(face["texcoord"][0], 2 * counts):
+            raise FormatError(f"{src}: face 'texcoord' lists must hold 2 values per corner")
         corner_uv = face["texcoord"][1].astype(np.float64).reshape(-1, 2)
     return V, counts, corners, colors, uv, corner_uv
 
@@ -530,57 +696,81 @@ def _scan_records(payload: bytes, corners: bool):
     """Vectorised parse of newline-separated records of whitespace-separated
     numbers (``corners``: OBJ face corners ``v``, ``v/t``, ``v/t/n``,
     ``v//n``). Returns (values, tokens per record, numbers per token, token
-    has a texture field) or None if some token does not parse."""
+    has a texture index, token has a normal index) or None if some token
+    does not parse."""
     b = np.frombuffer(payload, np.uint8)
-    ws = b <= 32  # space, tab, CR, LF
+    ws = b <= 32  # space, tab, CR, LF (other control bytes fail numpy's parse)
     starts = np.flatnonzero(~ws & np.r_[True, ws[:-1]])
     ends = np.r_[np.flatnonzero(b == 10), len(b)]
     ntok = np.diff(np.r_[0, np.searchsorted(starts, ends)])
-    nval, has_t = np.ones(len(starts), np.int64), np.zeros(len(starts), bool)
+    nval = np.ones(len(starts), np.int64)
+    has_t = has_n = np.zeros(len(starts), bool)
     if corners:
         slash = np.flatnonzero(b == ord("/"))
         tok = np.searchsorted(starts, slash, side="right") - 1
         nslash = np.bincount(tok, minlength=len(starts))
+        if len(nslash) and nslash.max() > 2:
+            return None
         empty = np.zeros(len(starts), bool)
         empty[tok[:-1][np.diff(slash) == 1]] = True  # "v//n": no texture index
-        nval, has_t = nslash + 1 - empty, (nslash >= 1) & ~empty
+        nval, has_t, has_n = nslash + 1 - empty, (nslash >= 1) & ~empty, nslash == 2
         payload = payload.replace(b"/", b" ")
     try:
         values = np.fromstring(payload, sep=" ")
     except ValueError:
         return None
-    return (values, ntok, nval, has_t) if values.size == nval.sum() else None
+    return (values, ntok, nval, has_t, has_n) if values.size == nval.sum() else None
 
 
 def _records(lines: list, linenos: list, src: str, what: str, corners: bool = False):
     """:func:`_scan_records` over ``lines`` (bytes, keyword removed); a parse
     error names the first bad line."""
     if not lines:
-        return np.zeros(0), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, bool)
+        return (np.zeros(0), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, bool),
+                np.zeros(0, bool))
     parsed = _scan_records(b"\n".join(lines), corners)
     if parsed is not None:
         return parsed
     for line, no in zip(lines, linenos):
         if _scan_records(line, corners) is None:
             raise FormatError(f"{src}: line {no}: cannot parse {what} "
-                              f"{line.decode('ascii', 'replace').strip()!r}")
+                              f"{line.decode('ascii', 'replace').strip()[:80]!r}")
     raise FormatError(f"{src}: cannot parse the {what} lines")
 
 
-def _check_width(ntok, need, linenos, src, what):
-    if len(ntok) and ntok.min() < need:
-        i = int(np.argmax(ntok < need))
-        raise FormatError(f"{src}: line {linenos[i]}: {what} needs at least {need} numbers, "
-                          f"found {ntok[i]}")
+def _check_width(ntok, allowed, linenos, src, what):
+    """Every record has the same number of values, one of ``allowed``."""
+    if len(ntok) == 0:
+        return
+    bad = (ntok != ntok[0]) | ~np.isin(ntok, allowed)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise FormatError(f"{src}: line {linenos[i]}: {what} has {ntok[i]} numbers; every "
+                          f"{what} line needs the same count, one of "
+                          f"{', '.join(map(str, allowed))}")
 
 
 def _indices(values, line_of, src, what):
     """Float-parsed indices -> int64; non-integers name their line."""
-    bad = ~(np.isfinite(values) & (values == np.round(values)))
+    bad = ~(np.isfinite(values) & (values == np.round(values)) & (np.abs(values) < 2.0**31))
     if bad.any():
         i = int(np.argmax(bad))
-        raise FormatError(f"{src}: line {line_of[i]}: {what} {values[i]!r} is not an integer")
+        raise FormatError(f"{src}: line {line_of[i]}: {what} {float(values[i])!r} is not an "
+                          f"integer index")
     return values.astype(np.int64)
+
+
+def _text_colours(c: np.ndarray, line_of, src: str) -> np.ndarray:
+    """Colours of a text format: all in [0, 1], or 8-bit integers 0..255
+    (divided by 255) as soon as one exceeds 1."""
+    if c.size and c.max() > 1.0:
+        bad = ~((c == np.round(c)) & (c >= 0) & (c <= 255)).all(axis=1)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise FormatError(f"{src}: line {line_of[i]}: colour {c[i].tolist()} is not 8-bit "
+                              f"(integers 0..255, as the other colours of the file)")
+        return c / 255.0
+    return c  # in [0, 1]: load_mesh checks it
 
 
 # --- OBJ
@@ -594,42 +784,53 @@ def _read_obj(path: Path):
         sel = [i for i, line in enumerate(lines) if line.startswith(keys)]
         return [lines[i][len(keyword) + 1:] for i in sel], [i + 1 for i in sel]
 
-    (v, v_no), (vt, vt_no), (f, f_no) = take(b"v"), take(b"vt"), take(b"f")
-    vals, ntok, _, _ = _records(v, v_no, src, "vertex")
-    _check_width(ntok, 3, v_no, src, "vertex")
+    (v, v_no), (vt, vt_no), (vn, vn_no), (f, f_no) = map(take, (b"v", b"vt", b"vn", b"f"))
+    vals, ntok, _, _, _ = _records(v, v_no, src, "vertex")
+    _check_width(ntok, (3, 4, 6), v_no, src, "vertex")  # x y z [w] or x y z r g b
     first = np.cumsum(ntok) - ntok
     V = vals[first[:, None] + np.arange(3)]
     colors = None
-    if len(ntok) and (ntok == 6).all():  # "v x y z r g b" extension
-        colors = vals[first[:, None] + np.arange(3, 6)]
-        if colors.max(initial=0.0) > 1.0:  # some writers use 0..255
-            colors = colors / 255.0
-    vals, ntok, _, _ = _records(vt, vt_no, src, "texture coordinate")
-    _check_width(ntok, 2, vt_no, src, "texture coordinate")
+    if len(ntok) and ntok[0] == 6:  # "v x y z r g b" extension
+        colors = _text_colours(vals[first[:, None] + np.arange(3, 6)], v_no, src)
+    vals, ntok, _, _, _ = _records(vt, vt_no, src, "texture coordinate")
+    _check_width(ntok, (2, 3), vt_no, src, "texture coordinate")
     T = vals[(np.cumsum(ntok) - ntok)[:, None] + np.arange(2)]
-    vals, counts, nval, has_t = _records(f, f_no, src, "face", corners=True)
+    vals, ntok, _, _, _ = _records(vn, vn_no, src, "normal")
+    _check_width(ntok, (3,), vn_no, src, "normal")
+    vals, counts, nval, has_t, has_n = _records(f, f_no, src, "face", corners=True)
     line_of = np.repeat(np.array(f_no, dtype=np.int64), counts)
     first = np.cumsum(nval) - nval
+    # One corner form per face: "f 1/1 2/2 3" is broken, not a face without uv.
+    form = has_t + 2 * has_n
+    head = np.cumsum(counts) - counts
+    mixed = form != np.repeat(form[head], counts)
+    if mixed.any():
+        raise FormatError(f"{src}: line {line_of[np.argmax(mixed)]}: the face mixes corner forms "
+                          f"(v, v/vt, v/vt/vn, v//vn)")
 
-    def resolve(idx, def_lines, what):
+    def resolve(idx, where, def_lines, count, what):
         # OBJ indices are 1-based; negative ones count back from the last
         # element defined before the face's line.
-        idx = _indices(idx, line_of, src, f"{what} index")
+        at = line_of[where]
+        idx = _indices(idx, at, src, f"{what} index")
         if (idx == 0).any():
-            raise FormatError(f"{src}: line {line_of[np.argmax(idx == 0)]}: "
+            raise FormatError(f"{src}: line {at[np.argmax(idx == 0)]}: "
                               f"{what} index 0 (OBJ indices start at 1)")
-        before = np.searchsorted(np.array(def_lines, dtype=np.int64), line_of)
-        return np.where(idx > 0, idx - 1, before + idx)
+        before = np.searchsorted(np.array(def_lines, dtype=np.int64), at)
+        out = np.where(idx > 0, idx - 1, before + idx)
+        bad = (out < 0) | (out >= count)
+        if what != "vertex" and bad.any():  # vertex indices: load_mesh reports them
+            raise FormatError(f"{src}: line {at[np.argmax(bad)]}: {what} index "
+                              f"{idx[np.argmax(bad)]} out of range (the file has {count} "
+                              f"{'vt' if what == 'texture' else 'vn'} lines)")
+        return out
 
-    corners = resolve(vals[first], v_no, "vertex")
-    corner_uv = None
-    if len(has_t) and has_t.all() and len(T):
-        ti = resolve(vals[first + 1], vt_no, "texture")
-        if ti.min() < 0 or ti.max() >= len(T):
-            bad = int(np.argmax((ti < 0) | (ti >= len(T))))
-            raise FormatError(f"{src}: line {line_of[bad]}: texture index out of range "
-                              f"({len(T)} vt entries)")
-        corner_uv = T[ti]
+    everything = np.ones(len(first), bool)
+    corners = resolve(vals[first], everything, v_no, len(V), "vertex")
+    ti = resolve(vals[(first + 1)[has_t]], has_t, vt_no, len(T), "texture")
+    resolve(vals[(first + nval - 1)[has_n]], has_n, vn_no, len(vn), "normal")
+    # Faces without texture indices beside faces with them: no per-vertex uv.
+    corner_uv = T[ti] if len(has_t) and has_t.all() else None
     return V, counts, corners, colors, None, corner_uv
 
 
@@ -654,15 +855,19 @@ def _write_obj(mesh: Mesh) -> bytes:
 
 def _read_off(path: Path):
     src = str(path)
-    lines = [(no, t) for no, line in enumerate(path.read_bytes().split(b"\n"), 1)
+    raw = path.read_bytes()
+    lines = [(no, t) for no, line in enumerate(raw.split(b"\n"), 1)
              if (t := line.split(b"#", 1)[0].strip())]
     if not lines:
         raise FormatError(f"{src}: empty file")
+    tail = raw.rsplit(b"\n", 1)[-1]  # text after the last line break
+    if b"#" not in tail:  # a comment after the last value shows it is complete
+        _check_terminated(raw, src)
     no, head = lines[0][0], lines[0][1].split()
     m = re.fullmatch(rb"(ST)?(C)?(N)?OFF", head[0])
     if m is None:
         raise FormatError(f"{src}: line {no}: expected an OFF header (OFF, COFF, NOFF, STOFF, "
-                          f"...), found {head[0].decode('ascii', 'replace')!r}")
+                          f"...), found {head[0].decode('ascii', 'replace')[:40]!r}")
     has_st, has_c, has_n = (g is not None for g in m.groups())
     body = lines[1:]
     if len(head) == 1:  # counts on their own line
@@ -670,37 +875,45 @@ def _read_off(path: Path):
             raise FormatError(f"{src}: no element counts after the header")
         (no, counts_line), body = body[0], body[1:]
         head = [head[0]] + counts_line.split()
-    try:
-        nv, nf = int(head[1]), int(head[2])
-    except (IndexError, ValueError):
-        raise FormatError(f"{src}: line {no}: expected 'vertices faces edges' counts") from None
+    if len(head) not in (3, 4) or not all(re.fullmatch(rb"[0-9]+", c) for c in head[1:]):
+        raise FormatError(f"{src}: line {no}: expected 'vertices faces edges' counts "
+                          f"(non-negative integers)")
+    nv, nf = int(head[1]), int(head[2])
     if len(body) < nv + nf:
         raise FormatError(f"{src}: {nv} vertices and {nf} faces declared but only "
                           f"{len(body)} data lines (truncated file?)")
+    if len(body) > nv + nf:
+        raise FormatError(f"{src}: line {body[nv + nf][0]}: {len(body) - nv - nf} data lines "
+                          f"after the {nv} vertices and {nf} faces declared (wrong count or a "
+                          f"repeated line?)")
     v_no, v = [n for n, _ in body[:nv]], [t for _, t in body[:nv]]
-    vals, ntok, _, _ = _records(v, v_no, src, "vertex")
-    _check_width(ntok, 3 + 3 * has_n + 3 * has_c + 2 * has_st, v_no, src,
+    vals, ntok, _, _, _ = _records(v, v_no, src, "vertex")
+    base = 3 + 3 * has_n + 2 * has_st
+    _check_width(ntok, (base + 3, base + 4) if has_c else (base,), v_no, src,
                  f"{m.group(0).decode()} vertex")
     first = np.cumsum(ntok) - ntok
     V = vals[first[:, None] + np.arange(3)]
     colors = uv = None
     if has_c:  # x y z [nx ny nz] r g b [a] [s t] (Geomview order)
-        colors = vals[first[:, None] + 3 + 3 * has_n + np.arange(3)]
-        if colors.max(initial=0.0) > 1.0:  # integer colours are 0..255
-            colors = colors / 255.0
+        k = int(ntok[0]) - base if nv else 3
+        colors = _text_colours(vals[first[:, None] + 3 + 3 * has_n + np.arange(k)],
+                               v_no, src)[:, :3]
     if has_st:
         uv = vals[(first + ntok - 2)[:, None] + np.arange(2)]
-    f_no, f = [n for n, _ in body[nv:nv + nf]], [t for _, t in body[nv:nv + nf]]
-    vals, ntok, _, _ = _records(f, f_no, src, "face")
+    f_no, f = [n for n, _ in body[nv:]], [t for _, t in body[nv:]]
+    vals, ntok, _, _, _ = _records(f, f_no, src, "face")
     first = np.cumsum(ntok) - ntok
     f_no = np.array(f_no, dtype=np.int64)
     counts = _indices(vals[first], f_no, src, "face size")
     if (counts < 3).any():
         raise FormatError(f"{src}: line {f_no[np.argmax(counts < 3)]}: face with "
                           f"{counts[np.argmax(counts < 3)]} vertices (need at least 3)")
-    if (ntok < counts + 1).any():
-        raise FormatError(f"{src}: line {f_no[np.argmax(ntok < counts + 1)]}: face lists fewer "
-                          f"vertices than its count")
+    extra = ntok - 1 - counts  # an optional face colour: 1, 3 or 4 numbers
+    bad = ~np.isin(extra, (0, 1, 3, 4))
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise FormatError(f"{src}: line {f_no[i]}: a face of {counts[i]} vertices needs "
+                          f"{counts[i] + 1} numbers (+ 1, 3 or 4 for a colour), found {ntok[i]}")
     within = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
     corners = _indices(vals[np.repeat(first + 1, counts) + within],
                        np.repeat(f_no, counts), src, "vertex index")
@@ -722,6 +935,31 @@ def _write_off(mesh: Mesh) -> bytes:
 
 # --- STL
 
+_STL_FACET = re.compile(rb"\s*facet\s+normal" + rb"\s+(\S+)" * 3 + rb"\s+outer\s+loop"
+                        + (rb"\s+vertex" + rb"\s+(\S+)" * 3) * 3 + rb"\s+endloop\s+endfacet",
+                        re.IGNORECASE)
+
+
+def _stl_ascii(raw: bytes, src: str, binary_hint: str) -> np.ndarray:
+    """Corner positions (3t, 3) of an ASCII STL: 'solid name', facets of
+    'facet normal n n n / outer loop / 3 x vertex x y z / endloop / endfacet',
+    and the closing 'endsolid' (the evidence that nothing was cut off)."""
+    head = re.match(rb"[ \t\r\n]*solid[^\n]*\n", raw, re.IGNORECASE)
+    pos, numbers = (head.end() if head else len(raw)), []
+    for m in _STL_FACET.finditer(raw, pos):
+        if m.start() != pos:
+            break
+        numbers.extend(m.groups())
+        pos = m.end()
+    if head is None or not re.fullmatch(rb"\s*endsolid[^\n]*\s*", raw[pos:], re.IGNORECASE):
+        line = raw.count(b"\n", 0, pos) + 1 + (raw[pos:pos + 1] == b"\n")
+        raise FormatError(f"{src}: ASCII STL: line {line}: expected 'facet normal ...' or the "
+                          f"closing 'endsolid' (truncated or damaged file?); as a binary STL "
+                          f"it {binary_hint}")
+    values = _ply_numbers(numbers, "ASCII STL facet", src).reshape(-1, 12)
+    return values[:, 3:].reshape(-1, 3)
+
+
 def _read_stl(path: Path):
     src = str(path)
     raw = path.read_bytes()
@@ -730,18 +968,13 @@ def _read_stl(path: Path):
         rec = np.frombuffer(raw, np.dtype([("n", "<f4", (3,)), ("v", "<f4", (3, 3)),
                                            ("a", "<u2")]), n, 84)
         P = rec["v"].reshape(-1, 3).astype(np.float64)
-    elif raw.lstrip()[:5].lower() == b"solid" and b"facet" in raw:
-        vals = re.findall(rb"vertex\s+(\S+)\s+(\S+)\s+(\S+)", raw)
-        try:
-            P = np.array([[float(x) for x in v] for v in vals], dtype=np.float64).reshape(-1, 3)
-        except ValueError:
-            raise FormatError(f"{src}: non-numeric vertex coordinate in ASCII STL") from None
-        if len(P) % 3:
-            raise FormatError(f"{src}: ASCII STL has {len(P)} vertices, not a multiple of 3")
     else:
-        want = f"84 + 50 x {n} = {84 + 50 * n}" if n >= 0 else "at least 84"
-        raise FormatError(f"{src}: neither ASCII STL nor binary STL: {len(raw)} bytes, a binary "
-                          f"STL needs {want} (truncated file?)")
+        want = (f"would need 84 + 50 x {n} = {84 + 50 * n} bytes, not {len(raw)}" if n >= 0
+                else f"would need at least 84 bytes, not {len(raw)}")
+        if raw.lstrip()[:5].lower() != b"solid":
+            raise FormatError(f"{src}: neither ASCII STL (no 'solid' line) nor binary STL: it "
+                              f"{want} (truncated file?)")
+        P = _stl_ascii(raw, src, want)
     bad = ~np.isfinite(P).all(axis=1)
     if bad.any():
         raise FormatError(f"{src}: triangle {np.flatnonzero(bad)[0] // 3} has a NaN or "
@@ -777,19 +1010,102 @@ def _write_stl(mesh: Mesh) -> bytes:
 
 # --- VRML
 
+_VRML_NODE = re.compile(rb"\b(Coordinate|Color|TextureCoordinate)\s*\{\s*(?:point|color)\s*"
+                        rb"\[([^\]]*)\]")
+_VRML_COORD_INDEX = re.compile(rb"\bcoordIndex\s*\[([^\]]*)\]")
+
+
+def _vrml_preparse(raw: bytes, src: str):
+    """Light numpy pre-parse of a VRML file, to check what pymeshlab returns:
+    the points of every ``Coordinate`` node (finite, plausible), every
+    ``coordIndex`` (integers, -1 ends a polygon of >= 3 indices, in range of
+    its IndexedFaceSet's points), ``Color`` values in [0, 1], finite
+    ``TextureCoordinate`` values, balanced brackets (a cut file leaves them
+    open) and tokens of at most :data:`MAX_VRML_TOKEN` bytes.
+
+    Returns (number of points, number of fan triangles, (points (n, 3),
+    triangles (t, 3)) when the file is one triangle set without transforms
+    and pymeshlab's result can be compared value by value, else None)."""
+    text = re.sub(rb"#[^\n]*", b"", raw)  # comments, the '#VRML' line included
+    longest = max((len(t) for t in text.split()), default=0)
+    if longest > MAX_VRML_TOKEN:
+        raise FormatError(f"{src}: a VRML token of {longest} bytes (at most {MAX_VRML_TOKEN}): "
+                          f"damaged file")
+    for a, b in ((b"{", b"}"), (b"[", b"]")):
+        if text.count(a) != text.count(b):
+            raise FormatError(f"{src}: VRML brackets do not balance ({text.count(a)} "
+                              f"'{a.decode()}', {text.count(b)} '{b.decode()}'): truncated or "
+                              f"damaged file")
+
+    def numbers(body, what):
+        return _ply_numbers(body.replace(b",", b" ").split(), f"VRML {what}", src)
+
+    coords = []
+    for m in _VRML_NODE.finditer(text):
+        kind = m.group(1).decode()
+        width = 2 if kind == "TextureCoordinate" else 3
+        v = numbers(m.group(2), kind)
+        if v.size % width:
+            raise FormatError(f"{src}: VRML {kind} holds {v.size} numbers, not a multiple of "
+                              f"{width}")
+        v = v.reshape(-1, width)
+        if kind == "Coordinate":
+            _check_plausible(v, src, "VRML point")
+            coords.append(v)
+        elif kind == "Color" and not ((v >= 0) & (v <= 1)).all():
+            raise FormatError(f"{src}: a VRML Color value is outside [0, 1] or not a number")
+        elif not np.isfinite(v).all():
+            raise FormatError(f"{src}: a VRML TextureCoordinate value is NaN or infinite")
+    indexes = [numbers(m.group(1), "coordIndex") for m in _VRML_COORD_INDEX.finditer(text)]
+    triangles, polygons = 0, []
+    for k, idx in enumerate(indexes):
+        bad = ~((idx == np.round(idx)) & (idx >= -1) & (idx < 2.0**31))
+        if bad.any():
+            raise FormatError(f"{src}: VRML coordIndex value {float(idx[np.argmax(bad)])!r} is "
+                              f"not a vertex index")
+        idx = idx.astype(np.int64)
+        n = len(coords[k]) if len(coords) == len(indexes) else sum(map(len, coords))
+        if idx.max(initial=-1) >= n:
+            raise FormatError(f"{src}: VRML coordIndex {idx.max()} is out of range ({n} points)")
+        stops = np.flatnonzero(idx == -1)
+        if len(idx) and idx[-1] != -1:  # the last polygon may omit its -1
+            stops = np.r_[stops, len(idx)]
+        sizes = np.diff(np.r_[-1, stops]) - 1
+        if (sizes < 3).any():
+            raise FormatError(f"{src}: a VRML polygon has {sizes[np.argmax(sizes < 3)]} "
+                              f"vertices (need at least 3)")
+        triangles += int((sizes - 2).sum())
+        polygons.append((idx[idx >= 0], sizes))
+    simple = (len(coords) == 1 and len(polygons) == 1 and b"Transform" not in text
+              and (polygons[0][1] == 3).all())
+    compare = (coords[0], polygons[0][0].reshape(-1, 3)) if simple else None
+    return sum(map(len, coords)), triangles, compare
+
+
 def _read_wrl(path: Path):
     import pymeshlab  # only VRML needs it; importing it costs ~0.2 s
 
+    src = str(path)
+    n_points, n_triangles, compare = _vrml_preparse(path.read_bytes(), src)
     ms = pymeshlab.MeshSet()
     try:
-        ms.load_new_mesh(str(path))
-    except pymeshlab.PyMeshLabException as e:
-        detail = " ".join(str(e).split())
-        raise FormatError(f"{path}: cannot parse VRML ({detail})") from None
+        ms.load_new_mesh(src)
+    except Exception as e:  # pymeshlab also raises bare "unknown exception"s
+        detail = " ".join(str(e).split())[:200]
+        raise FormatError(f"{src}: cannot parse VRML ({detail})") from None
     m = ms.current_mesh()
-    F = m.face_matrix().astype(np.int64)
+    V, F = m.vertex_matrix(), m.face_matrix().astype(np.int64)
+    # pymeshlab silently drops NaN vertices and faces with a repeated vertex.
+    if (len(V), len(F)) != (n_points, n_triangles):
+        raise FormatError(f"{src}: pymeshlab read {len(V)} vertices and {len(F)} triangles but "
+                          f"the VRML nodes list {n_points} points and {n_triangles} triangles "
+                          f"(a face with a repeated vertex, or a damaged file)")
+    if compare is not None and not (np.allclose(V, compare[0], rtol=1e-6, atol=1e-6)
+                                    and np.array_equal(F, compare[1])):
+        raise FormatError(f"{src}: pymeshlab's vertices or faces differ from the file's "
+                          f"Coordinate/coordIndex values (damaged file)")
     colors = m.vertex_color_matrix()[:, :3] if m.has_vertex_color() else None
-    return (m.vertex_matrix(), np.full(len(F), 3, np.int64), F.reshape(-1), colors, None, None)
+    return (V, np.full(len(F), 3, np.int64), F.reshape(-1), colors, None, None)
 
 
 def _write_wrl(mesh: Mesh) -> bytes:
@@ -956,6 +1272,49 @@ class RangeScan:
 _ABS_INVALID = -999999.0
 
 
+def _abs_header(head: bytes, src: str):
+    """(H, W, offset of the pixel data) from the start of an .abs file."""
+    lines = head.split(b"\n", 3)
+    if len(lines) < 4:
+        raise FormatError(f"{src}: header needs 3 lines ('<H> rows', '<W> columns', "
+                          f"'pixels (flag X Y Z):'), file has {len(lines)} lines")
+    expect = ("<H> rows", "<W> columns", "pixels (flag X Y Z):")
+    t = [ln.split() for ln in lines[:3]]
+    good = (len(t[0]) >= 2 and re.fullmatch(rb"[0-9]+", t[0][0]) and t[0][1].lower() == b"rows",
+            len(t[1]) >= 2 and re.fullmatch(rb"[0-9]+", t[1][0]) and t[1][1].lower() == b"columns",
+            len(t[2]) >= 1 and t[2][0].lower() == b"pixels")
+    for no in range(3):
+        if not good[no]:
+            found = lines[no].strip()[:60].decode("ascii", "replace")
+            raise FormatError(f"{src}: header line {no + 1} should read {expect[no]!r}, "
+                              f"found {found!r}")
+    H, W = int(t[0][0]), int(t[1][0])
+    if not 0 < H * W <= MAX_GRID_PIXELS:
+        raise FormatError(f"{src}: a {H} x {W} grid: need 1 .. {MAX_GRID_PIXELS} pixels")
+    return H, W, sum(len(ln) + 1 for ln in lines[:3])
+
+
+def _read_abs_bytes(path: Path, src: str) -> bytes:
+    """The text of an .abs or .abs.gz. A gzip stream is decompressed only up
+    to what its header's grid can plausibly hold, so a decompression bomb is
+    refused after at most that much memory."""
+    try:
+        if not path.name.lower().endswith(".gz"):
+            return path.read_bytes()
+        with gzip.open(path, "rb") as fh:
+            head = fh.read(4096)
+            H, W, _ = _abs_header(head, src)
+            cap = 4096 + H * W * MAX_ABS_BYTES_PER_PIXEL
+            raw = head + fh.read(cap + 1 - len(head))
+            if len(raw) > cap:
+                raise FormatError(f"{src}: decompresses to more than {cap} bytes, beyond any "
+                                  f"text of a {H} x {W} grid (corrupt file or decompression "
+                                  f"bomb)")
+            return raw
+    except (OSError, EOFError, zlib.error) as e:
+        raise FormatError(f"{src}: cannot read ({' '.join(str(e).split())})") from None
+
+
 def read_abs(path: PathLike) -> RangeScan:
     """Read an FRGC ``.abs`` (or gzip-compressed ``.abs.gz``) range file.
 
@@ -965,37 +1324,29 @@ def read_abs(path: PathLike) -> RangeScan:
     masked by their flag (not by the -999999 sentinel) and set to NaN. The
     texture is the sibling ``<stem>.ppm`` when it exists (FRGC pairs are
     sometimes off by one shot number: pair through the sigsets if needed).
+
+    Refused with :class:`FormatError` (see "Input checks" in the README): a
+    grid beyond :data:`MAX_GRID_PIXELS` or larger than the file can hold, a
+    gzip stream that is corrupt or decompresses beyond the grid's plausible
+    text, a file ending inside its last number (no final line break), flags
+    other than 0/1, a valid pixel holding the -999999 sentinel, a NaN or a
+    coordinate beyond :data:`MAX_COORDINATE`, and fewer than
+    :data:`MIN_SCAN_POINTS` valid pixels.
     """
     path = _existing_file(path)
     src = str(path)
-    gz = path.name.lower().endswith(".gz")
-    try:
-        if gz:
-            with gzip.open(path, "rb") as fh:
-                raw = fh.read()
-        else:
-            raw = path.read_bytes()
-        text = raw.decode("ascii")
-    except (OSError, EOFError, UnicodeDecodeError) as e:
-        raise FormatError(f"{src}: cannot read ({e})") from None
-    lines = text.split("\n", 3)
-    if len(lines) < 4:
-        raise FormatError(f"{src}: header needs 3 lines ('<H> rows', '<W> columns', "
-                          f"'pixels (flag X Y Z):'), file has {len(lines)} lines")
-    expect = ("<H> rows", "<W> columns", "pixels (flag X Y Z):")
-    t = [ln.split() for ln in lines[:3]]
-    good = (len(t[0]) >= 2 and t[0][0].isdigit() and t[0][1].lower() == "rows",
-            len(t[1]) >= 2 and t[1][0].isdigit() and t[1][1].lower() == "columns",
-            len(t[2]) >= 1 and t[2][0].lower() == "pixels")
-    for no in range(3):
-        if not good[no]:
-            raise FormatError(f"{src}: header line {no + 1} should read {expect[no]!r}, "
-                              f"found {lines[no].strip()[:60]!r}")
-    H, W = int(t[0][0]), int(t[1][0])
+    raw = _read_abs_bytes(path, src)
+    H, W, start = _abs_header(raw, src)
     N = H * W
+    # Each of the 4N values takes a character and a separator at least.
+    if len(raw) - start < 8 * N - 1:
+        raise FormatError(f"{src}: {len(raw) - start} bytes of pixel data cannot hold the "
+                          f"4 x {H} x {W} values of the header's grid (truncated file?)")
+    _check_terminated(raw, src)
+    body = raw[start:]
 
     def numbers(s, what):
-        fast = _parse_decimals(np.frombuffer(s.encode("ascii"), np.uint8))
+        fast = _parse_decimals(np.frombuffer(s, np.uint8))
         if fast is not None:
             return fast
         try:  # exponents, odd tokens: numpy's parser, which also reports errors
@@ -1003,7 +1354,7 @@ def read_abs(path: PathLike) -> RangeScan:
         except ValueError:
             raise FormatError(f"{src}: non-numeric value in {what}") from None
 
-    data = [ln for ln in lines[3].split("\n") if ln.strip()]
+    data = [ln for ln in body.split(b"\n") if ln.strip()]
     if len(data) == 4:
         arrays = []
         for k, (ln, name) in enumerate(zip(data, ("flags", "X", "Y", "Z"))):
@@ -1013,7 +1364,7 @@ def read_abs(path: PathLike) -> RangeScan:
                                   f"expected {H} x {W} = {N} (truncated file?)")
             arrays.append(a)
     else:  # values wrapped over other line breaks
-        a = numbers(lines[3], "the pixel data")
+        a = numbers(body, "the pixel data")
         if a.size != 4 * N:
             raise FormatError(f"{src}: {a.size} values after the header, expected "
                               f"4 x {H} x {W} = {4 * N} (truncated file?)")
@@ -1023,14 +1374,32 @@ def read_abs(path: PathLike) -> RangeScan:
         raise FormatError(f"{src}: flags must be 0 or 1, found {flags[~np.isin(flags, (0, 1))][0]}")
     valid = (flags == 1).reshape(H, W)
     xyz = np.stack([x, y, z], axis=-1).reshape(H, W, 3)
-    bad = valid & ~np.isfinite(xyz).all(axis=2)
-    if bad.any():
-        r, c = np.argwhere(bad)[0]
-        raise FormatError(f"{src}: valid pixel (row {r}, col {c}) has a NaN or infinite coordinate")
+    sentinel = valid & (xyz == _ABS_INVALID).any(axis=2)
+    if sentinel.any():
+        r, c = np.argwhere(sentinel)[0]
+        raise FormatError(f"{src}: pixel (row {r}, col {c}) is flagged valid but holds the "
+                          f"invalid-pixel marker {_ABS_INVALID:g} (damaged flag?)")
+    _check_valid_points(xyz, valid, src)
     xyz[~valid] = np.nan
     stem = path.name[: -len(".abs.gz")] if path.name.lower().endswith(".abs.gz") else path.stem
     texture = path.with_name(stem + ".ppm")
     return RangeScan(xyz, valid, texture if texture.is_file() else None, None, path)
+
+
+def _check_valid_points(xyz: np.ndarray, valid: np.ndarray, src: str) -> None:
+    """The valid pixels of a range grid: finite, within :data:`MAX_COORDINATE`,
+    and at least :data:`MIN_SCAN_POINTS` of them."""
+    bad = valid & ~(np.isfinite(xyz) & (np.abs(xyz) <= MAX_COORDINATE)).all(axis=2)
+    if bad.any():
+        r, c = np.argwhere(bad)[0]
+        raise FormatError(f"{src}: valid pixel (row {r}, col {c}) has coordinates "
+                          f"{xyz[r, c].tolist()}: NaN, infinite or beyond the "
+                          f"{MAX_COORDINATE:g} mm a face scanner can produce")
+    pts = xyz[valid]
+    if len(pts) < MIN_SCAN_POINTS:
+        raise FormatError(f"{src}: only {len(pts)} valid points in the {valid.shape[0]} x "
+                          f"{valid.shape[1]} grid (need at least {MIN_SCAN_POINTS}): an empty "
+                          f"or damaged scan")
 
 
 def _parse_decimals(buf: np.ndarray):
@@ -1151,6 +1520,16 @@ def read_bnt(path: PathLike) -> RangeScan:
     The stored grid is upside down (first row = bottom of the face); it is
     flipped to image orientation. The texture is the header's file name
     resolved next to the .bnt, when it exists.
+
+    Refused with :class:`FormatError` (see "Input checks" in the README): an
+    empty grid, a size other than the header's, a texture name that is not a
+    plain printable file name of at most :data:`MAX_NAME_BYTES` bytes (no
+    path separators, no '..': the texture stays in the scan's folder), a
+    background marker ``zmin`` that is not a finite value outside the
+    +-:data:`MAX_COORDINATE` mm real coordinates lie in, background pixels
+    whose x or y is not the marker, valid pixels with a NaN or implausible
+    coordinate, u, v outside [0, 1] (+-0.001), and fewer than
+    :data:`MIN_SCAN_POINTS` valid pixels.
     """
     path = _existing_file(path)
     src = str(path)
@@ -1158,13 +1537,20 @@ def read_bnt(path: PathLike) -> RangeScan:
     if len(raw) < 14:
         raise FormatError(f"{src}: truncated header ({len(raw)} bytes, need at least 14)")
     nrows, ncols, zmin, L = struct.unpack_from("<HHdH", raw, 0)
+    if nrows == 0 or ncols == 0:
+        raise FormatError(f"{src}: the header's grid is {nrows} x {ncols}: an empty scan")
+    if L > MAX_NAME_BYTES:
+        raise FormatError(f"{src}: texture file name of {L} bytes in the header (at most "
+                          f"{MAX_NAME_BYTES}): damaged header")
     if len(raw) < 18 + L:
         raise FormatError(f"{src}: truncated header ({len(raw)} bytes, the texture name of "
                           f"{L} bytes and the value count need {18 + L})")
-    try:
-        imfile = raw[14:14 + L].decode("ascii")
-    except UnicodeDecodeError:
-        raise FormatError(f"{src}: texture file name in the header is not ASCII") from None
+    name = raw[14:14 + L]
+    if (re.fullmatch(rb"[\x20-\x7e]*", name) is None or b"/" in name or b"\\" in name
+            or name.strip() in (b".", b"..")):
+        raise FormatError(f"{src}: the header's texture name {name[:60]!r} is not a plain file "
+                          f"name in the scan's folder (printable ASCII, no path separators)")
+    imfile = name.decode("ascii")
     (n,) = struct.unpack_from("<I", raw, 14 + L)
     N = nrows * ncols
     if n != 5 * N:
@@ -1174,17 +1560,31 @@ def read_bnt(path: PathLike) -> RangeScan:
         raise FormatError(f"{src}: file size {len(raw)} bytes, expected 18 + {L} + 8 x {n} = "
                           f"{18 + L + 8 * n} for a {nrows} x {ncols} grid"
                           f"{' (truncated file)' if len(raw) < 18 + L + 8 * n else ''}")
+    # The background marker must be a value no real coordinate can take, or
+    # background and face cannot be told apart.
+    if not (np.isfinite(zmin) and abs(zmin) > MAX_COORDINATE):
+        raise FormatError(f"{src}: background marker zmin = {zmin!r} in the header is not a "
+                          f"finite value beyond the +-{MAX_COORDINATE:g} mm of real "
+                          f"coordinates (damaged header?)")
     x, y, z, u, v = np.flip(np.frombuffer(raw, "<f8", n, 18 + L).reshape(5, nrows, ncols), axis=1)
     valid = z != zmin
+    odd = ~valid & ((x != zmin) | (y != zmin))
+    if odd.any():
+        r, c = np.argwhere(odd)[0]
+        raise FormatError(f"{src}: background pixel (row {r}, col {c}) has z = zmin but x, y = "
+                          f"{x[r, c]!r}, {y[r, c]!r} (background x, y, z all equal zmin)")
     xyz = np.stack([x, y, z], axis=-1)
-    bad = valid & ~np.isfinite(xyz).all(axis=2)
+    _check_valid_points(xyz, valid, src)
+    uv = np.stack([u, v], axis=-1)
+    bad = ~((uv >= -1e-3) & (uv <= 1 + 1e-3)).all(axis=2)
     if bad.any():
         r, c = np.argwhere(bad)[0]
-        raise FormatError(f"{src}: pixel (row {r}, col {c}) has a NaN or infinite coordinate")
+        raise FormatError(f"{src}: pixel (row {r}, col {c}) has texture coordinates "
+                          f"{uv[r, c].tolist()}, outside [0, 1]")
     xyz[~valid] = np.nan
-    texture = path.with_name(imfile) if imfile else None
+    texture = path.with_name(imfile) if imfile.strip() else None
     return RangeScan(xyz, valid, texture if texture is not None and texture.is_file() else None,
-                     np.stack([u, v], axis=-1), path)
+                     uv, path)
 
 
 def write_bnt(path: PathLike, scan: RangeScan, zmin: float = -1e9) -> None:
@@ -1299,24 +1699,32 @@ class Landmarks:
 
 
 def _text_lines(path: Path):
-    """[(line number, stripped line)] of a text file."""
-    text = path.read_text(encoding="utf-8", errors="replace")
-    return [(no, line.strip()) for no, line in enumerate(text.splitlines(), 1)]
+    """[(line number, stripped line)] of a text file (lines end at '\n' only)."""
+    text = path.read_bytes().decode("utf-8", errors="replace")
+    return [(no, line.strip()) for no, line in enumerate(text.split("\n"), 1)]
 
 
 def _point(tokens, path, no, dims=(2, 3)) -> list:
-    """Parse one coordinate line; FormatError naming file and line."""
+    """Parse one coordinate line (numpy's strict number syntax): finite and
+    plausible (3D: within :data:`MAX_COORDINATE` mm, 2D: within
+    :data:`MAX_PIXEL` pixels). FormatError naming file and line."""
     try:
-        p = [float(x) for x in tokens]
+        p = np.fromstring(" ".join(tokens), sep=" ") if tokens else np.zeros(0)
     except ValueError:
+        p = None
+    if p is None or p.size != len(tokens):
         raise FormatError(f"{path}: line {no}: cannot parse numbers from "
-                          f"{' '.join(tokens)!r}") from None
+                          f"{' '.join(tokens)[:80]!r}")
     if len(p) not in dims:
         raise FormatError(f"{path}: line {no}: expected {' or '.join(map(str, dims))} numbers, "
                           f"found {len(p)}")
     if not np.isfinite(p).all():
         raise FormatError(f"{path}: line {no}: NaN or infinite coordinate")
-    return p
+    limit, unit = (MAX_COORDINATE, "mm") if len(p) == 3 else (MAX_PIXEL, "pixels")
+    if np.abs(p).max() > limit:
+        raise FormatError(f"{path}: line {no}: coordinate {np.abs(p).max():.6g} beyond the "
+                          f"{limit:g} {unit} a landmark can plausibly have (damaged number?)")
+    return p.tolist()
 
 
 def _read_table(path: Path) -> Landmarks:
@@ -1349,19 +1757,20 @@ def _read_pts(path: Path) -> Landmarks:
         no, s = lines[i]
         key, _, val = s.partition(":")
         if key.strip().lower() == "n_points":
-            try:
-                n = int(val)
-            except ValueError:
+            if not re.fullmatch(r"[0-9]+", val.strip()):
                 raise FormatError(f"{path}: line {no}: cannot parse n_points "
-                                  f"{val.strip()!r}") from None
+                                  f"{val.strip()[:40]!r}")
+            n = int(val)
         i += 1
     if n is None:
         raise FormatError(f"{path}: no 'n_points:' line before '{{'")
     if i == len(lines):
         raise FormatError(f"{path}: no '{{' opening the point list")
     rows, width = [], None
-    for no, s in lines[i + 1:]:
+    for k, (no, s) in enumerate(lines[i + 1:], i + 1):
         if s == "}":
+            if k + 1 < len(lines):
+                raise FormatError(f"{path}: line {lines[k + 1][0]}: text after the closing '}}'")
             break
         p = _point(s.split(), path, no)
         if width is not None and len(p) != width:
@@ -1378,6 +1787,7 @@ def _read_pts(path: Path) -> Landmarks:
 def _bosphorus_body(path: Path):
     """Lines after the '#' header and optional '*' info block of a Bosphorus
     .lm2/.lm3 file, blank lines dropped, plus the declared landmark count."""
+    _check_terminated(path.read_bytes(), str(path))
     lines = _text_lines(path)
     i = 0
     while i < len(lines) and (not lines[i][1] or lines[i][1].startswith("#")):
@@ -1386,7 +1796,7 @@ def _bosphorus_body(path: Path):
         while i < len(lines) and lines[i][1]:
             i += 1
     body = [(no, s) for no, s in lines[i:] if s]
-    m = re.fullmatch(r"(\d+)\s+landmarks:?", body[0][1], re.I) if body else None
+    m = re.fullmatch(r"([0-9]+)\s+landmarks:?", body[0][1], re.I) if body else None
     if m is None:
         where = f"line {body[0][0]}" if body else "end of file"
         raise FormatError(f"{path}: {where}: expected '<N> landmarks:'")
