@@ -12,6 +12,7 @@ reported and skipped. `dce-build inspect FILE` prints what a file holds.
 from __future__ import annotations
 
 import argparse
+import math
 import multiprocessing
 import os
 import sys
@@ -19,6 +20,30 @@ import time
 import traceback
 from collections import defaultdict
 from pathlib import Path
+
+from dce.geom.morphable import EXPRESSION_STIFFNESS, LANDMARK_NOISE, FitGate
+
+
+GATE = FitGate()
+
+
+def _number(kind, test, what):
+    """An argparse type: ``kind`` (int or float), finite, passing ``test``."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not (math.isfinite(value) and test(value)):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
+        return value
+    return parse
+
+
+_positive_float = _number(float, lambda v: v > 0, "> 0")
+_nonnegative_float = _number(float, lambda v: v >= 0, ">= 0")
+_positive_int = _number(int, lambda v: v > 0, "> 0")
+_count = _number(int, lambda v: v >= 0, ">= 0")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -52,6 +77,47 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="folder of coarse meshes made elsewhere, matched by name")
     g.add_argument("--landmark-weights", type=Path, default=None, metavar="DIR",
                    help="face-alignment weights, for photos without landmark files")
+    g.add_argument("--max-gap", type=_positive_float, default=3.0, metavar="STEPS",
+                   help="how far (scan grid steps) a photo landmark may lie from the scan's "
+                        "valid points before the pair is refused; raise it for tight crops "
+                        "that put jaw points at the scan's edge (default: 3)")
+    g.add_argument("--photo-size", type=_positive_int, nargs=2, default=None,
+                   metavar=("H", "W"),
+                   help="height and width of the photos the 2D landmarks refer to, for "
+                        "scans whose photo is missing (default: read from the photo)")
+    f = p.add_argument_group("coarse fit (with --model)")
+    f.add_argument("--n-identity", type=_count, default=None, metavar="K",
+                   help="identity modes fitted (default: all)")
+    f.add_argument("--n-expression", type=_count, default=None, metavar="E",
+                   help="expression modes fitted, 0 for none (default: all)")
+    f.add_argument("--landmark-noise", type=_nonnegative_float, default=LANDMARK_NOISE,
+                   metavar="F",
+                   help="the landmarks' error as a fraction of the outer-eye distance; sets "
+                        "the fit's prior whatever the photo's resolution, 0 = unregularized "
+                        f"(default: {LANDMARK_NOISE})")
+    f.add_argument("--expression-stiffness", type=_nonnegative_float,
+                   default=EXPRESSION_STIFFNESS, metavar="X",
+                   help="the expression weights' prior over the identity's "
+                        f"(default: {EXPRESSION_STIFFNESS:g})")
+    f.add_argument("--contour", choices=["fixed", "sliding"], default="fixed",
+                   help="jaw landmarks: fixed model vertices, or sliding along the model's "
+                        "silhouette (for detected landmarks on turned faces) (default: fixed)")
+    f.add_argument("--fit-gate", choices=["skip", "flag", "off"], default="skip",
+                   help="a pair whose fit fails the quality gate is skipped (reported with "
+                        "its reasons), kept and flagged in its provenance and the report, or "
+                        "not checked (default: skip)")
+    f.add_argument("--gate-residual", type=_positive_float, default=GATE.max_residual,
+                   metavar="F",
+                   help="gate: largest RMS landmark residual, as a fraction of the fitted "
+                        f"outer-eye distance (default: {GATE.max_residual:g})")
+    f.add_argument("--gate-coefficient", type=_positive_float, default=GATE.max_coefficient,
+                   metavar="SIGMA",
+                   help="gate: largest |identity coefficient| in standard deviations "
+                        f"(default: {GATE.max_coefficient:g})")
+    f.add_argument("--gate-eye-mm", type=_positive_float, nargs=2,
+                   default=list(GATE.eye_distance_mm), metavar=("LO", "HI"),
+                   help="gate: plausible fitted outer-eye distance in mm (default: "
+                        f"{GATE.eye_distance_mm[0]:g} {GATE.eye_distance_mm[1]:g})")
 
 
 def parse_args(argv=None):
@@ -95,7 +161,13 @@ def enumerate_pairs(args):
     """(specs, coarse source) for the chosen input."""
     from dce.geom import sources
 
-    coarse = sources.CoarseSource(model_path=args.model, coarse_dir=args.coarse_dir)
+    coarse = sources.CoarseSource(
+        model_path=args.model, coarse_dir=args.coarse_dir, n_identity=args.n_identity,
+        n_expression=args.n_expression, landmark_noise=args.landmark_noise,
+        expression_stiffness=args.expression_stiffness, contour=args.contour,
+        gate=None if args.fit_gate == "off" else FitGate(
+            args.gate_residual, args.gate_coefficient, tuple(args.gate_eye_mm)),
+        on_gate_failure="flag" if args.fit_gate == "flag" else "skip")
     if args.command == "synthetic":
         if not (args.world / "world.json").is_file():
             from dce.geom.synthetic import generate_world
@@ -155,15 +227,29 @@ def run_build(args) -> int:
     except ValueError as error:
         print(f"dce-build: {error}", file=sys.stderr)
         return 2
-    config = BuildConfig(size=args.size, channels=args.channels, poses=args.poses,
-                         seed=args.seed, curvature=args.curvature)
     t_start = time.perf_counter()
-    specs, coarse = enumerate_pairs(args)
+    try:
+        config = BuildConfig(size=args.size, channels=args.channels, poses=args.poses,
+                             seed=args.seed, curvature=args.curvature, max_gap=args.max_gap,
+                             photo_size=args.photo_size)
+        specs, coarse = enumerate_pairs(args)
+    except ValueError as error:
+        print(f"dce-build: {error}", file=sys.stderr)
+        return 2
     if shard:
         specs = [s for s in specs if store.shard_of(s.pair_id, *shard)]
     out = args.out if not shard else args.out.with_name(
         f"{args.out.stem}.shard{shard[0]}-of-{shard[1]}{args.out.suffix}")
     record = {**config.to_dict(), "command": args.command}
+    if coarse.model_path is not None:  # the fit decides the coarse side's pixels
+        record["coarse_fit"] = {
+            "model": coarse.model_path, "n_identity": coarse.n_identity,
+            "n_expression": coarse.n_expression, "landmark_noise": coarse.landmark_noise,
+            "expression_stiffness": coarse.expression_stiffness, "contour": coarse.contour,
+            "gate": None if coarse.gate is None else [
+                coarse.gate.max_residual, coarse.gate.max_coefficient,
+                list(coarse.gate.eye_distance_mm)],
+            "on_gate_failure": coarse.on_gate_failure}
     if out.exists() and not Path(store.partial_path(out)).exists():
         try:
             if validate(out)["config"] == record:
@@ -173,7 +259,7 @@ def run_build(args) -> int:
             pass  # not a finished file of ours: rebuilt below, replaced only at the end
     channels = resolve_channels(config.channels)
     writer = store.PairWriter(out, channels, config.size, config.size, record, shard=shard)
-    failures, stage_time, written = [], defaultdict(float), 0
+    failures, flagged, stage_time, written = [], [], defaultdict(float), 0
     with writer:
         done = writer.done_ids()
         todo = [s for s in specs
@@ -187,38 +273,50 @@ def run_build(args) -> int:
                 context = multiprocessing.get_context("spawn")
                 with context.Pool(args.workers, initializer=_init_worker) as pool:
                     results = pool.imap_unordered(build_pair, jobs)
-                    written += _consume(results, writer, failures, stage_time, bar)
+                    written += _consume(results, writer, failures, flagged, stage_time, bar)
             else:
-                written += _consume(map(build_pair, jobs), writer, failures, stage_time, bar)
+                written += _consume(map(build_pair, jobs), writer, failures, flagged, stage_time, bar)
         except KeyboardInterrupt:
             bar.close()
             print(f"\ninterrupted: {written} new samples kept in {writer.partial}; rerun the "
                   "same command to resume", file=sys.stderr)
             return 130
         bar.close()
-        summary = writer.finalize(seed=args.seed, test_fraction=args.test_fraction)
+        try:
+            summary = writer.finalize(seed=args.seed, test_fraction=args.test_fraction)
+        except store.EmptyBuildError as error:
+            for pair_id, reason in failures:
+                print(f"FAILED {pair_id}: {reason}", file=sys.stderr)
+            print(f"dce-build: {error} ({len(failures)} pair(s) failed)", file=sys.stderr)
+            return 1
     elapsed = time.perf_counter() - t_start
     print(f"done: {written} new samples, {summary['n_samples']} in the file "
           f"({summary['n_train']} train / {summary['n_test']} test), "
-          f"{len(failures)} pair(s) failed, {elapsed:.1f} s -> {out}")
+          f"{len(failures)} pair(s) failed, {len(flagged)} flagged, {elapsed:.1f} s -> {out}")
     if stage_time:
         total = sum(stage_time.values())
         print("time per stage (summed over workers): " + ", ".join(
             f"{k} {v:.1f} s ({100 * v / total:.0f} %)" for k, v in stage_time.items()))
     for pair_id, reason in failures:
         print(f"FAILED {pair_id}: {reason}", file=sys.stderr)
+    for pair_id, reason in flagged:
+        print(f"FLAGGED {pair_id} (kept): the coarse fit fails the gate: {reason}",
+              file=sys.stderr)
     if args.preview and shard is None:
         png = store.preview_pairs(out, args.preview, out.with_suffix(".png"), seed=args.seed)
         print(f"preview: {png}")
     return 1 if failures else 0
 
 
-def _consume(results, writer, failures, stage_time, bar) -> int:
+def _consume(results, writer, failures, flagged, stage_time, bar) -> int:
     written = 0
     for pair_id, samples, info in results:
         if samples is None:
             failures.append((pair_id, info))
         else:
+            gate = samples[0].source.get("fit_gate", "") if samples else ""
+            if gate.startswith("FAILED"):
+                flagged.append((pair_id, gate[len("FAILED: "):]))
             for sample in samples:
                 if not writer.has(sample.sample_id):
                     writer.append(sample)

@@ -41,13 +41,16 @@ class PreparedMesh:
 
 
 def prepare_ground_truth(scan: RangeScan, landmarks_2d: np.ndarray, median_size: int = 5,
-                         curvature: str = "mean", **crop_options) -> PreparedMesh:
+                         curvature: str = "mean", max_gap: float = 3.0,
+                         photo_size: Optional[tuple] = None, **crop_options) -> PreparedMesh:
     """Raw range scan and its photo's 68 landmarks (x, y px) -> median-filtered,
     triangulated, cropped mesh with curvature and normals, and the camera
-    fitted from the landmark correspondences."""
+    fitted from the landmark correspondences. ``max_gap`` and ``photo_size``
+    (the photo's (H, W) when it is missing): see
+    :func:`~dce.geom.landmarks.landmarks_to_3d`."""
     xyz, valid = filters.median_filter_grid(scan.xyz, scan.valid, size=median_size)
     clean = RangeScan(xyz, valid, scan.texture_path, scan.uv, scan.source)
-    landmarks_3d = landmarks_to_3d(landmarks_2d, clean)
+    landmarks_3d = landmarks_to_3d(landmarks_2d, clean, image_size=photo_size, max_gap=max_gap)
     mesh = crop.crop_mesh(clean.to_mesh(), landmarks_3d, **crop_options)
     camera = fit_orthographic(landmarks_2d, landmarks_3d)
     return PreparedMesh(mesh, surface_geometry(mesh, curvature), landmarks_3d, camera)
@@ -229,9 +232,27 @@ class BuildConfig:
     margin: float = 0.25      # face box margin around the landmarks
     median_size: int = 5
     crop_radius: float = 125.0
+    max_gap: float = 3.0      # grid steps a photo landmark may lie from the scan's valid points
+    photo_size: Optional[tuple] = None  # (H, W) of missing photos the 2D landmarks refer to
+    min_face_fraction: float = 0.01  # a side with a smaller mask (of the image) is refused
+
+    def __post_init__(self):
+        if self.photo_size is not None:
+            self.photo_size = tuple(int(v) for v in self.photo_size)
+            if len(self.photo_size) != 2 or min(self.photo_size) < 1:
+                raise ValueError(f"BuildConfig.photo_size must be (H, W) > 0, "
+                                 f"got {self.photo_size}")
+        if not self.max_gap > 0:
+            raise ValueError(f"BuildConfig.max_gap must be > 0 grid steps, got {self.max_gap}")
+        if not 0 <= self.min_face_fraction < 1:
+            raise ValueError(f"BuildConfig.min_face_fraction must be in [0, 1), "
+                             f"got {self.min_face_fraction}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if self.photo_size is not None:
+            d["photo_size"] = list(self.photo_size)
+        return d
 
 
 @dataclass
@@ -286,7 +307,8 @@ def prepare_pair(pair, config: BuildConfig) -> tuple:
     crop_options = {"radius": config.crop_radius}
     if getattr(pair, "scan", None) is not None:
         target = prepare_ground_truth(pair.scan, pair.landmarks_2d, config.median_size,
-                                      config.curvature, **crop_options)
+                                      config.curvature, config.max_gap, config.photo_size,
+                                      **crop_options)
     else:
         target = prepare_ground_truth_mesh(pair.target_mesh, pair.landmarks_3d, pair.landmarks_2d,
                                            config.curvature, **crop_options)
@@ -309,6 +331,13 @@ def pair_samples(pair_id: str, subject: str, coarse: PreparedMesh, target: Prepa
         c, t = render_pair(coarse, target, landmarks_2d, config.size, channels, pose,
                            config.margin, depth_scale=config.depth_scale,
                            curvature_scale=config.curvature_scale)
+        for side, view in (("coarse", c), ("target", t)):
+            fraction = float(np.count_nonzero(view.mask)) / view.mask.size
+            if not fraction >= max(config.min_face_fraction, 1e-12):
+                raise ValueError(
+                    f"{pair_id}/pose{k}: the {side} side covers {100 * fraction:.2f} % of the "
+                    f"image (< {100 * config.min_face_fraction:g} %): an empty or broken "
+                    f"{'scan' if side == 'target' else 'coarse mesh'}, refused")
         samples.append(Sample(
             f"{pair_id}/pose{k}", pair_id, subject,
             np.ascontiguousarray(c.image.transpose(2, 0, 1)),

@@ -429,14 +429,20 @@ def _photo_size(scan: RangeScan, image_size, src) -> tuple:
         return Hi, Wi
     if scan.texture_path is not None:
         from PIL import Image
+        if not Path(scan.texture_path).is_file():
+            raise FormatError(
+                f"{src}: its photo {scan.texture_path} is missing; the photo's size places "
+                f"the 2D landmarks on the scan. Restore the photo, or give its size "
+                f"(dce-build --photo-size H W; image_size=(H, W) here)")
         try:
             with Image.open(scan.texture_path) as im:
                 return im.size[1], im.size[0]
         except OSError as e:
             raise FormatError(f"{scan.texture_path}: cannot read the photo size ({e})") from None
     if scan.uv is not None:
-        raise ValueError(f"{src}: the scan maps to its photo through uv but the photo size is "
-                         f"unknown (no texture_path); pass image_size=(H, W)")
+        raise ValueError(f"{src}: the scan maps to its photo through uv but names no photo, "
+                         f"so the photo's size is unknown; give it (dce-build --photo-size H W; "
+                         f"image_size=(H, W) here)")
     return scan.shape
 
 

@@ -522,6 +522,11 @@ class Fit:
         return self.residual_px / (self.camera.scale * self.eye_distance_mm)
 
 
+class FitRejected(ValueError):
+    """A landmark fit that fails its :class:`FitGate`; the message names the
+    pair and the reasons."""
+
+
 @dataclass(frozen=True)
 class FitGate:
     """The limits a landmark fit must meet to stand as a pair's coarse side.

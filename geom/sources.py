@@ -97,7 +97,8 @@ import numpy as np
 from .io import (IBUG68_NOSE_TIP, FormatError, Mesh, RangeScan, load_mesh, read_abs, read_bnt,
                  read_landmarks)
 from .landmarks import WEIGHTS_ENV, WEIGHTS_FLAG, MissingWeightsError, detect_landmarks, load_image
-from .morphable import fit_to_landmarks, load_model
+from .morphable import (EXPRESSION_STIFFNESS, LANDMARK_NOISE, FitGate, FitRejected,
+                        fit_to_landmarks, load_model)
 from .projection import posed_camera
 
 PathLike = Union[str, os.PathLike]
@@ -105,6 +106,7 @@ PathLike = Union[str, os.PathLike]
 #: Side (px) of the synthesized frontal view's landmark box (mesh targets).
 FACE_PX = 256.0
 MESH_EXTENSIONS = (".ply", ".obj", ".off", ".stl", ".wrl")
+GATE_ACTIONS = ("skip", "flag")  # what a build does with a pair whose fit fails the gate
 PHOTO_EXTENSIONS = (".ppm", ".png", ".jpg", ".jpeg")
 LANDMARK_EXTENSIONS = (".pts", ".txt")
 #: Manifest columns: ``target`` and ``subject`` are required, the rest optional.
@@ -196,7 +198,13 @@ class CoarseSource:
     """Where coarse meshes come from (see the module docstring for the
     precedence). ``model_path``: morphable model to fit, with the fit options
     ``n_identity`` (None = all modes), ``n_expression`` (None = all, 0 =
-    none), ``regularization`` (px^2) and ``contour``; ``coarse_dir``: folder
+    none), ``landmark_noise`` and ``expression_stiffness`` (the prior,
+    relative to the face's size: :func:`~dce.geom.morphable.fit_to_landmarks`),
+    ``contour``, and the quality ``gate`` (a
+    :class:`~dce.geom.morphable.FitGate`, None = no check) with what happens
+    to a pair whose fit fails it: ``on_gate_failure`` ``"skip"`` (the pair
+    fails, naming the reasons) or ``"flag"`` (kept, the reasons in its
+    provenance and the build's report); ``coarse_dir``: folder
     of ``<pair_id>.ply|.obj|.off``; ``landmark_vertices``: the 68 vertex
     indices shared by all coarse meshes without a sidecar, a file path or a
     sequence of ints. ``CoarseSource()`` uses each spec's own coarse mesh."""
@@ -206,8 +214,11 @@ class CoarseSource:
     landmark_vertices: Union[None, str, tuple] = None
     n_identity: Optional[int] = None
     n_expression: Optional[int] = None
-    regularization: float = 4.0
+    landmark_noise: float = LANDMARK_NOISE
+    expression_stiffness: float = EXPRESSION_STIFFNESS
     contour: str = "fixed"
+    gate: Optional[FitGate] = FitGate()
+    on_gate_failure: str = "skip"
 
     def __post_init__(self):
         if self.model_path is not None and self.coarse_dir is not None:
@@ -216,6 +227,9 @@ class CoarseSource:
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, str(value))
+        if self.on_gate_failure not in GATE_ACTIONS:
+            raise ValueError(f"CoarseSource: on_gate_failure must be one of {GATE_ACTIONS}, "
+                             f"got {self.on_gate_failure!r}")
         lv = self.landmark_vertices
         if lv is not None:
             lv = str(lv) if isinstance(lv, (str, os.PathLike)) else tuple(int(i) for i in lv)
@@ -391,19 +405,29 @@ def bosphorus_directory(root: PathLike, landmarks_dir: Optional[PathLike] = None
     return _unique(specs, f"Bosphorus folder {root}")
 
 
-def _bosphorus_photo(scan: Path) -> Optional[Path]:
-    """The texture named in the .bnt header (when it exists), else
-    ``<stem>.png``; reading the name costs one small read."""
+def _bnt_texture(scan: Path) -> Optional[Path]:
+    """The photo the .bnt header names (whether or not it exists), beside the
+    scan; None when it names none or is unreadable (load() reports that with
+    the reader's message). One small read."""
     try:
         with open(scan, "rb") as fh:
             head = fh.read(14)
             if len(head) == 14:
                 n = int.from_bytes(head[12:14], "little")
                 name = fh.read(n).decode("ascii", "replace").strip("\x00 ")
-                if name and scan.with_name(name).is_file():
+                if name and Path(name).name == name and name not in (".", ".."):
                     return scan.with_name(name)
     except OSError:
-        pass  # unreadable: load() reports it with the reader's message
+        pass
+    return None
+
+
+def _bosphorus_photo(scan: Path) -> Optional[Path]:
+    """The texture named in the .bnt header (when it exists), else
+    ``<stem>.png``."""
+    named = _bnt_texture(scan)
+    if named is not None and named.is_file():
+        return named
     return _first_file(scan.with_suffix(e) for e in PHOTO_EXTENSIONS)
 
 
@@ -514,6 +538,9 @@ def load(spec: PairSpec, coarse: CoarseSource = CoarseSource()) -> PairInput:
             else read_abs(spec.target)
         if spec.photo is not None:  # the photo the landmarks live in sizes the lifting
             scan.texture_path = Path(spec.photo)
+        elif scan.texture_path is None and spec.target.lower().endswith(".bnt"):
+            # a missing photo is still named, in the lifting's message
+            scan.texture_path = _bnt_texture(Path(spec.target))
 
     landmarks_2d, how = _photo_landmarks(spec, photo, landmarks_3d)
     source["landmarks_2d"] = how
@@ -557,7 +584,18 @@ def _photo_landmarks(spec: PairSpec, photo, landmarks_3d) -> tuple:
         return frontal_landmarks(landmarks_3d), f"projected frontally from {spec.landmarks_3d}"
     raise MissingLandmarksError(
         f"{spec.where()}: no landmark file ({_looked_for(spec)}) and no photo to detect them "
-        f"on; provide the 68 landmarks as a file")
+        f"on ({_missing_photo(spec)}); provide the 68 landmarks as a file (--landmarks-dir "
+        f"for a folder of <stem>.pts) or the photo")
+
+
+def _missing_photo(spec: PairSpec) -> str:
+    """Where the pair's photo was looked for, for messages."""
+    target = Path(spec.target)
+    named = _bnt_texture(target) if target.suffix.lower() == ".bnt" else None
+    if named is not None:
+        return f"the scan's header names {named}, which is missing"
+    stem = target.with_name(_scan_stem(target))
+    return "looked for " + ", ".join(str(stem) + e for e in PHOTO_EXTENSIONS)
 
 
 def _looked_for(spec: PairSpec) -> str:
@@ -593,10 +631,22 @@ def _coarse_side(spec: PairSpec, coarse: CoarseSource, landmarks_2d) -> tuple:
             raise FormatError(f"{path}: no such morphable model file")
         fit = fit_to_landmarks(_model(str(path), path.stat().st_mtime_ns), landmarks_2d,
                                n_identity=coarse.n_identity, n_expression=coarse.n_expression,
-                               regularization=coarse.regularization, contour=coarse.contour)
-        return fit.mesh, np.asarray(fit.landmark_vertices, dtype=np.int64), \
-            {"coarse": f"fit of {path} to the 2D landmarks "
-                       f"(residual {fit.residual_px:.2f} px)"}
+                               landmark_noise=coarse.landmark_noise,
+                               expression_stiffness=coarse.expression_stiffness,
+                               contour=coarse.contour)
+        provenance = {"coarse": f"fit of {path} to the 2D landmarks (residual "
+                                f"{fit.residual_px:.2f} px, {100 * fit.relative_residual:.1f} % "
+                                f"of the outer-eye distance; largest identity coefficient "
+                                f"{np.abs(fit.identity).max(initial=0):.1f} sigma; outer-eye "
+                                f"distance {fit.eye_distance_mm:.0f} mm)"}
+        reasons = coarse.gate.check(fit) if coarse.gate is not None else []
+        if reasons and coarse.on_gate_failure == "skip":
+            raise FitRejected(f"{spec.where()}: the fit of {path.name} fails the quality gate: "
+                              f"{'; '.join(reasons)} (keep such pairs flagged with "
+                              f"--fit-gate flag, or change the limits)")
+        if coarse.gate is not None:
+            provenance["fit_gate"] = "FAILED: " + "; ".join(reasons) if reasons else "passed"
+        return fit.mesh, np.asarray(fit.landmark_vertices, dtype=np.int64), provenance
     if coarse.coarse_dir is not None:
         folder = Path(coarse.coarse_dir)
         candidates = [folder / (spec.pair_id + ext) for ext in (".ply", ".obj", ".off")]

@@ -31,7 +31,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Optional
+from typing import Optional, Union
 
 import h5py
 import numpy as np
@@ -180,6 +180,10 @@ def _write_pairs(path: str, rows: list, channels, H: int, W: int, config: dict, 
             d = _create(g, name, len(rows), len(channels), H, W, compression)
             values = [r[name] for r in rows]
             d[...] = values if fmt.SAMPLE_DATASETS[name][0] == "str" else np.stack(values)
+
+
+class EmptyBuildError(ValueError):
+    """A build that ends without a single sample (every pair failed)."""
 
 
 class PairWriter:
@@ -342,6 +346,12 @@ class PairWriter:
         if self._closed:
             raise ValueError(f"{self.partial}: writer is closed")
         self.commit()
+        if not self._segments:
+            self._closed = True
+            self._release_lock()
+            shutil.rmtree(self.partial)
+            raise EmptyBuildError(f"{os.fspath(self.path)}: no sample was built, so no file "
+                                  f"is written")
         _assemble(sorted(self._segments), self.path, self.channels, self.height, self.width,
                   self.config, self.compression, self.shard, seed, test_fraction)
         self._closed = True
@@ -474,14 +484,19 @@ class SampleImages:
     split: str
 
 
-def _sample_index(path, f: h5py.File, sample: Optional[str]) -> int:
-    """Row of ``sample`` (an id, or a row index as text, negative from the
-    end) in the open pair file ``f``; None: the first test sample (the
-    first sample when none is in the test split)."""
+def _sample_index(path, f: h5py.File, sample: Union[None, str, int]) -> int:
+    """Row of ``sample`` (an id, or a row index as an int or as text,
+    negative from the end) in the open pair file ``f``; None: the first test
+    sample (the first sample when none is in the test split)."""
     ids = list(f["sample_id"].asstr()[()])
     if sample is None:
         test = np.flatnonzero(f[fmt.SPLIT][()] == fmt.TEST)
         return int(test[0]) if len(test) else 0
+    if isinstance(sample, (int, np.integer)) and not isinstance(sample, bool):
+        sample = str(int(sample))
+    elif not isinstance(sample, str):
+        raise TypeError(f"sample must be an id (str), a row index (int) or None, "
+                        f"got {type(sample).__name__}")
     if sample in ids:
         return ids.index(sample)
     if re.fullmatch(r"-?\d+", sample) and -len(ids) <= int(sample) < len(ids):
@@ -491,10 +506,10 @@ def _sample_index(path, f: h5py.File, sample: Optional[str]) -> int:
                             f"0..{len(ids) - 1})")
 
 
-def read_sample(path, sample: Optional[str] = None) -> SampleImages:
+def read_sample(path, sample: Union[None, str, int] = None) -> SampleImages:
     """One sample of the complete pair file ``path`` as DCE images:
-    ``sample`` is its id (e.g. ``"0003/pose0"``) or its row index as text
-    (negative from the end); None picks the first sample of the test split.
+    ``sample`` is its id (e.g. ``"0003/pose0"``) or its row index, an int or
+    text (negative from the end); None picks the first sample of the test split.
     :class:`PairFileError` naming the file when there is no such sample."""
     with fmt.open_pairs(path) as f:
         channels = tuple(json.loads(f.attrs["channels"]))
@@ -520,8 +535,9 @@ def preview_pairs(path, k: int, out_png, seed: int = 0) -> str:
     """PNG grid of ``k`` random samples of a pair file (all when it holds
     fewer), one row per sample: the coarse tiles then the target tiles, one
     tile per channel (r, g, b together as one colour tile), each H x W.
-    Each channel is contrast-stretched over both sides' masked pixels (depth
-    inverted: nearer is brighter); background is black. Image size:
+    Each channel is contrast-stretched over both sides' masked pixels (the
+    stored depth grows toward the camera, so nearer is brighter); background
+    is black. Image size:
     width ``PAD + T * (W + PAD)`` with T = 2 * tiles per side, height
     ``LABEL + k * (PAD + LABEL + H) + PAD`` (PAD = 4, LABEL = 12 px): a
     header row of tile names and a sample-id label above each row."""
@@ -557,12 +573,11 @@ def preview_pairs(path, k: int, out_png, seed: int = 0) -> str:
             for gi, g in enumerate(groups):
                 if len(g) == 1:
                     c = g[0]
-                    sign = -1.0 if channels[c] == "depth" else 1.0
-                    inside = np.concatenate([sign * x[sd][c][m[sd]] for sd in x])
+                    inside = np.concatenate([x[sd][c][m[sd]] for sd in x])
                     lo, hi = np.percentile(inside, [1, 99]) if inside.size else (-1.0, 1.0)
                 for si, side in enumerate(("coarse", "target")):
                     if len(g) == 1:
-                        img = Image.fromarray(_tile(sign * x[side][c], m[side], lo, hi), "L")
+                        img = Image.fromarray(_tile(x[side][c], m[side], lo, hi), "L")
                     else:
                         col = np.clip((x[side][g] + 1.0) * 127.5, 0, 255).transpose(1, 2, 0)
                         img = Image.fromarray((col * m[side][..., None]).astype(np.uint8), "RGB")

@@ -318,7 +318,16 @@ def test_missing_landmarks_without_weights(world, tmp_path):
     assert str(no_weights) in msg  # where the weights were looked for
     (frgc / "01000d1.ppm").unlink()
     spec, = S.frgc_directory(frgc)
-    with pytest.raises(S.MissingLandmarksError, match=r"01000d1\.pts.* no photo"):
+    with pytest.raises(S.MissingLandmarksError, match=r"01000d1\.pts.* no photo") as e:
+        S.load(spec)
+    assert str(frgc / "01000d1.ppm") in str(e.value)  # where the photo was looked for
+    bos = tmp_path / "bos"
+    bos.mkdir()
+    write_bnt(bos / "bs000_N_N_0.bnt", bosphorus_scan(read_abs(wroot / "scans/01000d1.abs.gz"),
+                                                       "bs000_N_N_0.png"))
+    spec, = S.bosphorus_directory(bos)
+    with pytest.raises(S.MissingLandmarksError,
+                       match=r"header names .*bs000_N_N_0\.png, which is missing"):
         S.load(spec)
 
 
@@ -448,3 +457,70 @@ def test_build_reports_and_skips_a_corrupt_scan(frgc, world, tmp_path, capsys):
     assert "FAILED 01000d1" in err and "01000d1.abs" in err
     from dce.gan.h5format import validate
     assert validate(tmp_path / "f.h5")["n_samples"] == 2  # the good pair, 2 poses
+
+
+# ------------------------------------------------------------------ real-data gaps (issue 11)
+
+def test_bosphorus_without_its_photo_names_it_then_builds_with_photo_size(
+        world, bosphorus, tmp_path, capsys):
+    """A Bosphorus folder with .pts landmarks but no photos: each pair fails
+    naming the photo its .bnt header points to and the way out; a build in
+    which every pair fails writes no file; --photo-size gives the same
+    samples as the photos themselves (in DCE they only size the lifting)."""
+    model = world[0] / "world_model.npz"
+    copy = tmp_path / "bos"
+    shutil.copytree(bosphorus, copy)
+    for png in copy.rglob("*.png"):
+        png.unlink()
+    assert _build("bosphorus", copy, "--model", model, "-o", tmp_path / "none.h5") == 1
+    err = capsys.readouterr().err
+    assert "bs000_N_N_0.png is missing" in err and "--photo-size H W" in err
+    assert "no sample was built, so no file is written" in err
+    assert not (tmp_path / "none.h5").exists()
+    assert not list(tmp_path.glob("none.h5*"))  # nor a partial build
+    assert _build("bosphorus", copy, "--model", model, "--photo-size", 480, 640,
+                  "-o", tmp_path / "sized.h5") == 0
+    assert _build("bosphorus", bosphorus, "--model", model, "-o", tmp_path / "photo.h5") == 0
+    a, b = _arrays(tmp_path / "sized.h5"), _arrays(tmp_path / "photo.h5")
+    for name in ("coarse", "target", "target_mask", "target_camera"):
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+def test_fit_gate_skips_or_flags_a_failing_fit(world, tmp_path, capsys):
+    """--gate-eye-mm 10 20 cannot hold for a face: with the default
+    --fit-gate skip every pair fails naming the reason; with flag the pairs
+    are kept, reported, and their provenance says why."""
+    root = world[0]
+    model = root / "world_model.npz"
+    args = ("synthetic", "--world", root, "--model", model, "--gate-eye-mm", 10, 20)
+    assert _build(*args, "-o", tmp_path / "skip.h5") == 1
+    err = capsys.readouterr().err
+    assert "FAILED 01000d1" in err and "fails the quality gate" in err
+    assert "outside 10-20 mm" in err and not (tmp_path / "skip.h5").exists()
+    assert _build(*args, "--fit-gate", "flag", "-o", tmp_path / "flag.h5") == 0
+    captured = capsys.readouterr()
+    assert "FLAGGED 01000d1 (kept)" in captured.err and "2 flagged" in captured.out
+    provenance = [json.loads(p) for p in _arrays(tmp_path / "flag.h5")["provenance"]]
+    assert all(p["fit_gate"].startswith("FAILED: outer-eye distance") for p in provenance)
+    assert _build(*args[:-3], "-o", tmp_path / "pass.h5") == 0  # the default limits hold
+    provenance = [json.loads(p) for p in _arrays(tmp_path / "pass.h5")["provenance"]]
+    assert {p["fit_gate"] for p in provenance} == {"passed"}
+
+
+def test_a_side_with_a_tiny_mask_is_refused(world):
+    """A sample whose face covers less than min_face_fraction of the image
+    (an empty or broken scan) is refused, naming the pair, pose and side."""
+    from dce.geom.dataset import BuildConfig, pair_samples, prepare_pair
+
+    spec = S.synthetic_world(world[0])[0]
+    pair = S.load(spec)
+    config = BuildConfig(size=64, poses=0)
+    coarse, target = prepare_pair(pair, config)
+    (sample,) = pair_samples(pair.pair_id, pair.subject, coarse, target, pair.landmarks_2d,
+                             config)
+    covered = min(sample.coarse_mask.mean(), sample.target_mask.mean())
+    assert 0.2 < covered < 0.9
+    strict = BuildConfig(size=64, poses=0, min_face_fraction=float(covered) + 0.01)
+    with pytest.raises(ValueError, match=r"01000d1/pose0: the (coarse|target) side covers "
+                                         r"[0-9.]+ % of the image .*refused"):
+        pair_samples(pair.pair_id, pair.subject, coarse, target, pair.landmarks_2d, strict)

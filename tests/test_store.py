@@ -385,3 +385,37 @@ def test_gan_reader_imports_no_geometry():
             "{'igl', 'pymeshlab', 'numba', 'face_alignment', 'torch', 'scipy'}); "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_read_sample_takes_an_int_index(tmp_path):
+    path = tmp_path / "pairs.h5"
+    build(path, all_samples(n_pairs=3, n_poses=2))
+    first = store.read_sample(path, "p000/pose0")
+    for key in (0, "0", np.int64(0), -6):
+        s = store.read_sample(path, key)
+        assert s.sample_id == "p000/pose0"
+        np.testing.assert_array_equal(s.target.image, first.target.image)
+    assert store.read_sample(path, -1).sample_id == "p002/pose1"
+    with pytest.raises(fmt.PairFileError, match="no sample '6'"):
+        store.read_sample(path, 6)
+    with pytest.raises(TypeError, match="row index"):
+        store.read_sample(path, 1.5)
+
+
+def test_preview_shows_nearer_brighter(tmp_path):
+    """The pipeline stores depth as ``depth_reference - view depth`` over 50
+    mm plus 1 (scale -50: the nearest point is +1). A sphere's nearest pixel,
+    its centre, must be the brightest of the depth tile."""
+    sample = make_sample(0, 0)
+    view_depth, mask = sphere_depth(10.0, 15.0, 11.0)
+    x = (20.0 - view_depth) / 50.0 + 1.0  # the centre (view depth 20 mm) is +1
+    for image in (sample.coarse, sample.target):
+        image[0] = np.where(mask, x, -1.0)
+    sample.coarse_scale[0] = sample.target_scale[0] = -50.0
+    path = tmp_path / "pairs.h5"
+    build(path, [sample])
+    png = store.preview_pairs(path, 1, tmp_path / "p.png")
+    a = np.asarray(Image.open(png).convert("L")).astype(int)
+    tile = a[12 + 4 + 12: 12 + 4 + 12 + H, 4: 4 + W]  # coarse depth, first row
+    centre, rim = tile[11, 15], tile[11, 15 + 9]
+    assert tile[mask].max() == centre and centre > rim + 100
