@@ -20,16 +20,26 @@ Inputs (one of):
 
 The network refines the coarse DCE image; the refined depth pixels are
 unprojected with the image's camera and triangulated (dce.geom.reconstruct),
-and the coarse surface is kept where the network produced no pixels. Written
-to --out: refined.ply (or .obj), coarse.ply (or .obj), refined_dce.png
-(coarse and refined DCE images), side_by_side.png (the meshes shaded) and
-camera.json (the DCE image's camera, for --camera).
+and the coarse surface is kept where the network produced no pixels. With
+--keep-topology the refined mesh is instead the coarse mesh itself (the
+whole input mesh, uncropped: its vertices, faces, colours, uv and landmark
+indices), each vertex the image sees moved along its view ray onto the
+refined depth surface, hidden ones kept, the move faded out over a few
+pixel pitches at the border between them. Written to --out: refined.ply
+(or .obj), coarse.ply (or .obj), refined_dce.png (coarse and refined DCE
+images), side_by_side.png (the meshes shaded) and camera.json (the DCE
+image's camera, for --camera); when the mesh's landmarks are known
+(--landmarks-3d), coarse.landmarks.txt and refined.landmarks.txt (68 x y z,
+moved with the surface; the layout dce-eval-mesh reads); with
+--displacement-ply, displacement.ply.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -83,6 +93,21 @@ def parse_args(argv=None):
     p.add_argument("--max-jump-mm", type=float, default=None,
                    help="depth spread in mm above which a triangle of the refined grid spans a "
                         "discontinuity and is dropped (default: 5 pixel pitches of the image)")
+    p.add_argument("--keep-topology", action="store_true",
+                   help="write the coarse mesh itself with its visible vertices moved onto the "
+                        "refined depth (same vertices, faces and landmark indices as the input; "
+                        "default: a new mesh from the refined depth pixels)")
+    p.add_argument("--blend-mm", type=float, default=None,
+                   help="with --keep-topology: width over which the move fades out toward "
+                        "hidden vertices (default: 3 pixel pitches of the image)")
+    p.add_argument("--displacement-ply", action="store_true",
+                   help="with --keep-topology: also write displacement.ply, the refined mesh "
+                        "with each vertex's move along the view ray (mm, + toward the viewer) as "
+                        "the float property displacement_mm and as colours (default: off)")
+    p.add_argument("--landmarks-out", type=Path, default=None, metavar="FILE",
+                   help="with --landmarks-3d: where to write the refined mesh's 68 landmarks "
+                        "(default: OUT/refined.landmarks.txt, written whenever --landmarks-3d "
+                        "is given)")
     p.add_argument("-o", "--out", type=Path, default=Path("dce_refined"),
                    help="output folder (default: dce_refined)")
     p.add_argument("--format", default="ply", choices=["ply", "obj"],
@@ -106,6 +131,12 @@ def parse_args(argv=None):
         p.error(f"--size must be a positive number of pixels, got {args.size}")
     if args.max_jump_mm is not None and not args.max_jump_mm > 0:
         p.error(f"--max-jump-mm must be > 0, got {args.max_jump_mm}")
+    if not args.keep_topology and (args.blend_mm is not None or args.displacement_ply):
+        p.error("--blend-mm and --displacement-ply go with --keep-topology")
+    if args.blend_mm is not None and not args.blend_mm > 0:
+        p.error(f"--blend-mm must be > 0, got {args.blend_mm}")
+    if args.landmarks_out is not None and args.landmarks_3d is None:
+        p.error("--landmarks-out needs --landmarks-3d (the coarse mesh's landmarks to move)")
     return args
 
 
@@ -114,7 +145,8 @@ def parse_args(argv=None):
 
 def read_mesh_inputs(args) -> tuple:
     """The --mesh inputs read and checked before the network loads: (the
-    coarse side as a ``dataset.PreparedMesh``, the DCE image's camera)."""
+    coarse side as a ``dataset.PreparedMesh`` (cropped when its landmarks
+    are known), the DCE image's camera, the whole input mesh)."""
     from dce.geom import dataset
     from dce.geom.io import FormatError, load_mesh, read_landmarks
     from dce.geom.landmarks import NoFaceError, detect_landmarks, load_image
@@ -139,8 +171,9 @@ def read_mesh_inputs(args) -> tuple:
                               "landmarks x y in pixels")
         landmarks_2d = lm.points
     try:
-        return dataset.prepare_view(mesh, landmarks_3d, camera, landmarks_2d, photo, args.size,
-                                    args.curvature, args.margin, radius=_BUILD.crop_radius)
+        return (*dataset.prepare_view(mesh, landmarks_3d, camera, landmarks_2d, photo, args.size,
+                                      args.curvature, args.margin, radius=_BUILD.crop_radius),
+                mesh)
     except ValueError as error:
         raise FormatError(f"{args.mesh}: {error}") from None
 
@@ -159,7 +192,7 @@ def coarse_inputs(args, inputs, refiner) -> tuple:
         if args.size % refiner.resolution:
             raise ValueError(f"--size {args.size} is not a multiple of the resolution of "
                              f"{args.checkpoint} ({refiner.resolution} px)")
-        side, camera = inputs
+        side, camera, _ = inputs
         try:
             image, rgb = render_view(side, camera, args.size, channels,
                                      depth_scale=args.depth_scale,
@@ -217,28 +250,102 @@ def depth_mae(coarse, refined, target) -> tuple:
     return maes[0], maes[1], int((depth[2] >= FOREGROUND_ABOVE).sum())
 
 
-def write_outputs(args, coarse_mesh, coarse_image, refined_image, target, rgb) -> None:
-    """Reconstruct the refined mesh and write the meshes, camera and PNGs."""
-    from dce.geom.dce import save_preview, save_shaded
-    from dce.geom.io import save_mesh
-    from dce.geom.projection import write_camera
-    from dce.geom.reconstruct import depth_image_mesh, merge_with_coarse
+def topology_inputs(args, inputs, coarse_mesh) -> tuple:
+    """(the mesh --keep-topology moves: the whole input mesh, or the coarse
+    depth grid of a pair file; which of its vertices were rendered (None:
+    all); the coarse mesh's 68 landmarks (68, 3) mm or None)."""
+    if args.mesh is None:
+        return coarse_mesh, None, None
+    side, _, whole = inputs
+    index = getattr(side.mesh, "vertex_index", None)  # set when the view was cropped
+    movable = None
+    if index is not None:
+        movable = np.zeros(whole.n_vertices, dtype=bool)
+        movable[index] = True
+    return whole, movable, side.landmarks_3d
+
+
+@dataclass
+class Built:
+    """What dce-refine writes: the ``refined`` mesh and the ``coarse`` mesh
+    beside it, their landmarks (68, 3) when known, the per-vertex move
+    ``displacement`` (n,) mm (--keep-topology) and a line saying how the
+    refined mesh was made."""
+
+    refined: object
+    coarse: object
+    how: str
+    coarse_landmarks: Optional[np.ndarray] = None
+    refined_landmarks: Optional[np.ndarray] = None
+    displacement: Optional[np.ndarray] = None
+
+
+def refined_meshes(args, coarse_mesh, coarse_image, refined_image, rgb, topology) -> Built:
+    """The refined mesh: a new mesh from the refined depth pixels, or with
+    --keep-topology the coarse topology moved; landmarks moved with the
+    surface."""
+    from dce.geom.reconstruct import (depth_image_mesh, displace_along_view, merge_with_coarse,
+                                      move_with_surface)
 
     camera = coarse_image.camera
+    base, movable, landmarks = topology if args.keep_topology else (coarse_mesh, None,
+                                                                    topology[2])
+    moved = displacement = refined_landmarks = None
+    if args.keep_topology or landmarks is not None:
+        correction = refined_image.physical("depth") - coarse_image.physical("depth")
+        moved, displacement = displace_along_view(
+            base, correction, refined_image.mask & coarse_image.mask, camera, movable,
+            args.max_jump_mm, args.blend_mm)
+    if landmarks is not None:
+        refined_landmarks = move_with_surface(landmarks, base, moved.vertices)
+    if args.keep_topology:
+        how = (f"the coarse mesh's topology, {int((displacement != 0).sum())} vertices moved "
+               f"along their view rays, the largest by {np.abs(displacement).max():.3f} mm")
+        return Built(moved, base, how, landmarks, refined_landmarks, displacement)
     grid, pixels = depth_image_mesh(refined_image.physical("depth"), refined_image.mask, camera,
                                     args.max_jump_mm, rgb)
     region = np.zeros(refined_image.mask.shape, dtype=bool)
     region[pixels[:, 0], pixels[:, 1]] = True
-    refined_mesh, kept = merge_with_coarse(grid, region, coarse_mesh, camera, args.max_jump_mm)
+    refined, kept = merge_with_coarse(grid, region, coarse_mesh, camera, args.max_jump_mm)
+    how = f"{grid.n_faces} from the refined depth, {int(kept.sum())} kept from the coarse mesh"
+    return Built(refined, coarse_mesh, how, landmarks, refined_landmarks)
+
+
+def write_outputs(args, coarse_mesh, coarse_image, refined_image, target, rgb,
+                  topology) -> None:
+    """Reconstruct the refined mesh and write the meshes, landmarks, camera and PNGs."""
+    from dce.geom.dce import save_preview, save_shaded
+    from dce.geom.io import Landmarks, save_mesh, write_landmarks
+    from dce.geom.mesh_eval import signed_colors, write_scalar_ply
+    from dce.geom.projection import write_camera
+    from dce.geom.reconstruct import depth_image_mesh
+
+    camera = coarse_image.camera
+    built = refined_meshes(args, coarse_mesh, coarse_image, refined_image, rgb, topology)
+    refined_mesh, coarse_out = built.refined, built.coarse
 
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     refined_path, coarse_path = out / f"refined.{args.format}", out / f"coarse.{args.format}"
     save_mesh(refined_path, refined_mesh)
-    save_mesh(coarse_path, coarse_mesh)
+    save_mesh(coarse_path, coarse_out)
+    written = []
+    if built.coarse_landmarks is not None:
+        landmark_paths = (out / "coarse.landmarks.txt",
+                          args.landmarks_out or out / "refined.landmarks.txt")
+        landmark_paths[1].parent.mkdir(parents=True, exist_ok=True)
+        for path, points in zip(landmark_paths, (built.coarse_landmarks,
+                                                 built.refined_landmarks)):
+            write_landmarks(path, Landmarks(points))
+        written += landmark_paths
+    if args.displacement_ply:
+        d = built.displacement
+        written.append(write_scalar_ply(out / "displacement.ply", refined_mesh.vertices,
+                                        refined_mesh.faces, {"displacement_mm": d},
+                                        signed_colors(d)))
     camera_path = write_camera(out / "camera.json", camera)
     rows, labels = [coarse_image, refined_image], ["coarse", "refined"]
-    meshes, cameras = [coarse_mesh, refined_mesh], [camera, camera]
+    meshes, cameras = [coarse_out, refined_mesh], [camera, camera]
     if target is not None:
         rows.append(target)
         labels.append("target")
@@ -254,10 +361,9 @@ def write_outputs(args, coarse_mesh, coarse_image, refined_image, target, rgb) -
         print(f"depth MAE over the target's {n} face pixels: coarse {coarse_mae:.3f} mm, "
               f"refined {refined_mae:.3f} mm")
     print(f"wrote {refined_path}: {refined_mesh.n_vertices} vertices, {refined_mesh.n_faces} "
-          f"faces ({grid.n_faces} from the refined depth, {int(kept.sum())} kept from the "
-          "coarse mesh)")
-    print(f"wrote {coarse_path}: {coarse_mesh.n_vertices} vertices, {coarse_mesh.n_faces} faces")
-    print(f"wrote {dce_png}, {side_png}, {camera_path}")
+          f"faces ({built.how})")
+    print(f"wrote {coarse_path}: {coarse_out.n_vertices} vertices, {coarse_out.n_faces} faces")
+    print(f"wrote {', '.join(map(str, written + [dce_png, side_png, camera_path]))}")
 
 
 def main(argv=None) -> int:
@@ -273,6 +379,7 @@ def main(argv=None) -> int:
         inputs = read_sample(args.pairs, args.sample) if args.pairs else read_mesh_inputs(args)
         refiner = Refiner(args.checkpoint, args.device)
         coarse_mesh, coarse_image, target, rgb = coarse_inputs(args, inputs, refiner)
+        topology = topology_inputs(args, inputs, coarse_mesh)
         try:
             refined_image = refine_image(refiner, coarse_image)
         except ValueError as error:
@@ -284,7 +391,7 @@ def main(argv=None) -> int:
     print(f"refined with {args.checkpoint} ({refiner.settings.config}, network at "
           f"{refiner.resolution} px)")
     try:
-        write_outputs(args, coarse_mesh, coarse_image, refined_image, target, rgb)
+        write_outputs(args, coarse_mesh, coarse_image, refined_image, target, rgb, topology)
     except OSError as error:
         print(f"dce-refine: cannot write the results to {args.out}: {error}", file=sys.stderr)
         return 2

@@ -201,6 +201,18 @@ def error_colors(d: np.ndarray, max_mm: float = 4.0) -> np.ndarray:
         .astype(np.uint8)
 
 
+def signed_colors(values: np.ndarray, max_abs: Optional[float] = None) -> np.ndarray:
+    """(n, 3) uint8 diverging colours of signed values (n,): blue at
+    -``max_abs``, white at 0, red at +``max_abs`` (default: the largest
+    magnitude)."""
+    v = np.nan_to_num(np.asarray(values, dtype=np.float64))
+    scale = float(np.abs(v).max()) if max_abs is None else float(max_abs)
+    t = np.clip(v / scale, -1, 1) if scale > 0 else np.zeros_like(v)
+    rgb = np.array([[40, 70, 230], [255, 255, 255], [220, 30, 30]])
+    return np.column_stack([np.interp(t, [-1, 0, 1], rgb[:, c]) for c in range(3)]).round() \
+        .astype(np.uint8)
+
+
 def write_scalar_ply(path, V: np.ndarray, F: np.ndarray, scalars: dict,
                      colors: Optional[np.ndarray] = None) -> Path:
     """Binary PLY of vertices V (n, 3) (double), optional uchar ``colors``

@@ -15,6 +15,13 @@ then puts that grid in place of the part of a coarse mesh it covers and keeps
 the rest of the coarse mesh (what the camera does not see: the back, parts
 outside the image, occluded folds, regions where the image has no pixels).
 
+:func:`displace_along_view` instead keeps the coarse mesh's topology (a
+3DMM's vertices, faces and landmark indices): each vertex the image sees
+moves along its view ray by the depth correction (refined minus coarse)
+under it, hidden vertices stay, and the move fades out at the border
+between them. :func:`move_with_surface` carries points such as landmarks
+along with the moved vertices.
+
 Orientation: faces are right-handed, and a triangle of the grid has its
 normal toward the viewer (``camera.view_direction``), as a face mesh whose
 normals point out of the head has on its visible side.
@@ -26,7 +33,7 @@ from typing import Optional
 import numpy as np
 
 from .io import Mesh
-from .normals import face_normals
+from .normals import face_normals, vertex_normals
 from .projection import OrthographicCamera
 from .raster import rasterize
 
@@ -157,8 +164,6 @@ def merge_with_coarse(refined: Mesh, region: np.ndarray, coarse: Mesh,
     H, W = region.shape
     jump = default_max_jump(camera) if max_jump_mm is None else float(max_jump_mm)
     P = camera.project(coarse.vertices)
-    zeros = np.zeros((len(P), 1), dtype=np.float32)
-    _, _, zbuffer = rasterize(P, coarse.faces, zeros, H, W, return_depth=True)
     # A vertex lies over the grid when it is in a closed 2x2 block of region
     # pixel centres (not in the half-pixel margin between the grid's border
     # and the region's pixel edges). A point on a block's edge or corner is
@@ -170,9 +175,7 @@ def merge_with_coarse(refined: Mesh, region: np.ndarray, coarse: Mesh,
         ok = (j >= 0) & (j < W - 1) & (i >= 0) & (i < H - 1)
         i, j = np.where(ok, i, 0).astype(np.int64), np.where(ok, j, 0).astype(np.int64)
         over |= ok & block[i, j]
-    i = np.clip(np.rint(P[:, 1]), 0, H - 1).astype(np.int64)
-    j = np.clip(np.rint(P[:, 0]), 0, W - 1).astype(np.int64)
-    covered = over & (P[:, 2] <= zbuffer[i, j] + jump)
+    covered = over & _visible(P, coarse.faces, (H, W), jump)
     facing = face_normals(coarse.vertices, coarse.faces) @ camera.view_direction > 0
     kept = ~(facing & covered[coarse.faces].all(axis=1))
 
@@ -183,3 +186,137 @@ def merge_with_coarse(refined: Mesh, region: np.ndarray, coarse: Mesh,
     if coarse.colors is not None and refined.colors is not None:
         colors = np.concatenate([coarse.colors[old], refined.colors])
     return Mesh(V, F, colors), kept
+
+
+# ------------------------------------------------------------ keep the topology
+
+# Default width of the band over which a moved vertex's displacement fades to
+# zero toward the vertices that stay (hidden ones, those outside the image),
+# in pixel pitches: about the footprint of the image's bilinear sampling,
+# so the mesh never folds at the border of what the image saw.
+DEFAULT_BLEND_PITCHES = 3.0
+
+
+def _bilinear_valid(image: np.ndarray, valid: np.ndarray, xy: np.ndarray) -> tuple:
+    """(values (n,), ok (n,) bool): ``image`` (H, W) sampled bilinearly at
+    ``xy`` (n, 2) = (x column, y row), pixel centres at integers; ok where the
+    point lies in the image and the four pixels around it are all valid."""
+    H, W = valid.shape
+    x, y = xy[:, 0], xy[:, 1]
+    inside = (x >= 0) & (x <= W - 1) & (y >= 0) & (y <= H - 1)
+    # The last row/column starts no cell: a point on it is the far edge of the cell before.
+    x0 = np.clip(np.floor(np.where(inside, x, 0)), 0, max(W - 2, 0)).astype(np.int64)
+    y0 = np.clip(np.floor(np.where(inside, y, 0)), 0, max(H - 2, 0)).astype(np.int64)
+    x1, y1 = np.minimum(x0 + 1, W - 1), np.minimum(y0 + 1, H - 1)
+    ok = inside & valid[y0, x0] & valid[y0, x1] & valid[y1, x0] & valid[y1, x1]
+    z = np.where(valid, image, 0.0)
+    fx, fy = np.where(ok, x - x0, 0.0), np.where(ok, y - y0, 0.0)
+    top = z[y0, x0] * (1 - fx) + z[y0, x1] * fx
+    bottom = z[y1, x0] * (1 - fx) + z[y1, x1] * fx
+    return np.where(ok, top * (1 - fy) + bottom * fy, 0.0), ok
+
+
+def _visible(P: np.ndarray, F: np.ndarray, shape: tuple, jump: float) -> np.ndarray:
+    """(n,) bool: projected vertices P (n, 3) (x, y px, depth mm) that are
+    not more than ``jump`` mm behind the z-buffer of the faces F at their
+    nearest pixel (points outside the image are not visible)."""
+    H, W = shape
+    zeros = np.zeros((len(P), 1), dtype=np.float32)
+    _, _, zbuffer = rasterize(P, F, zeros, H, W, return_depth=True)
+    i, j = np.rint(P[:, 1]), np.rint(P[:, 0])
+    inside = (i >= 0) & (i < H) & (j >= 0) & (j < W)
+    i = np.where(inside, i, 0).astype(np.int64)
+    j = np.where(inside, j, 0).astype(np.int64)
+    return inside & (P[:, 2] <= zbuffer[i, j] + jump)
+
+
+def _blend_weights(mesh: Mesh, moving: np.ndarray, band: float) -> np.ndarray:
+    """(n,) weights in [0, 1]: 0 at vertices that do not move, rising as a
+    smoothstep of the shortest path along the mesh's edges (mm) to the
+    nearest of them, 1 from ``band`` mm on."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import dijkstra
+
+    fixed = np.flatnonzero(~moving)
+    if len(fixed) == 0:
+        return np.ones(len(moving))
+    E = np.concatenate([mesh.faces[:, [0, 1]], mesh.faces[:, [1, 2]], mesh.faces[:, [2, 0]]])
+    length = np.linalg.norm(mesh.vertices[E[:, 0]] - mesh.vertices[E[:, 1]], axis=1)
+    n = mesh.n_vertices
+    # dijkstra drops explicit zeros: a zero-length edge (duplicate vertex) still joins.
+    graph = coo_matrix((np.maximum(length, 1e-12), (E[:, 0], E[:, 1])), shape=(n, n)).tocsr()
+    distance = dijkstra(graph, directed=False, indices=fixed, min_only=True, limit=band)
+    t = np.clip(np.nan_to_num(distance / band, posinf=1.0), 0.0, 1.0)
+    return np.where(moving, t * t * (3.0 - 2.0 * t), 0.0)
+
+
+def displace_along_view(mesh: Mesh, correction: np.ndarray, valid: np.ndarray,
+                        camera: OrthographicCamera, movable: Optional[np.ndarray] = None,
+                        max_jump_mm: Optional[float] = None,
+                        blend_mm: Optional[float] = None) -> tuple:
+    """Refine ``mesh`` in place of its own vertices: the topology, colours
+    and uv stay; only vertex positions change.
+
+    ``correction`` (H, W) mm: the refined minus the coarse depth image
+    (``camera``'s depth, growing away from the viewer), defined where
+    ``valid`` (H, W) bool. Each vertex that the image sees moves along its
+    **view ray** (not its normal: the correction is measured along the ray,
+    and moving along it keeps the vertex on its pixel) by the correction
+    sampled bilinearly at its projection, so it lands on the refined depth
+    surface (up to the coarse image's own sampling of the coarse surface).
+    A vertex is seen when it is ``movable`` ((n,) bool, default all: e.g.
+    the vertices of the crop that was rendered), its vertex normal faces the
+    viewer, it is not more than ``max_jump_mm`` (default
+    :func:`default_max_jump`) behind the z-buffer of the movable faces, and
+    the four pixels around its projection are valid. Every other vertex
+    keeps its place, and the displacement of the moving ones fades to zero
+    toward them: weight smoothstep(d / ``blend_mm``), d the shortest path
+    along the mesh's edges to a vertex that stays (default ``blend_mm``:
+    :data:`DEFAULT_BLEND_PITCHES` pixel pitches). A correction of zero gives
+    the input vertices exactly.
+
+    Returns ``(mesh, displacement)``: the moved :class:`~dce.geom.io.Mesh`
+    (same faces, colours, uv) and ``displacement`` (n,) mm, the signed move
+    of each vertex along ``camera.view_direction`` (positive toward the
+    viewer, out of the face).
+    """
+    correction = np.asarray(correction, dtype=np.float64)
+    valid = np.asarray(valid, dtype=bool) & np.isfinite(correction)
+    if correction.ndim != 2 or valid.shape != correction.shape:
+        raise ValueError(f"displace_along_view: need correction (H, W) and valid of the same "
+                         f"shape, got {correction.shape} and {np.shape(valid)}")
+    n = mesh.n_vertices
+    movable = np.ones(n, dtype=bool) if movable is None else np.asarray(movable, dtype=bool)
+    if movable.shape != (n,):
+        raise ValueError(f"displace_along_view: movable must be ({n},), got {movable.shape}")
+    jump = default_max_jump(camera) if max_jump_mm is None else float(max_jump_mm)
+    band = DEFAULT_BLEND_PITCHES / camera.scale if blend_mm is None else float(blend_mm)
+    if not (jump > 0 and band > 0):
+        raise ValueError(f"displace_along_view: max_jump_mm and blend_mm must be > 0, got "
+                         f"{max_jump_mm} and {blend_mm}")
+    P = camera.project(mesh.vertices)
+    F = mesh.faces[movable[mesh.faces].all(axis=1)]
+    delta, sampled = _bilinear_valid(correction, valid, P[:, :2])
+    facing = vertex_normals(mesh.vertices, mesh.faces) @ camera.view_direction > 0
+    moving = movable & sampled & facing & _visible(P, F, valid.shape, jump)
+    step = _blend_weights(mesh, moving, band) * delta  # mm of depth (away from the viewer)
+    V = mesh.vertices + step[:, None] * camera.rotation[2]
+    moved = Mesh(V, mesh.faces, mesh.colors, mesh.uv)
+    return moved, -step
+
+
+def move_with_surface(points: np.ndarray, before: Mesh, after: np.ndarray) -> np.ndarray:
+    """Points (k, 3) on or near the mesh ``before`` carried along when its
+    vertices move to ``after`` (n, 3) (same faces): each point keeps its
+    barycentric place in its nearest triangle and its offset from it. A
+    point at a vertex moves exactly as that vertex."""
+    import igl
+
+    P = np.ascontiguousarray(points, dtype=np.float64)
+    F = np.ascontiguousarray(before.faces, dtype=np.int64)
+    _, face, closest = igl.point_mesh_squared_distance(P, before.vertices, F)
+    corners = before.vertices[F[face]]
+    bary = igl.barycentric_coordinates(closest, *(np.ascontiguousarray(corners[:, k])
+                                                  for k in range(3)))
+    shift = np.einsum("kc,kcd->kd", bary, after[F[face]] - corners)
+    return P + shift

@@ -274,6 +274,9 @@ def test_refine_real_face_from_landmarks(setup, tmp_path, shared_data):
     assert coarse.n_vertices < load_mesh(folder / "james.ply").n_vertices  # cropped
     assert distance_to_mesh(refined.vertices, coarse).max() < 1e-4
     assert refined.colors is not None  # the coarse mesh's colours carry over
+    # The mesh's landmarks are written beside it (the identity moves none).
+    for name in ("coarse.landmarks.txt", "refined.landmarks.txt"):
+        np.testing.assert_array_equal(read_landmarks(out / name).points, points)
 
 
 def test_bad_inputs_give_clean_messages(setup, tmp_path, capsys):
@@ -448,3 +451,133 @@ def test_save_shaded_side_by_side(tmp_path):
     assert left[128, 128].min() >= 254 and right[128, 128].min() >= 254
     assert not left[-20:, -20:].any() and not picture[:, 256:260].any()
     assert (left[:20, :20, 0] > left[:20, :20, 1]).any()  # the red label
+
+
+# ------------------------------------------------------------ --keep-topology
+
+
+def test_identity_correction_gives_the_coarse_mesh_exactly():
+    from dce.geom.reconstruct import displace_along_view
+
+    coarse = head(0)
+    camera = posed_camera(np.zeros(3), 0.7, SIZE, yaw=20)
+    image = render_dce(coarse, camera, SIZE, "D")
+    depth = image.physical("depth")
+    moved, d = displace_along_view(coarse, depth - depth, image.mask, camera)
+    assert np.array_equal(moved.vertices, coarse.vertices)
+    assert np.array_equal(moved.faces, coarse.faces) and not d.any()
+
+
+def test_a_depth_offset_moves_the_visible_vertices_by_that_offset():
+    from dce.geom.normals import vertex_normals
+    from dce.geom.reconstruct import displace_along_view
+
+    coarse = head(1)
+    camera = posed_camera(np.zeros(3), 0.7, SIZE, yaw=25, pitch=10)
+    image = render_dce(coarse, camera, SIZE, "D")
+    k = 2.5  # mm deeper everywhere the image sees the surface
+    moved, d = displace_along_view(coarse, np.full(image.mask.shape, k), image.mask, camera)
+    assert moved.n_vertices == coarse.n_vertices
+    assert np.array_equal(moved.faces, coarse.faces)
+    step = moved.vertices - coarse.vertices
+    # Every move is along the view ray, d mm toward the viewer.
+    np.testing.assert_allclose(step, d[:, None] * camera.view_direction, atol=1e-12)
+    facing = vertex_normals(coarse.vertices, coarse.faces) @ camera.view_direction
+    # Facing the camera (far from the silhouette and its blend band): exactly k away.
+    clear = facing > 0.5
+    assert clear.sum() > 500
+    np.testing.assert_allclose(d[clear], -k, rtol=0, atol=1e-12)
+    # Hidden vertices keep their place exactly; nothing moves by more than k.
+    assert not step[facing <= 0].any()
+    assert (d <= 0).all() and (d >= -k - 1e-12).all()
+
+
+def test_keep_topology_lands_on_the_refined_surface():
+    from dce.geom.normals import vertex_normals
+    from dce.geom.reconstruct import displace_along_view
+
+    coarse, size = head(0), 256
+    target = bumpy(coarse)  # up to 4 mm of radial bumps
+    camera = posed_camera(np.zeros(3), size / 200.0, size, yaw=15)
+    c, t = (render_dce(m, camera, size, "D") for m in (coarse, target))
+    correction = t.physical("depth") - c.physical("depth")
+    moved, d = displace_along_view(coarse, correction, c.mask & t.mask, camera)
+    facing = vertex_normals(coarse.vertices, coarse.faces) @ camera.view_direction > 0.5
+    before = distance_to_mesh(coarse.vertices[facing], target)
+    after = distance_to_mesh(moved.vertices[facing], target)
+    # On the target up to both images' bilinear sampling of the triangulated
+    # surfaces (about a pixel pitch of 0.78 mm times the kink at a vertex).
+    assert np.median(before) > 1.0 and after.max() < 0.1, (np.median(before), after.max())
+
+
+def test_landmarks_move_with_the_surface():
+    from dce.geom.reconstruct import move_with_surface
+
+    mesh = head(0)
+    V = mesh.vertices
+    after = V + np.column_stack([np.sin(V[:, 1] / 9), np.cos(V[:, 0] / 7), V[:, 2] / 50])
+    at_vertices = move_with_surface(V[[0, 100, 2000]], mesh, after)
+    np.testing.assert_allclose(at_vertices, after[[0, 100, 2000]], atol=1e-9)
+    f = mesh.faces[[5, 500]]
+    normal = face_normals(V, mesh.faces[[5, 500]])
+    above = V[f].mean(axis=1) + 0.5 * normal  # half a mm off two face centres
+    shift = (after[f] - V[f]).mean(axis=1)
+    np.testing.assert_allclose(move_with_surface(above, mesh, after), above + shift, atol=1e-9)
+
+
+def face_with_landmark_indices(tmp_path):
+    """The synthetic mean face on a 2.5 mm grid (model frame: +Y up, facing
+    +Z) as a PLY, and its 68 landmarks as vertex indices (.npy)."""
+    from dce.geom.synthetic import LANDMARK_UV, grid_faces, mean_surface
+
+    u = np.arange(-100.0, 100.0 + 1e-9, 2.5)
+    v = np.arange(-110.0, 110.0 + 1e-9, 2.5)
+    mesh = Mesh(mean_surface(u[None, :], v[:, None]).reshape(-1, 3), grid_faces(len(v), len(u)))
+    col = np.rint((LANDMARK_UV[:, 0] - u[0]) / 2.5).astype(int)
+    row = np.rint((LANDMARK_UV[:, 1] - v[0]) / 2.5).astype(int)
+    index = row * len(u) + col
+    save_mesh(tmp_path / "face.ply", mesh)
+    np.save(tmp_path / "landmarks.npy", index)
+    return mesh, index
+
+
+def test_refine_keep_topology_with_an_identity_checkpoint(setup, tmp_path):
+    mesh, index = face_with_landmark_indices(tmp_path)
+    camera = posed_camera(mesh.vertices[index[30]], 64 / 220.0, 64, yaw=-15)
+    (tmp_path / "cam.json").write_text(json.dumps(camera.to_dict()))
+    out = tmp_path / "out"
+    assert refine.main([str(setup["checkpoint"]), "--mesh", str(tmp_path / "face.ply"),
+                        "--camera", str(tmp_path / "cam.json"), "--landmarks-3d",
+                        str(tmp_path / "landmarks.npy"), "--size", "64", "--keep-topology",
+                        "--displacement-ply", "--landmarks-out",
+                        str(tmp_path / "lm" / "face.landmarks.txt"), "-o", str(out)]) == 0
+    refined, coarse = load_mesh(out / "refined.ply"), load_mesh(out / "coarse.ply")
+    # The identity refinement gives back the whole (uncropped) input mesh exactly.
+    for m in (refined, coarse):
+        np.testing.assert_array_equal(m.vertices, mesh.vertices)
+        np.testing.assert_array_equal(m.faces, mesh.faces)
+    from dce.geom.io import read_landmarks
+
+    for path in (out / "coarse.landmarks.txt", tmp_path / "lm" / "face.landmarks.txt"):
+        np.testing.assert_array_equal(read_landmarks(path).points, mesh.vertices[index])
+    assert not (out / "refined.landmarks.txt").exists()  # written to --landmarks-out instead
+    header, body = (out / "displacement.ply").read_bytes().split(b"end_header\n", 1)
+    assert b"property float displacement_mm" in header
+    rows = np.frombuffer(body[:mesh.n_vertices * 31],
+                         dtype=[("xyz", "<f8", 3), ("rgb", "u1", 3), ("d", "<f4")])
+    assert not rows["d"].any()
+    np.testing.assert_array_equal(rows["xyz"], mesh.vertices)
+
+
+def test_refine_keep_topology_options_need_each_other(setup, tmp_path, capsys):
+    save_mesh(tmp_path / "head.ply", head(0))
+    (tmp_path / "cam.json").write_text(json.dumps(posed_camera(np.zeros(3), 0.3, 64).to_dict()))
+    base = [str(setup["checkpoint"]), "--mesh", str(tmp_path / "head.ply"), "--camera",
+            str(tmp_path / "cam.json")]
+    for extra, message in ((["--displacement-ply"], "go with --keep-topology"),
+                           (["--blend-mm", "3"], "go with --keep-topology"),
+                           (["--keep-topology", "--blend-mm", "0"], "--blend-mm must be > 0"),
+                           (["--landmarks-out", "x.txt"], "--landmarks-out needs --landmarks-3d")):
+        with pytest.raises(SystemExit) as stop:
+            refine.main(base + extra)
+        assert stop.value.code == 2 and message in capsys.readouterr().err
