@@ -349,7 +349,9 @@ def test_lee_perry_smith_against_itself_and_its_smooth_face(shared_data):
                            smooth.faces, T.apply(L) + noise)
     assert np.median(itself.distances) < 0.01
     # Detailed scan vs the smooth face (the same vertices without the
-    # displacement): the error is about the displacement's size, never more.
+    # displacement): the identity pose (the landmarks are the same) already
+    # has each point within its displacement of the smooth surface, and ICP
+    # only lowers the mean squared distance from there.
     # (Every third vertex of the scan: the points are what is scored.)
     scan = detailed.vertices[::3]
     versus = evaluate_mesh(scan, np.zeros((0, 3)), L, smooth.vertices, smooth.faces, L,
@@ -357,6 +359,6 @@ def test_lee_perry_smith_against_itself_and_its_smooth_face(shared_data):
     keep = inside_sphere(scan, *crop_sphere(now_landmarks(L)))
     np.testing.assert_array_equal(versus.points, scan[keep])
     displacement = np.linalg.norm(scan - smooth.vertices[::3], axis=1)[keep]
-    median = np.median(versus.distances)
-    assert 0.5 * np.median(displacement) < median <= 1.05 * np.median(displacement), \
-        (median, np.median(displacement))
+    rms = np.sqrt(np.mean(versus.distances ** 2))
+    assert rms <= np.sqrt(np.mean(displacement ** 2)) + 1e-9
+    assert np.median(versus.distances) > 0.5 * np.median(displacement)
