@@ -12,8 +12,8 @@ reported and skipped. `dce-build inspect FILE` prints what a file holds.
 from __future__ import annotations
 
 import argparse
-import math
 import multiprocessing
+import shutil
 import os
 import sys
 import time
@@ -21,54 +21,50 @@ import traceback
 from collections import defaultdict
 from pathlib import Path
 
+from dce.cli.options import SEED_MAX, OutputError, check_output, integer, number
 from dce.geom.morphable import EXPRESSION_STIFFNESS, LANDMARK_NOISE, FitGate
 
 
 GATE = FitGate()
+MAX_SIZE = 2048         # px: a 2048^2 sample is 100 MB in memory per side already
+MAX_POSES = 100
+MAX_IDENTITIES = 100_000
+MAX_WORKERS = 256
+SCAN_BYTES = 2_000_000  # a world scan's files (range, photo, landmarks, coarse mesh)
 
-
-def _number(kind, test, what):
-    """An argparse type: ``kind`` (int or float), finite, passing ``test``."""
-    def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if not (math.isfinite(value) and test(value)):
-            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
-        return value
-    return parse
-
-
-_positive_float = _number(float, lambda v: v > 0, "> 0")
-_nonnegative_float = _number(float, lambda v: v >= 0, ">= 0")
-_positive_int = _number(int, lambda v: v > 0, "> 0")
-_count = _number(int, lambda v: v >= 0, ">= 0")
+_positive_float = number(0.0, low_open=True)
+_nonnegative_float = number(0.0)
+_positive_int = integer(1)
+_count = integer(0)
+_seed = integer(0, SEED_MAX)
+_fraction = number(0.0, high=1.0, high_open=True)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("build options")
     g.add_argument("-o", "--out", type=Path, default=Path("dce_pairs.h5"),
                    help="output HDF5 file (default: dce_pairs.h5)")
-    g.add_argument("--size", type=int, default=256, help="image side in pixels (default: 256)")
+    g.add_argument("--size", type=integer(16, MAX_SIZE), default=256,
+                   help=f"image side in pixels, 16 .. {MAX_SIZE} (default: 256)")
     g.add_argument("--channels", default="DCE", choices=["D", "DCE", "DCE+RGB"],
                    help="channels rendered for both sides (default: DCE)")
-    g.add_argument("--poses", type=int, default=5,
-                   help="extra random poses per pair: yaw +-45, pitch +-20, roll +-20 degrees "
-                        "(default: 5, as the paper)")
-    g.add_argument("--seed", type=int, default=0,
-                   help="seed of the poses and the identity split (default: 0)")
-    g.add_argument("--test-fraction", type=float, default=1 / 3,
-                   help="fraction of identities in the test split (default: 1/3)")
+    g.add_argument("--poses", type=integer(0, MAX_POSES), default=5,
+                   help="extra random poses per pair: yaw +-45, pitch +-20, roll +-20 degrees, "
+                        f"0 .. {MAX_POSES} (default: 5, as the paper)")
+    g.add_argument("--seed", type=_seed, default=0,
+                   help="seed of the poses and the identity split, 0 .. 2^32 - 1 (default: 0)")
+    g.add_argument("--test-fraction", type=_fraction, default=1 / 3,
+                   help="fraction of identities in the test split, 0 <= F < 1 (default: 1/3)")
     g.add_argument("--curvature", default="mean", choices=["mean", "absolute"],
                    help="curvature channel: mean curvature (paper) or the authors' demo "
                         "|k1|+|k2| (default: mean)")
-    g.add_argument("--workers", type=int, default=os.cpu_count(),
-                   help=f"worker processes (default: all cores, {os.cpu_count()})")
+    g.add_argument("--workers", type=integer(1, MAX_WORKERS), default=os.cpu_count(),
+                   help=f"worker processes, 1 .. {MAX_WORKERS} (default: all cores, "
+                        f"{os.cpu_count()})")
     g.add_argument("--shard", default=None, metavar="K/N",
                    help="build only shard K of N (1-based), for cluster array jobs; "
                         "join the shard files with `dce-build merge`")
-    g.add_argument("--preview", type=int, default=0, metavar="K",
+    g.add_argument("--preview", type=integer(0, 1000), default=0, metavar="K",
                    help="write a PNG grid of K random pairs next to the output (default: 0)")
     g.add_argument("--model", type=Path, default=None,
                    help="morphable model (.npz, ICT .npz, BFM .h5) to fit the coarse side "
@@ -127,8 +123,9 @@ def parse_args(argv=None):
     s = sub.add_parser("synthetic", help="the built-in synthetic world")
     s.add_argument("--world", type=Path, default=Path("dce_world"),
                    help="world folder; generated there if missing (default: dce_world)")
-    s.add_argument("--identities", type=int, default=60,
-                   help="identities when generating the world (default: 60)")
+    s.add_argument("--identities", type=integer(1, MAX_IDENTITIES), default=60,
+                   help="identities when generating the world, 1 .. "
+                        f"{MAX_IDENTITIES} (about 4 MB of files each) (default: 60)")
     _common(s)
     for name, what in (("frgc", "an FRGC v2 folder (.abs/.abs.gz, .ppm, landmarks)"),
                        ("bosphorus", "a Bosphorus folder (.bnt, .png, .lm2/.lm3, landmarks)")):
@@ -144,14 +141,18 @@ def parse_args(argv=None):
     s = sub.add_parser("merge", help="join shard files into one")
     s.add_argument("out", type=Path, help="merged output file")
     s.add_argument("shards", type=Path, nargs="+", help="shard files")
-    s.add_argument("--seed", type=int, default=0, help="seed of the identity split (default: 0)")
-    s.add_argument("--test-fraction", type=float, default=1 / 3,
-                   help="fraction of identities in the test split (default: 1/3)")
-    s = sub.add_parser("inspect", help="print what a DCE pair file holds")
+    s.add_argument("--seed", type=_seed, default=0,
+                   help="seed of the identity split (default: 0)")
+    s.add_argument("--test-fraction", type=_fraction, default=1 / 3,
+                   help="fraction of identities in the test split, 0 <= F < 1 (default: 1/3)")
+    s = sub.add_parser("inspect", help="print what a DCE pair file holds, after reading every "
+                                       "chunk of it back")
     s.add_argument("file", type=Path)
+    s.add_argument("--no-verify", action="store_true",
+                   help="print the summary without reading every chunk (faster on large files)")
     s = sub.add_parser("preview", help="PNG grid of random pairs of a file")
     s.add_argument("file", type=Path)
-    s.add_argument("-k", type=int, default=8, help="pairs shown (default: 8)")
+    s.add_argument("-k", type=integer(1, 1000), default=8, help="pairs shown (default: 8)")
     s.add_argument("-o", "--out", type=Path, default=None, help="PNG (default: FILE.png)")
     s.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
@@ -171,6 +172,7 @@ def enumerate_pairs(args):
     if args.command == "synthetic":
         if not (args.world / "world.json").is_file():
             from dce.geom.synthetic import generate_world
+            _check_disk(args.world, 2 * args.identities * SCAN_BYTES, "the synthetic world")
             print(f"generating the synthetic world ({args.identities} identities) in {args.world}")
             generate_world(args.world, identities=args.identities, seed=args.seed,
                            workers=args.workers)
@@ -182,6 +184,38 @@ def enumerate_pairs(args):
         return sources.bosphorus_directory(args.root, landmarks_dir=args.landmarks_dir,
                                            landmark_weights=args.landmark_weights), coarse
     return sources.manifest(args.manifest), coarse
+
+
+def _check_disk(folder: Path, need: int, what: str) -> None:
+    """Refuse up front a job whose files cannot fit on the disk."""
+    probe = folder.resolve()
+    while not probe.exists():
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if need > free:
+        raise OutputError(f"{what} needs about {need / 1e9:.1f} GB in {folder}; "
+                          f"{free / 1e9:.1f} GB are free")
+
+
+def _is_pair_file(path: Path) -> bool:
+    """A file dce-build made (so it may replace it): an HDF5 "dce-pairs" file."""
+    import h5py
+
+    from dce.gan.h5format import FORMAT_NAME
+    try:
+        with h5py.File(path, "r") as f:
+            return f.attrs.get("format") == FORMAT_NAME
+    except (OSError, ValueError):
+        return False
+
+
+def _build_inputs(args) -> list:
+    """The files and folders a build reads, which its output must not be."""
+    if args.command == "synthetic":
+        return [args.world, args.world / "world.json", args.world / "world_model.npz"]
+    if args.command == "manifest":
+        return [args.manifest]
+    return [args.root, args.landmarks_dir]
 
 
 def build_pair(job):
@@ -224,7 +258,15 @@ def run_build(args) -> int:
 
     try:
         shard = store.parse_shard(args.shard) if args.shard else None
-    except ValueError as error:
+        out = args.out if not shard else args.out.with_name(
+            f"{args.out.stem}.shard{shard[0]}-of-{shard[1]}{args.out.suffix}")
+        check_output(out, _build_inputs(args), replaceable=_is_pair_file)
+        if args.command == "synthetic":
+            for part in ("scans", "coarse"):
+                if out.resolve().is_relative_to((args.world / part).resolve()):
+                    raise OutputError(f"output {out} is inside the world's {part} folder; "
+                                      f"refusing to write among its inputs")
+    except (ValueError, OSError) as error:
         print(f"dce-build: {error}", file=sys.stderr)
         return 2
     t_start = time.perf_counter()
@@ -233,13 +275,11 @@ def run_build(args) -> int:
                              seed=args.seed, curvature=args.curvature, max_gap=args.max_gap,
                              photo_size=args.photo_size)
         specs, coarse = enumerate_pairs(args)
-    except ValueError as error:
+    except (ValueError, OSError) as error:
         print(f"dce-build: {error}", file=sys.stderr)
         return 2
     if shard:
         specs = [s for s in specs if store.shard_of(s.pair_id, *shard)]
-    out = args.out if not shard else args.out.with_name(
-        f"{args.out.stem}.shard{shard[0]}-of-{shard[1]}{args.out.suffix}")
     record = {**config.to_dict(), "command": args.command}
     if coarse.model_path is not None:  # the fit decides the coarse side's pixels
         record["coarse_fit"] = {
@@ -331,25 +371,35 @@ def _consume(results, writer, failures, flagged, stage_time, bar) -> int:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.command in ("inspect", "preview", "merge"):
+        try:
+            return _file_command(args)
+        except (ValueError, OSError) as error:  # PairFileError is a ValueError
+            print(f"dce-build: {error}", file=sys.stderr)
+            return 2
+    return run_build(args)
+
+
+def _file_command(args) -> int:
+    """dce-build inspect / preview / merge."""
+    from dce.gan.h5format import describe, verify
     from dce.geom import store
 
     if args.command == "inspect":
-        from dce.gan.h5format import PairFileError, describe
-        try:
-            print(describe(args.file))
-        except PairFileError as error:
-            print(f"dce-build: {error}", file=sys.stderr)
-            return 2
-        return 0
-    if args.command == "preview":
-        print(store.preview_pairs(args.file, args.k, args.out or args.file.with_suffix(".png"),
-                                  seed=args.seed))
-        return 0
-    if args.command == "merge":
+        if not args.no_verify:
+            chunks = verify(args.file, require_complete=False)["chunks_read"]
+        print(describe(args.file))
+        if not args.no_verify:
+            print(f"verified: all {chunks} chunks read back, every target mask holds a face")
+    elif args.command == "preview":
+        out = check_output(args.out or args.file.with_suffix(".png"), [args.file],
+                           replaceable=lambda p: p.suffix.lower() == ".png")
+        print(store.preview_pairs(args.file, args.k, out, seed=args.seed))
+    else:
+        check_output(args.out, args.shards, replaceable=_is_pair_file)
         store.merge_shards(args.shards, args.out, seed=args.seed, test_fraction=args.test_fraction)
         print(f"merged {len(args.shards)} shards -> {args.out}")
-        return 0
-    return run_build(args)
+    return 0
 
 
 if __name__ == "__main__":

@@ -31,6 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
+from dce.cli.build import MAX_IDENTITIES, MAX_POSES, MAX_SIZE, MAX_WORKERS
+from dce.cli.options import SEED_MAX, OutputError, check_output, integer
+
 DETAIL_ITERATIONS = 600
 SAMPLES = (
     # name, mesh, landmarks (iBUG-68, 3D, mm)
@@ -57,28 +60,31 @@ def parse_args(argv=None):
     p.add_argument("--out", type=Path, default=Path("demo"),
                    help="output folder: world/, pairs.h5, run/, eval/, refined/, report.md "
                         "(default: demo)")
-    p.add_argument("--identities", type=int, default=60,
-                   help="identities in the synthetic world, 2/3 for training (default: 60)")
-    p.add_argument("--poses", type=int, default=5,
+    p.add_argument("--identities", type=integer(2, MAX_IDENTITIES), default=60,
+                   help="identities in the synthetic world, 2/3 for training, at least 2 "
+                        "(default: 60)")
+    p.add_argument("--poses", type=integer(0, MAX_POSES), default=5,
                    help="extra random poses per scan pair (default: 5, as the paper)")
-    p.add_argument("--size", type=int, default=256, help="image size in pixels (default: 256)")
+    p.add_argument("--size", type=integer(32, MAX_SIZE), default=256,
+                   help="image size in pixels, at least the cpu preset's 32 (default: 256)")
     p.add_argument("--preset", default="cpu",
                    help="dce-train preset (default: cpu, 4 -> 32 px in about 5 minutes)")
-    p.add_argument("--iters-per-resolution", type=int, default=None,
+    p.add_argument("--iters-per-resolution", type=integer(1), default=None,
                    help="override the preset's iterations per resolution")
-    p.add_argument("--detail-iterations", type=int, default=DETAIL_ITERATIONS,
+    p.add_argument("--detail-iterations", type=integer(0), default=DETAIL_ITERATIONS,
                    help="iterations of the detail stage, 8 crops each; 0 = no detail stage "
                         f"(default: {DETAIL_ITERATIONS}, about 4 minutes on 2 cores)")
-    p.add_argument("--heatmaps", type=int, default=8,
+    p.add_argument("--heatmaps", type=integer(0, 1000), default=8,
                    help="error heat maps written by the evaluation (default: 8)")
-    p.add_argument("--workers", type=int, default=None,
+    p.add_argument("--workers", type=integer(1, MAX_WORKERS), default=None,
                    help="processes for the build and data loading (default: all cores)")
     p.add_argument("--device", default="auto",
                    help="torch device for training (default: auto, a GPU when there is one)")
     p.add_argument("--data", type=Path, default=None,
                    help="folder holding lee-perry-smith/ and menpo-james/ "
                         "(default: $DCE_SHARED_DATA or ../shared/data; skipped when absent)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--seed", type=integer(0, SEED_MAX), default=0,
+                   help="random seed (default: 0)")
     return p.parse_args(argv)
 
 
@@ -197,6 +203,11 @@ def main(argv=None) -> int:
     from dce.gan.report import DETAIL_CURVES, plot_losses
 
     out = args.out
+    try:
+        check_output(out, is_dir=True)
+    except OutputError as error:
+        print(f"dce-demo: {error}", file=sys.stderr)
+        return 2
     out.mkdir(parents=True, exist_ok=True)
     data = args.data or default_data_dir()
     steps = Steps(7)
