@@ -6,7 +6,6 @@ import os
 import sys
 
 import h5py
-import numpy as np
 import pytest
 
 from dce.cli import build, demo
