@@ -614,3 +614,217 @@ def test_real_james(shared_data):
     np.testing.assert_allclose(split.vertices, ply.vertices[split.vertex_index], atol=1e-5)
     lm = io.read_landmarks(d / "james_landmarks_68.txt", expected=68)
     assert lm.points.shape == (68, 3)
+
+
+# ------------------------------------------- hostile input (issues 11 and 12)
+
+def refuses(read, path, *words):
+    """``read(path)`` raises a FormatError naming the file and all ``words``."""
+    with pytest.raises(FormatError) as e:
+        read(path)
+    msg = str(e.value)
+    assert path.name in msg, msg
+    for w in words:
+        assert w.lower() in msg.lower(), msg
+    return msg
+
+
+def peak_bytes(fn):
+    """Peak Python-heap allocation (bytes) while ``fn()`` runs (it may raise)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        fn()
+    except FormatError:
+        pass
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return peak
+
+
+def test_abs_gz_corrupt_stream_and_bomb(tmp_path):
+    import zlib
+
+    flags, X, Y, Z = abs_grid()
+    text = abs_text(3, 4, flags, X, Y, Z).encode()
+    packed = bytearray(gzip.compress(text, mtime=0))
+    packed[len(packed) // 2] ^= 0xFF  # inside the deflate stream
+    (tmp_path / "bad.abs.gz").write_bytes(bytes(packed))
+    refuses(io.read_abs, tmp_path / "bad.abs.gz", "cannot read")
+    # A bomb: the valid text, then 256 MiB of spaces (256 KB compressed).
+    c = zlib.compressobj(9, zlib.DEFLATED, 31)
+    parts = [c.compress(text)] + [c.compress(b" " * (1 << 20)) for _ in range(256)]
+    (tmp_path / "bomb.abs.gz").write_bytes(b"".join(parts) + c.flush())
+    refuses(io.read_abs, tmp_path / "bomb.abs.gz", "decompression bomb", "3 x 4")
+    # ... refused after inflating at most what a 3 x 4 grid's text can hold.
+    assert peak_bytes(lambda: io.read_abs(tmp_path / "bomb.abs.gz")) < 1 << 20
+
+
+def test_abs_sentinel_truncation_and_plausibility(tmp_path):
+    flags, X, Y, Z = abs_grid()
+    good = abs_text(3, 4, flags, X, Y, Z)
+    # A flag flipped 0 -> 1 where the coordinates hold the -999999 sentinel.
+    (tmp_path / "flag.abs").write_text(good.replace("\n0 1 1 1", "\n1 1 1 1"))
+    refuses(io.read_abs, tmp_path / "flag.abs", "row 0, col 0", "-999999")
+    # Cut inside the last number: "-999999.000000 \n" -> "-999999.0". It would
+    # read as a valid file with the right count; the missing line break tells.
+    cut = good[:good.rindex("-999999.000000") + 9]
+    (tmp_path / "cut.abs").write_text(cut)
+    refuses(io.read_abs, tmp_path / "cut.abs", "ends inside the value '-999999.0'", "truncated")
+    (tmp_path / "cut.abs.gz").write_bytes(gzip.compress(cut.encode()))
+    refuses(io.read_abs, tmp_path / "cut.abs.gz", "ends inside the value")
+    # A complete last value followed by a space (no newline) is whole: read.
+    (tmp_path / "space.abs").write_text(good.rstrip("\n"))
+    assert io.read_abs(tmp_path / "space.abs").valid.sum() == 10
+    # A valid point 20 m away; a scan with 2 valid pixels; a grid the file
+    # cannot hold (refused before anything is allocated).
+    far = good.replace("-1000.000000", "-20000.000000", 1)
+    (tmp_path / "far.abs").write_text(far)
+    refuses(io.read_abs, tmp_path / "far.abs", "-20000", "10000 mm")
+    few = abs_text(3, 4, np.where(np.arange(12).reshape(3, 4) < 2, 1, 0), X, Y, Z)
+    (tmp_path / "few.abs").write_text(few.replace("-999999.000000", "1.000000"))
+    refuses(io.read_abs, tmp_path / "few.abs", "only 2 valid points")
+    (tmp_path / "big.abs").write_text(good.replace("3 rows", "3000 rows"))
+    refuses(io.read_abs, tmp_path / "big.abs", "cannot hold")
+
+
+def test_bnt_background_marker_texture_name_and_empty_grid(tmp_path):
+    nrows, ncols, cols, bg = bnt_grid()
+    # zmin damaged: NaN, inf, 0 and a real z all make the -1e9 background
+    # "valid" (or hide it); the marker must be a value no coordinate takes.
+    for k, zmin in enumerate([float("nan"), float("inf"), 0.0, 5.1]):
+        data = bytearray(bnt_bytes(nrows, ncols, -1e9, "t.png", cols))
+        struct.pack_into("<d", data, 4, zmin)
+        (tmp_path / f"z{k}.bnt").write_bytes(bytes(data))
+        refuses(io.read_bnt, tmp_path / f"z{k}.bnt", "zmin")
+    # Marker changed to another far value: the old background is now data
+    # 1e6 km away.
+    data = bytearray(bnt_bytes(nrows, ncols, -1e9, "t.png", cols))
+    struct.pack_into("<d", data, 4, -2e9)
+    (tmp_path / "z4.bnt").write_bytes(bytes(data))
+    refuses(io.read_bnt, tmp_path / "z4.bnt", "valid pixel", "10000 mm")
+    # Background pixel whose x is not the marker.
+    x = cols[0].copy()
+    x[0, 0] = 1.0
+    (tmp_path / "x.bnt").write_bytes(bnt_bytes(nrows, ncols, -1e9, "t.png", [x] + cols[1:]))
+    refuses(io.read_bnt, tmp_path / "x.bnt", "background pixel")
+    # A 0-row grid.
+    (tmp_path / "empty.bnt").write_bytes(bnt_bytes(0, 4, -1e9, "t.png", [[]] * 5))
+    refuses(io.read_bnt, tmp_path / "empty.bnt", "0 x 4", "empty")
+    # Texture names: path separators, '..', a 65,535-byte name.
+    for k, name in enumerate(["../../etc/passwd", "sub/t.png", "..", "a\\b.png",
+                              "x" * 65535, "t\x00.png"]):
+        (tmp_path / f"n{k}.bnt").write_bytes(bnt_bytes(nrows, ncols, -1e9, name, cols))
+        refuses(io.read_bnt, tmp_path / f"n{k}.bnt", "texture")
+    # uv outside the photo.
+    u = cols[3].copy()
+    u[1, 1] = 1.5
+    (tmp_path / "uv.bnt").write_bytes(bnt_bytes(nrows, ncols, -1e9, "t.png",
+                                                cols[:3] + [u, cols[4]]))
+    refuses(io.read_bnt, tmp_path / "uv.bnt", "texture coordinates", "outside [0, 1]")
+
+
+def test_ply_counts_checked_before_allocating(tmp_path):
+    m = grid_mesh()
+    io.save_mesh(tmp_path / "good.ply", m)
+    raw = (tmp_path / "good.ply").read_bytes()
+    nv, nf = f"element vertex {m.n_vertices}".encode(), f"element face {m.n_faces}".encode()
+    for k, (old, new) in enumerate([(nv, b"element vertex -1"), (nf, b"element face -1"),
+                                    (nv, b"element vertex 2147483648"),
+                                    (nf, b"element face 4294967296"),
+                                    (nv, b"element vertex 18446744073709551616")]):
+        path = tmp_path / f"c{k}.ply"
+        path.write_bytes(raw.replace(old, new))
+        refuses(io.load_mesh, path, "element")
+        assert peak_bytes(lambda: io.load_mesh(path)) < 4 * len(raw) + (1 << 20)
+    # One face short: the last face's 13 bytes are left over.
+    (tmp_path / "short.ply").write_bytes(raw.replace(nf, f"element face {m.n_faces - 1}".encode()))
+    refuses(io.load_mesh, tmp_path / "short.ply", "13 bytes after the last element")
+    # Float vertex indices would read every face as garbage.
+    (tmp_path / "float.ply").write_bytes(raw.replace(b"list uchar int", b"list uchar float"))
+    refuses(io.load_mesh, tmp_path / "float.ply", "integer type")
+    # Ascii counts 0 and -1, a face index 1.5, a cut last number.
+    vprops = ["property float x", "property float y", "property float z"]
+    body = b"0 0 0\n1 0 0\n0 1 0\n3 0 1 2\n"
+    cases = {"v0.ply": (ply_header("ascii", 0, 1, vprops) + body, "values after the last"),
+             "vneg.ply": (ply_header("ascii", -1, 1, vprops) + body, "non-negative integer"),
+             "fneg.ply": (ply_header("ascii", 3, -1, vprops) + body, "non-negative integer"),
+             "half.ply": (ply_header("ascii", 3, 1, vprops) + body.replace(b" 1 2", b" 1.5 2"),
+                          "1.5 is not an integer"),
+             "cut.ply": (ply_header("ascii", 3, 1, vprops) + b"0 0 0\n1 0 0\n0 1 0\n3 0 1 2",
+                         "ends inside the value '2'"),
+             "nanuv.ply": (ply_header("ascii", 3, 1, vprops + ["property float u",
+                                                               "property float v"])
+                           + b"0 0 0 0 0\n1 0 0 nan 0\n0 1 0 1 1\n3 0 1 2\n", "texture coordinate")}
+    for name, (data, words) in cases.items():
+        (tmp_path / name).write_bytes(data)
+        refuses(io.load_mesh, tmp_path / name, words)
+
+
+def test_off_obj_stl_wrl_silent_errors(tmp_path):
+    off = "OFF\n3 1 0\n0 0 0\n1 0 0\n0 1 0\n3 0 1 2\n"
+    cases = {
+        # A duplicated face line: more face lines than the count.
+        "dup.off": (off + "3 0 1 2\n", "1 data lines after"),
+        # One face short, trailing data.
+        "short.off": (off.replace("3 1 0", "3 0 0"), "1 data lines after"),
+        "cut.off": (off.rstrip("\n"), "ends inside the value"),
+        "colour.off": ("COFF\n3 1 0\n0 0 0 300 0 0 255\n1 0 0 9 9 9 255\n0 1 0 9 9 9 255\n"
+                       "3 0 1 2\n", "not 8-bit"),
+        "half.off": (off.replace("3 0 1 2", "3 0 1.5 2"), "1.5 is not an integer"),
+        # 'f a/b' with no vt; mixed corner forms in one face; a NaN vt.
+        "novt.obj": ("v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1/1 2/2 3/3\n", "texture index"),
+        "mixed.obj": ("v 0 0 0\nv 1 0 0\nv 0 1 0\nvt 0 0\nf 1/1 2/1 3\n", "mixes corner forms"),
+        "nanvt.obj": ("v 0 0 0\nv 1 0 0\nv 0 1 0\nvt 0 0\nvt nan 0\nf 1/1 2/2 3/1\n",
+                      "texture coordinate"),
+        "far.obj": ("v 0 0 0\nv 1e5 0 0\nv 0 1 0\nf 1 2 3\n", "100000 mm"),
+        "open.stl": ("solid s\nfacet normal 0 0 1\nouter loop\nvertex 0 0 0\nvertex 1 0 0\n"
+                     "vertex 0 1 0\nendloop\nendfacet\n", "endsolid"),
+    }
+    wrl = ("#VRML V2.0 utf8\nShape { geometry IndexedFaceSet {\n"
+           "coord Coordinate { point [ 0 0 0, 1 0 0, 0 1 0, 1 1 0 ] }\n"
+           "coordIndex [ 0 1 2 -1, 1 3 2 -1 ] } }\n")
+    cases.update({
+        "huge.wrl": (wrl.replace("1 3 2 -1", "1 3 1000000000000 -1"), "not a vertex index"),
+        "frac.wrl": (wrl.replace("1 3 2 -1", "1 3 1.5 -1"), "not a vertex index"),
+        "inf.wrl": (wrl.replace("1 1 0 ]", "1 -1e999 0 ]"), "nan or infinite"),
+        "repeat.wrl": (wrl.replace("1 3 2 -1", "1 3 1 -1"), "repeats a vertex"),
+        "token.wrl": (wrl.replace("1 1 0 ]", "1 " + "1" * 100000 + " 0 ]"), "token of 100000"),
+        "cut.wrl": (wrl[:wrl.index("coordIndex") + 20], "do not balance"),
+        "node.wrl": (wrl.replace("Coordinate {", "Coordinatf {"), "'coordinatf' node"),
+    })
+    for name, (text, words) in cases.items():
+        (tmp_path / name).write_text(text)
+        refuses(io.load_mesh, tmp_path / name, words)
+    # Files other tools write without a final newline, where the format has
+    # a terminator or nothing to cut, still read.
+    (tmp_path / "ok.wrl").write_text(wrl.rstrip("\n"))
+    assert io.load_mesh(tmp_path / "ok.wrl").n_faces == 2
+    (tmp_path / "ok.obj").write_text("v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 3")
+    assert io.load_mesh(tmp_path / "ok.obj").n_faces == 1
+    (tmp_path / "ok.stl").write_text(cases["open.stl"][0] + "endsolid s")
+    assert io.load_mesh(tmp_path / "ok.stl").n_faces == 1
+    # A VRML quad is fan-triangulated like every other format.
+    (tmp_path / "quad.wrl").write_text(wrl.replace("0 1 2 -1, 1 3 2 -1", "0 1 3 2 -1"))
+    np.testing.assert_array_equal(io.load_mesh(tmp_path / "quad.wrl").faces, [[0, 1, 3], [0, 3, 2]])
+
+
+def test_landmark_truncation_and_plausibility(tmp_path):
+    (tmp_path / "cut.lm3").write_text(LM3.rstrip("\n")[:-1])  # "1 -80 20" -> "1 -80 2"
+    refuses(io.read_landmarks, tmp_path / "cut.lm3", "ends inside the value '2'")
+    (tmp_path / "cut.lm2").write_text(LM2.rstrip("\n"))
+    refuses(io.read_landmarks, tmp_path / "cut.lm2", "ends inside the value '996.9'")
+    (tmp_path / "far.lm3").write_text(LM3.replace("0.5 -20.25 48.0", "0.5 -20.25 48000.0"))
+    refuses(io.read_landmarks, tmp_path / "far.lm3", "line 9", "48000")
+    (tmp_path / "far.lm2").write_text(LM2.replace("574.3 641.5", "574.3 1e6"))
+    refuses(io.read_landmarks, tmp_path / "far.lm2", "1e+06 beyond", "pixels")
+    pts = "version: 1\nn_points: 2\n{\n1 2\n3 4\n}"
+    (tmp_path / "a.pts").write_text(pts)  # the closing brace is the evidence
+    np.testing.assert_array_equal(io.read_landmarks(tmp_path / "a.pts").points, [[1, 2], [3, 4]])
+    (tmp_path / "b.pts").write_text(pts + "\n5 6\n")
+    refuses(io.read_landmarks, tmp_path / "b.pts", "after the closing")
+    (tmp_path / "c.pts").write_text(pts.replace("n_points: 2", "n_points: 1_0"))
+    refuses(io.read_landmarks, tmp_path / "c.pts", "cannot parse n_points")
+    (tmp_path / "d.txt").write_text("1 2 3\n4 1_0 6\n")  # Python's float() would take it
+    refuses(io.read_landmarks, tmp_path / "d.txt", "line 2: cannot parse")
