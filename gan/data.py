@@ -229,10 +229,16 @@ class PairDataset(Dataset):
             wanted = SPLITS[split]
             self.indices = (np.arange(len(split_of)) if wanted is None
                             else np.flatnonzero(split_of == wanted))
-            # Small per-sample metadata, (len, C) float64, read once rather than per item.
+            # Small per-sample metadata, (len, C) float64, read once rather than per item
+            # (validate has checked that it is finite).
             self._physical = {f"{side}_{kind}": f[f"{side}_{kind}"][()][self.indices][:, cols]
                               for side, cols in (("coarse", self._g), ("target", self._t))
                               for kind in ("offset", "scale")}
+            self._ids = list(f["sample_id"].asstr()[()])  # to name samples in errors
+            if len(self.indices):
+                # An all-background ground truth would be trained on and scored as
+                # perfect (face MAE 0): refuse it before training, naming the sample.
+                h5format.check_masks(self.path, f, self.indices, ids=self._ids)
         if len(self.indices) == 0:
             raise PairFileError(f"{self.path}: no samples in split {split!r} "
                                 f"(train {summary['n_train']}, test {summary['n_test']})")
@@ -252,8 +258,7 @@ class PairDataset(Dataset):
         self._sample_bytes = (self._images + 2) * self.cache_resolution ** 2 * 4
         self.cache_capacity = min(len(self.indices), int(cache_mb * 2**20) // self._sample_bytes)
         self._cache = self._cached = None  # allocated by the first process that stores
-        self._file = None
-        self._pid = None
+        self._file = self._pid = self._datasets = None
 
     def _channels(self, names, argument: str) -> tuple:
         names = tuple(names)
@@ -294,23 +299,35 @@ class PairDataset(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def _handle(self) -> h5py.File:
+    def _handle(self) -> dict:
+        """{name: (dataset, skippable filters)} of the images and masks in
+        this process's handle of the file (looking a dataset up by name
+        costs more than checking its chunk)."""
         # A handle inherited through fork belongs to the parent: open our own.
         if self._file is None or self._pid != os.getpid():
-            self._file = h5py.File(self.path, "r")
+            try:
+                self._file = h5py.File(self.path, "r")
+            except OSError as error:
+                raise PairFileError(f"{self.path}: cannot open the pair file again "
+                                    f"({error})") from None
             self._pid = os.getpid()
-        return self._file
+            self._datasets = {}
+            for name in h5format.IMAGE_DATASETS + h5format.MASK_DATASETS:
+                d = self._file[name]
+                self._datasets[name] = (d, h5format.skippable_filters(d) if d.chunks else 0)
+        return self._datasets
 
     def close(self) -> None:
         """Close this process's file handle (reopened on the next item)."""
         if self._file is not None and self._pid == os.getpid():
             self._file.close()
-        self._file = self._pid = None
+        self._file = self._pid = self._datasets = None
 
     def __getstate__(self):
         # Pickled copies (spawned workers) start with no handle and an empty cache.
         state = self.__dict__.copy()
         state["_file"] = state["_pid"] = state["_cache"] = state["_cached"] = None
+        state["_datasets"] = None
         return state
 
     def cache_info(self) -> CacheInfo:
@@ -342,16 +359,25 @@ class PairDataset(Dataset):
         return tuple(whole_pixel_shift(int(d), block, self.crop_pad) for d in drawn)
 
     def _read(self, items) -> np.ndarray:
-        """(n, images + 2, H, W) float32 of the file's pixels of ``items``."""
-        f = self._handle()
+        """(n, images + 2, H, W) float32 of the file's pixels of ``items``.
+        A damaged chunk, a mask with values other than 0/1 or an empty target
+        mask is a PairFileError naming the file, the dataset and the sample."""
+        datasets = self._handle()
         g = len(self._g)
         stack = np.empty((len(items), self._images + 2, self.height, self.width), np.float32)
         for j, k in enumerate(items):
             row = int(self.indices[k])
-            stack[j, :g] = h5format.dequantize(f["coarse"][row][self._g])
-            stack[j, g:self._images] = h5format.dequantize(f["target"][row][self._t])
-            stack[j, self._images] = f["coarse_mask"][row]
-            stack[j, self._images + 1] = f["target_mask"][row]
+
+            def read(name):
+                d, skippable = datasets[name]
+                return h5format.read_sample(self.path, d, row, self._ids, skippable)
+
+            stack[j, :g] = h5format.dequantize(read("coarse")[self._g])
+            stack[j, g:self._images] = h5format.dequantize(read("target")[self._t])
+            for m, name in enumerate(h5format.MASK_DATASETS):
+                mask = read(name)
+                h5format.check_mask_values(self.path, name, mask[None], [row], self._ids)
+                stack[j, self._images + m] = mask
         return stack
 
     def _at_cache_resolution(self, items) -> np.ndarray:
@@ -417,6 +443,23 @@ class PairDataset(Dataset):
 
     def __getitems__(self, items) -> list:
         return self.fetch(items)
+
+
+def worker_error(error: Exception) -> Exception:
+    """The error as a DataLoader worker raised it. torch re-raises a worker's
+    exception in the main process as the same type whose message is the
+    worker's whole traceback ("Caught PairFileError in DataLoader worker
+    process 0. Original Traceback ..."); this returns the same type with the
+    original one-line message (the traceback's last line), or ``error``
+    itself when it did not come from a worker."""
+    text = str(error)
+    if not (text.startswith("Caught ") and "Original Traceback" in text):
+        return error
+    _, _, message = text.rstrip().splitlines()[-1].partition(": ")
+    try:
+        return type(error)(message)
+    except TypeError:
+        return error
 
 
 def seed_worker(worker_id: int) -> None:

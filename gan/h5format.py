@@ -100,6 +100,7 @@ subjects, which makes the merged file equal to a single build.
 from __future__ import annotations
 
 import glob
+import itertools
 import json
 import os
 
@@ -178,51 +179,117 @@ def _fail(path, problem: str):
     raise PairFileError(f"{os.fspath(path)}: {problem}")
 
 
-def _json_attr(path, attrs, name: str):
-    try:
-        return json.loads(attrs[name])
-    except KeyError:
+def _text(path, attrs, name: str, default=None) -> str:
+    """Root attribute ``name`` as text (``default`` when absent)."""
+    if name not in attrs:
+        if default is None:
+            _fail(path, f"missing root attribute {name!r}")
+        return default
+    value = attrs[name]
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError:
+            _fail(path, f"root attribute {name!r} is not UTF-8 text")
+    if not isinstance(value, str):
+        _fail(path, f"root attribute {name!r} must be text, got {value!r}")
+    return value
+
+
+def _integer(path, attrs, name: str, minimum: int) -> int:
+    """Root attribute ``name`` as an int >= ``minimum``."""
+    if name not in attrs:
         _fail(path, f"missing root attribute {name!r}")
-    except (TypeError, ValueError):
+    value = attrs[name]
+    if isinstance(value, np.ndarray) and value.shape == ():
+        value = value[()]
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        _fail(path, f"root attribute {name!r} must be an integer, got {value!r}")
+    if value < minimum:
+        _fail(path, f"root attribute {name!r} must be >= {minimum}, got {int(value)}")
+    return int(value)
+
+
+def _json_attr(path, attrs, name: str):
+    text = _text(path, attrs, name)
+    try:
+        return json.loads(text)
+    except ValueError:
         _fail(path, f"root attribute {name!r} is not valid JSON")
 
 
-def _strings(dset) -> list:
-    return list(dset.asstr()[()])
+def _strings(path, f, name: str, n: int) -> list:
+    """The first ``n`` values of string dataset ``name`` of ``f`` (a file,
+    or a dict of its datasets)."""
+    try:
+        return list(f[name].asstr()[:n])
+    except UnicodeDecodeError as error:
+        _fail(path, f"dataset {name!r} holds text that is not UTF-8 ({error.reason} at byte "
+                    f"{error.start})")
+
+
+def sample_name(ids, row: int) -> str:
+    """``sample 7 ('0246/pose1')``: how messages name a sample."""
+    return f"sample {row} ({ids[row]!r})" if ids is not None and row < len(ids) \
+        else f"sample {row}"
+
+
+# Per-sample float metadata; a NaN or infinity here would go unnoticed into
+# physical units (mm), pixel sizes and losses. Scales must also be non-zero.
+FINITE_DATASETS = ("coarse_offset", "coarse_scale", "target_offset", "target_scale",
+                   "coarse_camera", "target_camera", "pose")
+
+
+def _check_metadata(path, f, n: int, ids: list) -> None:
+    for name in FINITE_DATASETS:
+        values = f[name][:n].reshape(n, -1)
+        bad = ~np.isfinite(values).all(axis=1)
+        problem = "non-finite (NaN or infinite)"
+        if name.endswith("_scale") and not bad.any():
+            bad = (values == 0).any(axis=1)
+            problem = "zero"
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            _fail(path, f"{sample_name(ids, row)}: {problem} {name} "
+                        f"{np.round(values[row], 6).tolist()}"
+                        + (f" (and {int(bad.sum()) - 1} more samples)" if bad.sum() > 1 else ""))
 
 
 def _check(path, f: h5py.File, require_complete: bool) -> dict:
     attrs = f.attrs
     if "format" not in attrs:
         _fail(path, "not a DCE pair file (no 'format' attribute)")
-    fmt = attrs["format"]
-    fmt = fmt.decode() if isinstance(fmt, bytes) else str(fmt)
+    fmt = _text(path, attrs, "format")
     if fmt != FORMAT_NAME:
         _fail(path, f"not a DCE pair file (format={fmt!r}, expected {FORMAT_NAME!r})")
-    version = int(attrs.get("format_version", -1))
+    version = _integer(path, attrs, "format_version", -2**62)
     if version != FORMAT_VERSION:
         _fail(path, f"format version {version}; this reader reads version {FORMAT_VERSION} "
                     "(rebuild the file with this dce version)")
-    complete = bool(attrs.get("complete", False))
+    complete = attrs.get("complete", False)
+    if not isinstance(complete, (bool, np.bool_, int, np.integer)):
+        _fail(path, f"root attribute 'complete' must be a bool, got {complete!r}")
+    complete = bool(complete)
     if require_complete and not complete:
         _fail(path, "incomplete build (complete=False) — rerun dce-build to resume")
     channels = _json_attr(path, attrs, "channels")
     config = _json_attr(path, attrs, "config")
-    if not (isinstance(channels, list) and channels and all(isinstance(c, str) for c in channels)):
-        _fail(path, "root attribute 'channels' must be a non-empty list of names, "
+    if not (isinstance(channels, list) and channels and all(isinstance(c, str) for c in channels)
+            and len(set(channels)) == len(channels)):
+        _fail(path, "root attribute 'channels' must be a non-empty list of distinct names, "
                     f"got {channels!r}")
-    try:
-        n, height, width = (int(attrs[k]) for k in ("n_samples", "height", "width"))
-    except KeyError as e:
-        _fail(path, f"missing root attribute {e.args[0]!r}")
+    n = _integer(path, attrs, "n_samples", 0)
+    height, width = (_integer(path, attrs, k, 1) for k in ("height", "width"))
     C = len(channels)
     names = list(SAMPLE_DATASETS) + ([SPLIT] if complete else [])
+    ds = {}  # each dataset looked up once: a lookup by name costs more than a check
     for name in names:
-        if name not in f:
+        d = f.get(name)
+        if d is None:
             _fail(path, f"missing dataset {name!r}")
-        d = f[name]
         if not isinstance(d, h5py.Dataset):
             _fail(path, f"{name!r} is not a dataset")
+        ds[name] = d
         kind = SAMPLE_DATASETS.get(name, ("uint8",))[0]
         expected = sample_shape(name, C, height, width) if name != SPLIT else ()
         # A partial file may hold one uncommitted row past n_samples.
@@ -237,33 +304,47 @@ def _check(path, f: h5py.File, require_complete: bool) -> dict:
         elif d.dtype != np.dtype(kind):
             _fail(path, f"dataset {name!r} has dtype {d.dtype}, expected {kind}")
     for name in IMAGE_DATASETS:
-        q = f[name].attrs.get("quantization")
-        q = q.decode() if isinstance(q, bytes) else q
+        q = ds[name].attrs.get("quantization")
+        q = q.decode("utf-8", "replace") if isinstance(q, bytes) else q
         if q != QUANTIZATION:
             _fail(path, f"dataset {name!r} has quantization {q!r}, expected {QUANTIZATION!r}")
-    sample_ids = _strings(f["sample_id"])[:n]
+    small = [name for name in names if name not in IMAGE_DATASETS + MASK_DATASETS]
+    for name in small:
+        check_chunks(path, ds[name], n)
+    sample_ids = _strings(path, ds, "sample_id", n)
     if len(set(sample_ids)) != n:
         _fail(path, "duplicate sample_id values")
-    subjects = np.array(_strings(f["subject"])[:n], dtype=object)
+    _check_metadata(path, ds, n, sample_ids)
+    subjects = np.array(_strings(path, ds, "subject", n), dtype=object)
     summary = {
         "path": os.fspath(path), "format_version": version, "complete": complete,
         "n_samples": n, "channels": channels, "height": height, "width": width,
-        "n_pairs": len(set(_strings(f["pair_id"])[:n])), "n_subjects": len(set(subjects)),
-        "created_by": str(attrs.get("created_by", "")), "config": config,
-        "shard": str(attrs["shard"]) if "shard" in attrs else None,
+        "n_pairs": len(set(_strings(path, ds, "pair_id", n))), "n_subjects": len(set(subjects)),
+        "created_by": _text(path, attrs, "created_by", ""), "config": config,
+        "shard": _text(path, attrs, "shard") if "shard" in attrs else None,
         "size_bytes": os.path.getsize(path),
     }
+    _strings(path, ds, "provenance", n)  # readable text, as the others
     if complete:
-        split = f[SPLIT][()]
+        split = ds[SPLIT][()]
         if split.size and split.max() > TEST:
-            _fail(path, f"dataset 'split' holds values other than {TRAIN} (train) / {TEST} (test)")
+            row = int(np.flatnonzero(split > TEST)[0])
+            _fail(path, f"dataset 'split' holds values other than {TRAIN} (train) / {TEST} "
+                        f"(test): {int(split[row])} at {sample_name(sample_ids, row)}")
         train, test = set(subjects[split == TRAIN]), set(subjects[split == TEST])
         if train & test:
             _fail(path, f"split is not identity-disjoint: subjects {sorted(train & test)[:5]} "
                         "are in both train and test")
-        summary.update(seed=int(attrs["seed"]) if "seed" in attrs else None,
-                       test_fraction=float(attrs["test_fraction"]) if "test_fraction" in attrs
-                       else None,
+        seed = _integer(path, attrs, "seed", 0) if "seed" in attrs else None
+        test_fraction = None
+        if "test_fraction" in attrs:
+            test_fraction = attrs["test_fraction"]
+            if not (isinstance(test_fraction, (float, int, np.floating, np.integer))
+                    and 0.0 <= test_fraction <= 1.0):
+                _fail(path, f"root attribute 'test_fraction' must be a number in [0, 1], got "
+                            f"{test_fraction!r}")
+            test_fraction = float(test_fraction)
+        summary.update(seed=seed, test_fraction=test_fraction,
                        n_train=int((split == TRAIN).sum()), n_test=int((split == TEST).sum()),
                        n_train_subjects=len(train), n_test_subjects=len(test))
     return summary
@@ -282,23 +363,198 @@ def _open(path) -> h5py.File:
         if not h5py.is_hdf5(path):
             _fail(path, "not an HDF5 file (no HDF5 signature)")
         _fail(path, f"corrupt HDF5 (truncated or damaged): {e}")
+    except Exception as e:  # h5py raises other types on some damaged superblocks
+        _fail(path, f"corrupt HDF5 (truncated or damaged): {type(e).__name__}: {e}")
+
+
+def _guarded(path, function, *args):
+    """``function(*args)``, with the errors that h5py and numpy raise on a
+    damaged file turned into PairFileError naming ``path``."""
+    try:
+        return function(*args)
+    except PairFileError:
+        raise
+    except (OSError, RuntimeError) as e:
+        _fail(path, f"corrupt HDF5 (unreadable data): {e}")
+    except UnicodeDecodeError as e:
+        _fail(path, f"metadata that is not UTF-8 text ({e.reason} at byte {e.start})")
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError) as e:
+        # h5py's own reports of damaged object headers, and attributes of the
+        # wrong kind (e.g. an array where a number belongs).
+        _fail(path, f"malformed or damaged metadata ({type(e).__name__}: {e})")
 
 
 def validate(path, require_complete: bool = True) -> dict:
     """Check that ``path`` is a DCE pair file of this version: format name,
     version, complete flag (unless ``require_complete`` is False), every
-    dataset's shape and dtype, quantization, unique sample ids and an
-    identity-disjoint split. Returns a summary dict (``n_samples``,
-    ``channels``, ``height``, ``width``, ``n_pairs``, ``n_subjects``,
-    ``config``, ``complete``, ``shard``, ``size_bytes``, and for complete files
-    ``n_train``/``n_test`` samples, ``n_train_subjects``/``n_test_subjects``,
-    ``seed``, ``test_fraction``). Raises ``PairFileError`` naming the file
-    and the problem."""
+    dataset's shape and dtype, quantization, unique sample ids, finite
+    offsets, scales, cameras and poses with non-zero scales (the first bad
+    sample is named), readable UTF-8 text and an identity-disjoint split.
+    Reads the root attributes and the small per-sample datasets, not the
+    images or masks (:func:`verify` reads everything). Returns a summary dict
+    (``n_samples``, ``channels``, ``height``, ``width``, ``n_pairs``,
+    ``n_subjects``, ``config``, ``complete``, ``shard``, ``size_bytes``, and
+    for complete files ``n_train``/``n_test`` samples,
+    ``n_train_subjects``/``n_test_subjects``, ``seed``, ``test_fraction``).
+    Raises ``PairFileError`` naming the file and the problem."""
     with _open(path) as f:
-        try:
-            return _check(path, f, require_complete)
-        except (OSError, RuntimeError) as e:
-            _fail(path, f"corrupt HDF5 (unreadable data): {e}")
+        return _guarded(path, _check, path, f, require_complete)
+
+
+def check_masks(path, f: h5py.File, rows=None, which=("target_mask",), ids=None,
+                block: int = 64) -> int:
+    """Read the masks ``which`` of ``rows`` (default: all samples of the open
+    file ``f``) and raise PairFileError naming ``path`` and the sample when
+    one holds values other than 0/1, a target mask is empty (an
+    all-background ground truth: nothing to learn or score), or a chunk is
+    unreadable. Reads ``block`` samples at a time; returns the number of
+    masks read."""
+    n_rows = f["sample_id"].shape[0]
+    rows = np.arange(n_rows) if rows is None else np.asarray(rows, dtype=np.int64)
+    if ids is None:
+        ids = _strings(path, f, "sample_id", n_rows)
+    count = 0
+    for name in which:
+        d = f[name]
+        for start in range(0, len(rows), block):
+            part = rows[start:start + block]
+            check_mask_values(path, name, read_rows(path, d, part, ids), part, ids)
+            count += len(part)
+    return count
+
+
+def check_mask_values(path, name: str, masks: np.ndarray, rows, ids=None) -> None:
+    """PairFileError naming ``path`` and the sample when one of ``masks``
+    (n, H, W), the rows ``rows`` of mask dataset ``name``, holds values
+    other than 0/1, or is an empty target mask."""
+    flat = masks.reshape(len(masks), -1)
+    wrong = flat.max(axis=1, initial=0) > 1
+    if wrong.any():
+        row = int(rows[int(np.flatnonzero(wrong)[0])])
+        _fail(path, f"{sample_name(ids, row)}: dataset {name!r} holds values other than 0/1")
+    if name == "target_mask":
+        empty = ~flat.any(axis=1)
+        if empty.any():
+            row = int(rows[int(np.flatnonzero(empty)[0])])
+            _fail(path, f"{sample_name(ids, row)}: empty target mask (the ground truth is all "
+                        "background: nothing to train on or score)"
+                  + (f"; {int(empty.sum()) - 1} more in this block" if empty.sum() > 1 else ""))
+
+
+def _dataset_name(dataset: h5py.Dataset) -> str:
+    return dataset.name.lstrip("/")
+
+
+def skippable_filters(dataset: h5py.Dataset) -> int:
+    """Bit mask of the dataset's filters that HDF5 may legitimately skip
+    for a chunk: lzf, an optional filter that stores a chunk it cannot
+    shrink unfiltered. gzip stores every chunk compressed (even when larger)
+    and shuffle cannot fail, so a chunk of a gzip file read with either
+    skipped would be decoded wrongly."""
+    plist = dataset.id.get_create_plist()
+    return sum(1 << i for i in range(plist.get_nfilters())
+               if plist.get_filter(i)[0] == h5py.h5z.FILTER_LZF)
+
+
+def check_chunk(path, dataset: h5py.Dataset, coord, ids=None, skippable=None) -> None:
+    """PairFileError naming ``path``, the dataset and the sample unless the
+    chunk of a chunked ``dataset`` starting at ``coord`` is in the file's
+    chunk index with no filter marked as skipped that cannot be skipped. A
+    damaged chunk index (a B-tree key) can make HDF5 miss a chunk and return
+    its fill value (0: background) for some or all of it, or skip a filter,
+    without an error; a direct lookup of the chunk shows both.
+    ``skippable``: :func:`skippable_filters` of the dataset, if known."""
+    where = f"{sample_name(ids, int(coord[0]))}: dataset {_dataset_name(dataset)!r}"
+    try:
+        filter_mask, _ = dataset.id.read_direct_chunk(tuple(int(c) for c in coord))
+    except (OSError, RuntimeError, ValueError, KeyError) as error:
+        _fail(path, f"{where}: chunk missing from the file's index (damaged file: {error})")
+    if skippable is None:
+        skippable = skippable_filters(dataset)
+    if filter_mask & ~skippable:
+        _fail(path, f"{where}: chunk marked as stored without its filters (mask "
+                    f"{filter_mask}; damaged file)")
+
+
+def check_chunks(path, dataset: h5py.Dataset, n: int, ids=None) -> int:
+    """:func:`check_chunk` for every chunk of ``dataset`` holding rows
+    below ``n``; returns how many were checked (0 for a contiguous one)."""
+    if dataset.chunks is None:
+        return 0
+    skippable = skippable_filters(dataset)
+    starts = [range(0, n, dataset.chunks[0])] + [range(0, size, c) for size, c in
+                                                 zip(dataset.shape[1:], dataset.chunks[1:])]
+    count = 0
+    for coord in itertools.product(*starts):
+        check_chunk(path, dataset, coord, ids, skippable)
+        count += 1
+    return count
+
+
+def read_sample(path, dataset: h5py.Dataset, row: int, ids=None, skippable=None) -> np.ndarray:
+    """``dataset[row]`` of a per-sample dataset chunked one sample per chunk
+    (images, masks), its chunk checked (:func:`check_chunk`); a damaged chunk
+    is a PairFileError naming ``path``, the dataset and the sample.
+    ``skippable``: :func:`skippable_filters` of the dataset, if known."""
+    row = int(row)
+    if dataset.chunks is not None:
+        check_chunk(path, dataset, (row,) + (0,) * (dataset.ndim - 1), ids, skippable)
+    try:
+        return dataset[row]
+    except (OSError, RuntimeError, ValueError) as error:
+        _fail(path, f"{sample_name(ids, row)}: dataset {_dataset_name(dataset)!r}: unreadable "
+                    f"chunk (damaged file: {error})")
+
+
+def read_rows(path, dataset: h5py.Dataset, rows, ids=None) -> np.ndarray:
+    """``dataset[rows]`` (rows an int array) of a dataset chunked one sample
+    per chunk, each chunk checked as by :func:`read_sample`."""
+    rows = np.asarray(rows, dtype=np.int64)
+    out = np.empty((len(rows),) + dataset.shape[1:], dataset.dtype)
+    skippable = skippable_filters(dataset) if dataset.chunks is not None else 0
+    for j, row in enumerate(rows):
+        out[j] = read_sample(path, dataset, row, ids, skippable)
+    return out
+
+
+def verify(path, require_complete: bool = True) -> dict:
+    """:func:`validate`, then every chunk of every dataset looked up in the
+    file's index (:func:`check_chunk`) and read (a damaged compressed chunk
+    shows only when read), and every mask checked (:func:`check_masks`:
+    values 0/1, no empty target mask). Raises PairFileError naming the file,
+    and for data errors the dataset and the sample (up to 5 listed when
+    several chunks are damaged). Returns validate's summary with
+    ``chunks_read``, the number of chunks read. ``dce-build inspect
+    --verify`` runs this."""
+    summary = validate(path, require_complete)
+    n = summary["n_samples"]
+    prefix = f"{os.fspath(path)}: "
+    with _open(path) as f:
+        ids = _guarded(path, _strings, path, f, "sample_id", n)
+        damaged, chunks = [], 0
+        for name in list(SAMPLE_DATASETS) + ([SPLIT] if summary["complete"] else []):
+            d = f[name]
+            pieces = list(d.iter_chunks()) if d.chunks else [tuple(slice(0, s) for s in d.shape)]
+            for piece in pieces:
+                if piece[0].start >= n:
+                    continue  # a partial file's uncommitted row
+                chunks += 1
+                try:
+                    if d.chunks:
+                        check_chunk(path, d, [p.start for p in piece], ids)
+                    d[piece]
+                except PairFileError as error:
+                    damaged.append(str(error).removeprefix(prefix))
+                except (OSError, RuntimeError, ValueError) as error:
+                    where = (sample_name(ids, piece[0].start) if d.chunks and d.chunks[0] == 1
+                             else f"samples {piece[0].start}..{piece[0].stop - 1}")
+                    damaged.append(f"{where}: dataset {name!r}: unreadable chunk ({error})")
+        if damaged:
+            _fail(path, f"{len(damaged)} damaged chunk(s): " + "; ".join(damaged[:5])
+                  + (" ..." if len(damaged) > 5 else ""))
+        _guarded(path, check_masks, path, f, np.arange(n), MASK_DATASETS, ids)
+    summary["chunks_read"] = chunks
+    return summary
 
 
 def open_pairs(path, require_complete: bool = True) -> h5py.File:
@@ -321,14 +577,14 @@ def _describe_partial(path) -> str:
     try:
         with open(os.path.join(path, "settings.json"), encoding="utf-8") as fh:
             settings = json.load(fh)
-    except (OSError, ValueError) as e:
-        _fail(path, f"partial build without readable settings.json ({e})")
+        images = (f"  images    {len(settings['channels'])} x {settings['height']} x "
+                  f"{settings['width']}  channels " + ", ".join(settings["channels"]))
+        config = "  config    " + json.dumps(settings["config"], sort_keys=True)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        _fail(path, f"partial build without a readable settings.json ({type(e).__name__}: {e})")
     return "\n".join([
         f"{os.fspath(path)}: INCOMPLETE DCE build (rerun dce-build to resume)",
-        f"  samples   {sum(counts)} committed in {len(segments)} segments",
-        f"  images    {len(settings['channels'])} x {settings['height']} x {settings['width']}"
-        "  channels " + ", ".join(settings["channels"]),
-        "  config    " + json.dumps(settings["config"], sort_keys=True)])
+        f"  samples   {sum(counts)} committed in {len(segments)} segments", images, config])
 
 
 def describe(path, n_examples: int = 3) -> str:
@@ -350,26 +606,34 @@ def describe(path, n_examples: int = 3) -> str:
     if s["complete"]:
         lines.append(f"  split     train {s['n_train']} samples / {s['n_train_subjects']} subjects,"
                      f" test {s['n_test']} samples / {s['n_test_subjects']} subjects"
-                     f"  (seed {s['seed']}, test fraction {s['test_fraction']:.3g})")
+                     f"  (seed {s['seed']}, test fraction "
+                     f"{'?' if s['test_fraction'] is None else format(s['test_fraction'], '.3g')})")
     lines.append("  config    " + json.dumps(s["config"], sort_keys=True))
     n = s["n_samples"]
     if n:
         picks = np.unique(np.linspace(0, n - 1, min(n_examples, n)).round().astype(int))
         lines.append("  value ranges inside the masks (physical units):")
         with _open(path) as f:
-            ids = f["sample_id"].asstr()
-            for i in picks:
-                lines.append(f"    {ids[i]}")
-                for side in ("coarse", "target"):
-                    x = dequantize(f[side][i]).astype(np.float64)
-                    mask = f[side + "_mask"][i].astype(bool)
-                    phys = f[side + "_offset"][i][:, None] + f[side + "_scale"][i][:, None] \
-                        * x.reshape(len(x), -1)
-                    cells = []
-                    for c, name in enumerate(s["channels"]):
-                        v = phys[c][mask.ravel()]
-                        unit = UNITS.get(name, "")
-                        span = f"[{v.min():.4g}, {v.max():.4g}]{' ' + unit if unit else ''}"
-                        cells.append(f"{name} {span}" if v.size else f"{name} (empty)")
-                    lines.append(f"      {side:<6} {mask.sum():>7d} px  " + "; ".join(cells))
+            lines += _guarded(path, _value_ranges, path, f, s, picks)
     return "\n".join(lines)
+
+
+def _value_ranges(path, f: h5py.File, s: dict, picks) -> list:
+    """describe's lines of the physical value ranges of samples ``picks``."""
+    lines = []
+    ids = _strings(path, f, "sample_id", s["n_samples"])
+    for i in picks:
+        lines.append(f"    {ids[i]}")
+        for side in ("coarse", "target"):
+            x = dequantize(read_rows(path, f[side], [i], ids)[0]).astype(np.float64)
+            mask = read_rows(path, f[side + "_mask"], [i], ids)[0].astype(bool)
+            phys = f[side + "_offset"][i][:, None] + f[side + "_scale"][i][:, None] \
+                * x.reshape(len(x), -1)
+            cells = []
+            for c, name in enumerate(s["channels"]):
+                v = phys[c][mask.ravel()]
+                unit = UNITS.get(name, "")
+                span = f"[{v.min():.4g}, {v.max():.4g}]{' ' + unit if unit else ''}"
+                cells.append(f"{name} {span}" if v.size else f"{name} (empty)")
+            lines.append(f"      {side:<6} {mask.sum():>7d} px  " + "; ".join(cells))
+    return lines
