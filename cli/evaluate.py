@@ -14,6 +14,8 @@ from pathlib import Path
 
 
 def parse_args(argv=None):
+    from dce.cli.train import integer, number
+
     p = argparse.ArgumentParser(prog="dce-eval", description=__doc__)
     p.add_argument("data", type=Path, help="DCE pair file from dce-build")
     p.add_argument("checkpoint", type=Path, help="dce-train or dce-train-detail checkpoint (e.g. run/last.pt)")
@@ -21,18 +23,19 @@ def parse_args(argv=None):
                    help="folder for mae.md, mae.csv and heat maps (default: dce_eval)")
     p.add_argument("--split", default="test", choices=["test", "train", "all"],
                    help="which samples (default: test, the held-out identities)")
-    p.add_argument("--heatmaps", type=int, default=0, metavar="K",
+    p.add_argument("--heatmaps", type=integer(0), default=0, metavar="K",
                    help="write K error heat-map PNGs (default: 0)")
-    p.add_argument("--vmax-mm", type=float, default=5.0,
+    p.add_argument("--vmax-mm", type=number(0.0, low_open=True), default=5.0,
                    help="depth error shown as full red in the heat maps, mm (default: 5)")
-    p.add_argument("--vmax-deg", type=float, default=20.0,
+    p.add_argument("--vmax-deg", type=number(0.0, low_open=True), default=20.0,
                    help="normal error shown as full red in the heat maps, degrees (default: 20)")
-    p.add_argument("--resolution", type=int, default=None,
+    p.add_argument("--resolution", type=integer(1), default=None,
                    help="average-pool the file's images to this size first (default: the "
                         "file's own size, e.g. 256)")
     p.add_argument("--no-detail", action="store_true",
                    help="score a detail-stage checkpoint's global network alone")
-    p.add_argument("--batch-size", type=int, default=8, help="images per batch (default: 8)")
+    p.add_argument("--batch-size", type=integer(1), default=8,
+                   help="images per batch (default: 8)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     return p.parse_args(argv)
 
@@ -47,15 +50,15 @@ def main(argv=None) -> int:
         scores, kept, info = evaluate(args.checkpoint, args.data, args.split, args.batch_size,
                                       args.device, keep_images=args.heatmaps,
                                       resolution=args.resolution, detail=not args.no_detail)
-    except (PairFileError, CheckpointError, ValueError) as error:
-        print(f"dce-eval: {error}", file=sys.stderr)
+        md, csv_path = write_table(scores, args.out, info)
+        print(md.read_text(encoding="utf-8"))
+        print(f"table: {md}, {csv_path}")
+        if args.heatmaps:
+            paths = write_heatmaps(kept, args.out / "heatmaps", args.vmax_mm, args.vmax_deg)
+            print(f"{len(paths)} heat maps in {args.out / 'heatmaps'}")
+    except (PairFileError, CheckpointError, ValueError, RuntimeError, OSError) as error:
+        print(f"dce-eval: error: {error}", file=sys.stderr)
         return 2
-    md, csv_path = write_table(scores, args.out, info)
-    print(md.read_text(encoding="utf-8"))
-    print(f"table: {md}, {csv_path}")
-    if args.heatmaps:
-        paths = write_heatmaps(kept, args.out / "heatmaps", args.vmax_mm, args.vmax_deg)
-        print(f"{len(paths)} heat maps in {args.out / 'heatmaps'}")
     return 0
 
 

@@ -11,13 +11,50 @@ every stage change and on Ctrl-C; --resume continues exactly.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
 
+
+def integer(low: int, high: int | None = None):
+    """An argparse type: an int in [low, high]; otherwise the option's
+    error names the range (exit 2)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(
+                f"{value} is out of range: must be >= {low}" if high is None
+                else f"{value} is out of range: must be in [{low}, {high}]")
+        return value
+    return parse
+
+
+def number(low: float = 0.0, low_open: bool = False, high: float | None = None):
+    """An argparse type: a finite float >= ``low`` (> ``low`` when
+    ``low_open``) and <= ``high``: NaN and infinity would train NaN weights
+    or draw blank pictures."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if (not math.isfinite(value) or (value <= low if low_open else value < low)
+                or (high is not None and value > high)):
+            raise argparse.ArgumentTypeError(
+                f"{text} is out of range: must be a finite number {'>' if low_open else '>='} "
+                f"{low:g}" + ("" if high is None else f" and <= {high:g}"))
+        return value
+    return parse
+
+
 def parse_args(argv=None):
     from dce.gan.configs import CONFIGS, DEFAULT_CONFIG
-    from dce.gan.train import PRESETS
+    from dce.gan.networks import RESOLUTIONS
+    from dce.gan.train import MAX_SEED, MAX_WORKERS, PRESETS
 
     p = argparse.ArgumentParser(prog="dce-train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -33,19 +70,19 @@ def parse_args(argv=None):
                         "last resolution with the same iteration budget) (default: progressive)")
     p.add_argument("--preset", default="paper", choices=sorted(PRESETS),
                    help="growing schedule (default: paper)")
-    p.add_argument("--iters-per-resolution", type=int, default=None,
+    p.add_argument("--iters-per-resolution", type=integer(1), default=None,
                    help="override the preset's iterations per resolution")
-    p.add_argument("--max-resolution", type=int, default=None,
+    p.add_argument("--max-resolution", type=int, default=None, choices=RESOLUTIONS,
                    help="override the preset's last resolution (4 ... 256)")
-    p.add_argument("--batch-size", type=int, default=4, help="batch size (default: 4, paper)")
-    p.add_argument("--lr", type=float, default=None,
+    p.add_argument("--batch-size", type=integer(1), default=4, help="batch size (default: 4, paper)")
+    p.add_argument("--lr", type=number(0.0, low_open=True, high=1.0), default=None,
                    help="Adam learning rate (default: 1e-5, the paper's; 5e-4 with --preset cpu; "
                         "2e-4 for pix2pix)")
-    p.add_argument("--gp-lambda", type=float, default=10.0,
+    p.add_argument("--gp-lambda", type=number(0.0), default=10.0,
                    help="gradient-penalty weight (default: 10)")
-    p.add_argument("--drift", type=float, default=0.0,
+    p.add_argument("--drift", type=number(0.0), default=0.0,
                    help="drift penalty on D(real)^2, Progressive GAN uses 0.001 (default: 0)")
-    p.add_argument("--crop-pad", type=int, default=16,
+    p.add_argument("--crop-pad", type=integer(0), default=16,
                    help="online random crop-and-pad shift in pixels (default: 16; 0 = off)")
     p.add_argument("--equalized-lr", action="store_true",
                    help="equalized learning rate (Progressive GAN) instead of plain init")
@@ -59,14 +96,17 @@ def parse_args(argv=None):
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (default: auto)")
     p.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"],
                    help="mixed precision on CUDA (default: auto = bf16 where supported)")
-    p.add_argument("--workers", type=int, default=2, help="data-loader processes (default: 2)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    p.add_argument("--checkpoint-every", type=int, default=500,
+    p.add_argument("--workers", type=integer(0, MAX_WORKERS), default=2,
+                   help=f"data-loader processes, 0 .. {MAX_WORKERS} (default: 2)")
+    p.add_argument("--seed", type=integer(0, MAX_SEED), default=0,
+                   help="random seed, 0 .. 2^63 - 1 (default: 0)")
+    p.add_argument("--checkpoint-every", type=integer(1), default=500,
                    help="iterations between checkpoints (default: 500)")
-    p.add_argument("--log-every", type=int, default=25,
+    p.add_argument("--log-every", type=integer(1), default=25,
                    help="iterations between log lines (default: 25)")
     p.add_argument("--resume", action="store_true",
-                   help="continue from OUT/last.pt (refused if the settings differ)")
+                   help="continue from OUT/last.pt (refused if the settings differ); "
+                        "OUT/log.jsonl is cut back to its iteration")
     return p.parse_args(argv)
 
 
@@ -95,18 +135,19 @@ def main(argv=None) -> int:
             print(f"dce-train: {args.out / 'last.pt'} exists; pass --resume to continue it or "
                   "choose another --out", file=sys.stderr)
             return 2
-    except (PairFileError, CheckpointError, ValueError, RuntimeError) as error:
-        print(f"dce-train: {error}", file=sys.stderr)
-        return 2
-    import torch.distributed as dist
+        import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized():
-        print(f"distributed: {trainer.world} process(es), backend {dist.get_backend()}, "
-              f"rank {trainer.rank}")
-    print(f"training {settings.config} on {trainer.device} ({len(trainer.data)} samples, "
-          f"{trainer.total} iterations: " + ", ".join(
-              f"{s.resolution}px" for s in trainer.schedule) + ")")
-    trainer.train()
+        if dist.is_available() and dist.is_initialized():
+            print(f"distributed: {trainer.world} process(es), backend {dist.get_backend()}, "
+                  f"rank {trainer.rank}")
+        print(f"training {settings.config} on {trainer.device} ({len(trainer.data)} samples, "
+              f"{trainer.total} iterations: " + ", ".join(
+                  f"{s.resolution}px" for s in trainer.schedule) + ")")
+        trainer.train()
+    except (PairFileError, CheckpointError, ValueError, RuntimeError, OSError) as error:
+        # RuntimeError includes TrainingDiverged (the last good checkpoint is kept).
+        print(f"dce-train: error: {error}", file=sys.stderr)
+        return 2
     return 130 if trainer.interrupted else 0
 
 

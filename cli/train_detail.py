@@ -17,7 +17,9 @@ from pathlib import Path
 
 
 def parse_args(argv=None):
+    from dce.cli.train import integer, number
     from dce.gan.detail import DetailSettings
+    from dce.gan.train import MAX_SEED
 
     d = DetailSettings("", "", "")
     p = argparse.ArgumentParser(prog="dce-train-detail", description=__doc__,
@@ -27,21 +29,22 @@ def parse_args(argv=None):
                    help="the progressive network's checkpoint from dce-train (e.g. run/last.pt)")
     p.add_argument("-o", "--out", type=Path, default=Path("dce_detail"),
                    help="run folder (default: dce_detail)")
-    p.add_argument("--iterations", type=int, default=d.iterations,
+    p.add_argument("--iterations", type=integer(1), default=d.iterations,
                    help=f"training iterations (default: {d.iterations})")
-    p.add_argument("--batch-size", type=int, default=d.batch_size,
+    p.add_argument("--batch-size", type=integer(1), default=d.batch_size,
                    help=f"crops per iteration (default: {d.batch_size})")
-    p.add_argument("--crop", type=int, default=d.crop,
-                   help=f"crop side in pixels of the file's images (default: {d.crop})")
-    p.add_argument("--width", type=int, default=d.width,
+    p.add_argument("--crop", type=integer(16), default=d.crop,
+                   help=f"crop side in pixels of the file's images, even, >= 16 "
+                        f"(default: {d.crop})")
+    p.add_argument("--width", type=integer(1), default=d.width,
                    help=f"channels of the full-resolution layers (default: {d.width})")
-    p.add_argument("--blocks", type=int, default=d.blocks,
+    p.add_argument("--blocks", type=integer(0), default=d.blocks,
                    help=f"dilated residual blocks at half resolution (default: {d.blocks})")
-    p.add_argument("--lr", type=float, default=d.lr, help=f"Adam step (default: {d.lr:g})")
-    p.add_argument("--highpass-mm", type=float, default=d.highpass_mm,
+    p.add_argument("--lr", type=number(0.0, low_open=True, high=1.0), default=d.lr, help=f"Adam step (default: {d.lr:g})")
+    p.add_argument("--highpass-mm", type=number(0.0, low_open=True), default=d.highpass_mm,
                    help="the stage learns the ground truth's difference to the global output "
                         f"finer than this Gaussian sigma, mm (default: {d.highpass_mm:g})")
-    p.add_argument("--denoise-mm", type=float, default=d.denoise_mm,
+    p.add_argument("--denoise-mm", type=number(0.0), default=d.denoise_mm,
                    help="drop the ground truth's detail finer than this Gaussian sigma, mm "
                         "(pores, sensor noise: nothing predicts them); 0 = keep all "
                         f"(default: {d.denoise_mm:g})")
@@ -49,22 +52,28 @@ def parse_args(argv=None):
                    help="penalty of the detail's error and of its gradient's: l2 learns the "
                         "mean of an uncertain crease (a softened crease where it belongs), l1 "
                         f"its median (often none) (default: {d.pixel_loss})")
-    p.add_argument("--gradient-weight", type=float, default=d.gradient_weight,
+    p.add_argument("--gradient-weight", type=number(0.0), default=d.gradient_weight,
                    help=f"weight of the L1 on the detail's gradient (default: {d.gradient_weight:g})")
-    p.add_argument("--adversarial-weight", type=float, default=d.adversarial_weight,
+    p.add_argument("--adversarial-weight", type=number(0.0), default=d.adversarial_weight,
                    help="weight of the depth-only patch critic (WGAN-GP); 0 = off "
                         f"(default: {d.adversarial_weight:g})")
     p.add_argument("--no-flip", action="store_true",
                    help="no random left-right mirroring of the crops")
     p.add_argument("--device", default=d.device, help="auto, cpu, cuda ... (default: auto)")
-    p.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default: {d.seed})")
-    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every,
+    p.add_argument("--seed", type=integer(0, MAX_SEED), default=d.seed, help=f"random seed (default: {d.seed})")
+    p.add_argument("--checkpoint-every", type=integer(1), default=d.checkpoint_every,
                    help=f"iterations between checkpoints (default: {d.checkpoint_every})")
-    p.add_argument("--log-every", type=int, default=d.log_every,
+    p.add_argument("--log-every", type=integer(1), default=d.log_every,
                    help=f"iterations between log lines (default: {d.log_every})")
     p.add_argument("--resume", action="store_true",
                    help="continue from OUT/last.pt (refused if the settings differ)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.crop % 2:
+        p.error(f"argument --crop: {args.crop} must be even")
+    if args.denoise_mm >= args.highpass_mm:
+        p.error(f"argument --denoise-mm: {args.denoise_mm:g} must be below --highpass-mm "
+                f"{args.highpass_mm:g} (the band between them is what the stage learns)")
+    return args
 
 
 def main(argv=None) -> int:
@@ -94,8 +103,9 @@ def main(argv=None) -> int:
               f"{settings.batch_size} crops of {settings.crop} px, over the global network "
               f"{args.global_checkpoint}")
         trainer.train()
-    except (PairFileError, CheckpointError, ValueError, RuntimeError) as error:
-        print(f"dce-train-detail: {error}", file=sys.stderr)
+    except (PairFileError, CheckpointError, ValueError, RuntimeError, OSError) as error:
+        # RuntimeError includes TrainingDiverged (the last good checkpoint is kept).
+        print(f"dce-train-detail: error: {error}", file=sys.stderr)
         return 2
     return 130 if trainer.interrupted else 0
 

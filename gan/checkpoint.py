@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import math
 import os
 import random
@@ -232,6 +233,38 @@ def set_rng_state(state: dict, path=None) -> None:
             torch.cuda.set_rng_state_all(before["cuda"])
         raise CheckpointError(f"{path}: the random-number state 'rng' is not usable "
                               f"({type(error).__name__}: {error})") from None
+
+
+def truncate_log(path, iteration: int) -> int:
+    """Cut a run's ``log.jsonl`` (one JSON object with an ``iteration`` per
+    line) back to the records of iterations <= ``iteration``, e.g. on
+    resuming from a checkpoint older than the log after a kill, so the
+    iterations done again are not logged twice. A torn or malformed line
+    (a kill mid-write) is dropped too. Rewritten atomically, and only when
+    something is dropped; returns the number of lines dropped."""
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for line in fh:
+            try:
+                record = json.loads(line)
+                keep = line.endswith("\n") and int(record["iteration"]) <= iteration
+            except (ValueError, TypeError, KeyError):
+                keep = False
+            if keep:
+                kept.append(line)
+            else:
+                dropped += 1
+    if dropped:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.writelines(kept)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    return dropped
 
 
 @contextmanager

@@ -29,6 +29,11 @@ amplitude that L1 shrinks where a crease's position is uncertain.
 
 Inference: ``refined depth = global depth + detail``, inside the global
 output's surface; curvature and elevation stay the global network's.
+
+Failure, as for the global network (:mod:`dce.gan.train`): settings are
+checked when made, a non-finite loss or weights stop training with
+TrainingDiverged keeping the last good checkpoint, a resume checks every
+entry it needs and cuts ``log.jsonl`` back to the resumed iteration.
 """
 from __future__ import annotations
 
@@ -156,6 +161,34 @@ class DetailSettings:
     checkpoint_every: int = 250
     log_every: int = 25
 
+    def __post_init__(self):
+        """Every numeric field checked (ValueError naming it): NaN or
+        infinite weights and step sizes would train NaN weights."""
+        from .train import MAX_SEED, check_choice, check_flag, check_float, check_int
+
+        who = "DetailSettings"
+        check_int(who, "iterations", self.iterations, 1)
+        check_int(who, "batch_size", self.batch_size, 1)
+        check_int(who, "crop", self.crop, 16)
+        if self.crop % 2:
+            raise ValueError(f"{who}: crop must be an even number >= 16, got {self.crop}")
+        check_int(who, "width", self.width, 1)
+        check_int(who, "blocks", self.blocks, 0)
+        check_float(who, "lr", self.lr, 0.0, low_open=True, high=1.0)
+        check_float(who, "highpass_mm", self.highpass_mm, 0.0, low_open=True)
+        check_float(who, "denoise_mm", self.denoise_mm, 0.0, high=self.highpass_mm,
+                    high_open=True)
+        check_choice(who, "pixel_loss", self.pixel_loss, ("l1", "l2"))
+        check_float(who, "gradient_weight", self.gradient_weight, 0.0)
+        check_int(who, "edge_px", self.edge_px, 0)
+        check_float(who, "clip_mm", self.clip_mm, 0.0, low_open=True)
+        check_float(who, "adversarial_weight", self.adversarial_weight, 0.0)
+        check_float(who, "gp_lambda", self.gp_lambda, 0.0)
+        check_flag(who, "flip", self.flip)
+        check_int(who, "seed", self.seed, 0, MAX_SEED)
+        check_int(who, "checkpoint_every", self.checkpoint_every, 1)
+        check_int(who, "log_every", self.log_every, 1)
+
 
 def detail_target(target, base, valid, mm_per_unit, pixel_mm, highpass_mm: float,
                   denoise_mm: float = 0.0):
@@ -190,18 +223,34 @@ def enhancer_input(coarse, base_depth, depth_index: int):
 
 def pixel_sizes(path, rows) -> np.ndarray:
     """Pixel size in mm (1 / the camera scale) of the ground truth of the
-    file's samples ``rows``."""
-    with h5py.File(path, "r") as f:
-        return 1.0 / f["target_camera"][:, 3, 0][np.asarray(rows)]
+    file's samples ``rows``; PairFileError naming the file and the sample
+    when a camera scale is not a finite positive number."""
+    rows = np.asarray(rows, dtype=np.int64)
+    try:
+        with h5py.File(path, "r") as f:
+            scales = f["target_camera"][:, 3, 0][rows]
+            bad = ~(np.isfinite(scales) & (scales > 0))
+            if bad.any():
+                row = int(rows[np.flatnonzero(bad)[0]])
+                ids = list(f["sample_id"].asstr()[()])
+                raise PairFileError(f"{path}: {h5format.sample_name(ids, row)}: target camera "
+                                    f"scale {scales[bad][0]} px/mm (must be finite and > 0)")
+    except (OSError, KeyError) as error:
+        raise PairFileError(f"{path}: cannot read the target cameras ({error})") from None
+    return 1.0 / scales
 
 
 def depth_scale(path) -> float:
     """The pair file's depth scale, mm per [-1, 1] unit (the build's
     ``depth_scale``; one value for every sample), which the detail stage
-    keeps: it adds mm to images in [-1, 1] units."""
-    with h5py.File(path, "r") as f:
-        channels = json.loads(f.attrs["channels"])
-        scales = np.abs(f["target_scale"][:, channels.index("depth")])
+    keeps: it adds mm to images in [-1, 1] units. Call it on a validated
+    file (:func:`dce.gan.h5format.validate`)."""
+    try:
+        with h5py.File(path, "r") as f:
+            channels = json.loads(f.attrs["channels"])
+            scales = np.abs(f["target_scale"][:, channels.index("depth")])
+    except (OSError, KeyError, ValueError) as error:
+        raise PairFileError(f"{path}: cannot read the depth scales ({error})") from None
     if not np.all(np.isfinite(scales)) or scales.min() <= 0 or scales.max() > scales.min() * 1.001:
         raise ValueError(f"{path}: the samples' depth scales differ or are not positive "
                          f"({scales.min()} .. {scales.max()} mm); the detail stage needs one")
@@ -329,9 +378,8 @@ class DetailTrainer:
         self.device = pick_device(settings.device)
         self.out = Path(settings.out)
         self.out.mkdir(parents=True, exist_ok=True)
-        if settings.crop < 16 or settings.crop % 2:
-            raise ValueError(f"crop must be an even number >= 16, got {settings.crop}")
         self.refiner = global_refiner(settings.global_checkpoint, self.device)
+        require_finite_networks(self.refiner, settings.global_checkpoint)
         summary = h5format.validate(settings.data)
         channels, self.image_size = summary["channels"], int(summary["height"])
         missing = [c for c in self.refiner.input_channels if c not in channels]
@@ -351,7 +399,8 @@ class DetailTrainer:
         self.opt_d = (torch.optim.Adam(self.D.parameters(), settings.lr, betas=(0.0, 0.99))
                       if self.D is not None else None)
         self.iteration = 0
-        self.interrupted = False
+        self.interrupted = self.diverged = False
+        self.saved_iteration = None  # iteration of the checkpoint on disk from this run
         self.arrays: Optional[_Arrays] = None
 
     def state(self) -> dict:
@@ -364,26 +413,72 @@ class DetailTrainer:
                 "rng": ckpt.rng_state()}
 
     def save(self) -> Path:
-        return ckpt.save_checkpoint(self.out / "last.pt", self.state())
+        """Write OUT/last.pt; non-finite weights or optimizer states are never
+        written (TrainingDiverged, the checkpoint on disk stays)."""
+        state = self.state()
+        bad = ckpt.nonfinite({k: state[k] for k in ("G", "opt_g", "D", "opt_d")
+                              if state[k] is not None})
+        if bad:
+            self._diverged(f"non-finite weights ({', '.join(bad[:3])}) after iteration "
+                           f"{self.iteration}")
+        path = ckpt.save_checkpoint(self.out / "last.pt", state)
+        self.saved_iteration = self.iteration
+        return path
+
+    def _diverged(self, what: str):
+        from .train import TrainingDiverged
+
+        self.diverged = True
+        kept = (f"{self.out / 'last.pt'} (iteration {self.saved_iteration}) is kept"
+                if self.saved_iteration is not None else "no checkpoint was written")
+        raise TrainingDiverged(f"detail stage diverged: {what}; stopped, {kept}. Lower --lr")
 
     def resume(self, path) -> None:
+        """Continue from ``path``; every entry is checked before anything is
+        loaded (CheckpointError naming the file; ValueError when the run's
+        settings differ from the checkpoint's)."""
         state = ckpt.load_checkpoint(path, map_location=self.device)
         if state.get("format") != FORMAT:
             raise ckpt.CheckpointError(f"{path}: not a detail-stage checkpoint")
-        theirs = state["settings"]
+        needs = {"settings": dict, "iteration": int, "G": dict, "opt_g": dict, "rng": dict}
+        if self.D is not None:
+            needs.update(D=dict, opt_d=dict)
+        ckpt.require(state, path, needs)
+        try:
+            theirs = asdict(DetailSettings(**{k: v for k, v in state["settings"].items()
+                                              if k in DetailSettings.__dataclass_fields__}))
+        except (TypeError, ValueError) as error:
+            raise ckpt.CheckpointError(f"{path}: its settings are not usable ({error})") from None
         for key in ("global_checkpoint", "batch_size", "crop", "width", "blocks", "highpass_mm",
                     "denoise_mm", "pixel_loss", "edge_px", "clip_mm",
                     "adversarial_weight", "seed", "flip"):
             if theirs.get(key) != getattr(self.s, key):
                 raise ValueError(f"{path}: trained with {key}={theirs.get(key)!r}, now "
                                  f"{getattr(self.s, key)!r}; start a new run folder to change it")
-        self.G.load_state_dict(state["G"])
-        self.opt_g.load_state_dict(state["opt_g"])
+        iteration = state["iteration"]
+        if not 0 <= iteration <= self.s.iterations:
+            raise ckpt.CheckpointError(f"{path}: iteration {iteration} is outside 0 .. "
+                                       f"{self.s.iterations} (--iterations)")
+        pairs = [("G", self.G, "opt_g", self.opt_g)]
         if self.D is not None:
-            self.D.load_state_dict(state["D"])
-            self.opt_d.load_state_dict(state["opt_d"])
-        ckpt.set_rng_state(state["rng"])
-        self.iteration = int(state["iteration"])
+            pairs.append(("D", self.D, "opt_d", self.opt_d))
+        for name, net, opt_name, opt in pairs:
+            ckpt.check_state_dict(state[name], net, path, name)
+            bad = ckpt.nonfinite(state[opt_name])
+            if bad:
+                raise ckpt.CheckpointError(f"{path}: {opt_name!r} holds non-finite values in "
+                                           f"{bad[:3]}")
+            probe = torch.optim.Adam(net.parameters())  # loading into it changes no weight
+            try:
+                probe.load_state_dict(state[opt_name])
+            except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as error:
+                raise ckpt.CheckpointError(f"{path}: {opt_name!r} does not fit this run's "
+                                           f"optimizer ({type(error).__name__}: {error})") from None
+        ckpt.set_rng_state(state["rng"], path)
+        for name, net, opt_name, opt in pairs:
+            net.load_state_dict(state[name])
+            opt.load_state_dict(state[opt_name])
+        self.iteration = self.saved_iteration = iteration
 
     def step(self, batch) -> dict:
         dev = self.device
@@ -425,15 +520,23 @@ class DetailTrainer:
 
     def train(self) -> dict:
         """Train to ``iterations``, checkpointing every ``checkpoint_every``,
-        on Ctrl-C / SIGTERM and at the end."""
+        on Ctrl-C / SIGTERM and at the end (``log.jsonl`` first cut back to
+        the current iteration). TrainingDiverged on a non-finite loss or
+        weights; the last good checkpoint stays."""
         if self.arrays is None:
             self.arrays = prepare_arrays(self.s, self.refiner, self.device, self.log)
+        # After a kill the log may hold iterations past the checkpoint, done again now.
+        ckpt.truncate_log(self.out / "log.jsonl", self.iteration)
         record, t0, start = {}, time.perf_counter(), self.iteration
         try:
             with ckpt.interrupts_call(lambda: setattr(self, "interrupted", True)), \
                     open(self.out / "log.jsonl", "a", encoding="utf-8") as log_file:
                 while self.iteration < self.s.iterations and not self.interrupted:
                     record = self.step(crop_batch(self.arrays, self.s, self.iteration))
+                    bad = [k for k, v in record.items() if not np.isfinite(v)]
+                    if bad:
+                        self._diverged(f"non-finite loss at iteration {self.iteration} ("
+                                       + ", ".join(f"{k}={record[k]}" for k in bad) + ")")
                     rate = ((self.iteration - start) * self.s.batch_size
                             / max(time.perf_counter() - t0, 1e-9))
                     record["crops_per_s"] = rate
@@ -449,11 +552,26 @@ class DetailTrainer:
                     if self.iteration % self.s.checkpoint_every == 0:
                         self.save()
         finally:
-            self.save()
+            if not self.diverged:
+                self.save()
         if self.interrupted:
             self.log(f"interrupted at iteration {self.iteration}; checkpoint "
                      f"{self.out / 'last.pt'}: rerun with --resume to continue")
         return record
+
+
+def require_finite_networks(refiner, path) -> None:
+    """CheckpointError naming ``path`` when the weights of a Refiner's
+    global network or detail stage are not finite (a checkpoint saved by a
+    diverged run before dce refused to save one): its output would be NaN."""
+    nets = {"G": refiner.generator}
+    if refiner.enhancer is not None:
+        nets["detail G"] = refiner.enhancer
+    for name, net in nets.items():
+        bad = ckpt.nonfinite(net.state_dict())
+        if bad:
+            raise ckpt.CheckpointError(f"{path}: non-finite (NaN or infinite) weights in "
+                                       f"{name}: {bad[:3]}")
 
 
 def load_enhancer(state: dict, path, device="cpu") -> tuple:

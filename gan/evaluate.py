@@ -108,10 +108,11 @@ def evaluate(checkpoint, data, split: str = "test", batch_size: int = 8, device:
     the first ``keep_images`` (coarse, refined, target depth in [-1, 1], mm
     per unit, pixel mm) for heat maps. ``detail=False`` scores a detail
     stage's global network alone."""
-    from .detail import pixel_sizes
+    from .detail import pixel_sizes, require_finite_networks
     from .inference import Refiner
 
     refiner = Refiner(checkpoint, device, detail=detail)
+    require_finite_networks(refiner, checkpoint)
     try:
         dataset = PairDataset(data, split, refiner.input_channels, ("depth",),
                               resolution=resolution, augment=False)
@@ -124,6 +125,8 @@ def evaluate(checkpoint, data, split: str = "test", batch_size: int = 8, device:
     depth_out = refiner.output_channels.index("depth")
     parts = {m: {k: [] for k in METRICS} for m in ("coarse", "refined")}
     target_roughness, kept = [], []
+    if not (isinstance(batch_size, int) and batch_size >= 1):
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     for start in range(0, len(dataset), batch_size):
         items = dataset.fetch(range(start, min(start + batch_size, len(dataset))))
         x = torch.stack([it["coarse"] for it in items])
@@ -193,8 +196,10 @@ def markdown_table(rows: list, names=None) -> str:
 
 def heat_color(values: np.ndarray, vmax: float) -> np.ndarray:
     """(H, W) >= 0 -> (H, W, 3) uint8, blue (0) through green and yellow to
-    red (>= vmax)."""
-    t = np.clip(values / max(vmax, 1e-12), 0.0, 1.0)
+    red (>= vmax); ``vmax`` a finite number > 0."""
+    if not (np.isfinite(vmax) and vmax > 0):
+        raise ValueError(f"heat_color: vmax must be a finite number > 0, got {vmax!r}")
+    t = np.clip(values / vmax, 0.0, 1.0)
     r = np.clip(2.0 * t - 0.5, 0, 1) * 1.0
     g = np.clip(1.5 - np.abs(4.0 * t - 2.0), 0, 1)
     b = np.clip(1.0 - 2.0 * t, 0, 1)
@@ -236,8 +241,14 @@ def write_heatmaps(kept: list, out_dir, vmax_mm: float = 5.0, vmax_deg: float = 
     ``vmax_mm`` (red) over the pixels of Eq. 4; below, the angle between
     their normals and the target's from 0 to ``vmax_deg`` over the target's
     face; black elsewhere. Beside each, ``shaded_K.png``: coarse | refined |
-    target shaded. ``kept`` as :func:`evaluate` returns it."""
+    target shaded. ``kept`` as :func:`evaluate` returns it. ValueError when
+    a vmax is not a finite positive number (the maps would be blank)."""
     from PIL import Image
+
+    for name, value in (("vmax_mm", vmax_mm), ("vmax_deg", vmax_deg)):
+        if not (isinstance(value, (int, float, np.integer, np.floating))
+                and np.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,13 @@ Exact resume: the batches of iteration i are a pure function of (seed, i)
 (epoch = i // batches per epoch, a seeded permutation per epoch, the
 augmentation seeded by epoch and sample), and checkpoints hold the weights,
 both optimizers, the grad scaler, the iteration and alpha, and every RNG.
+
+Failure. Settings that are not finite or out of range are a ValueError when
+the :class:`TrainSettings` is made. A non-finite loss, or weights that
+became non-finite, stop training with :class:`TrainingDiverged`; the last
+checkpoint written before stays (non-finite weights are never saved). A
+resume checks every entry it needs (``Trainer.resume``) and cuts
+``log.jsonl`` back to the resumed iteration.
 """
 from __future__ import annotations
 
@@ -29,9 +36,11 @@ from torch.utils.data import DataLoader, Sampler
 
 from . import checkpoint as ckpt
 from .configs import get_config, kappa
-from .data import PairDataset, downsample, downsample_mask, seed_worker
+from .data import PairDataset, downsample, downsample_mask, seed_worker, worker_error
+from .h5format import PairFileError
 from .losses import discriminator_loss, generator_loss, gradient_penalty
-from .networks import Discriminator, Generator, Stage, fade_reals, paper_schedule, stage_at
+from .networks import (RESOLUTIONS, Discriminator, Generator, Stage, fade_reals,
+                       paper_schedule, stage_at)
 from .pix2pix import (PatchDiscriminator, UnetGenerator, init_weights, pix2pix_discriminator_loss,
                       pix2pix_generator_loss)
 
@@ -62,6 +71,61 @@ PRESETS = {
     # Smoke runs and tests.
     "tiny": dict(iters_per_resolution=20, end=16),
 }
+AMP_MODES = ("auto", "bf16", "fp16", "off")
+MAX_SEED = 2**63 - 1  # torch.manual_seed takes 64-bit seeds
+MAX_WORKERS = 256
+
+
+class TrainingDiverged(RuntimeError):
+    """Training stopped on a non-finite loss or non-finite weights; the
+    message names the iteration and the checkpoint that was kept."""
+
+
+def is_int(value) -> bool:
+    """An integer (Python or numpy), not a bool."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def is_number(value) -> bool:
+    return is_int(value) or isinstance(value, (float, np.floating))
+
+
+def check_int(owner: str, name: str, value, low: int, high: Optional[int] = None,
+              optional: bool = False) -> None:
+    """ValueError naming ``owner.name`` unless ``value`` is an int in
+    [low, high] (None allowed when ``optional``)."""
+    if optional and value is None:
+        return
+    if not is_int(value) or value < low or (high is not None and value > high):
+        span = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"{owner}: {name} must be an integer {span}, got {value!r}")
+
+
+def check_float(owner: str, name: str, value, low: float = 0.0, low_open: bool = False,
+                high: Optional[float] = None, high_open: bool = False,
+                optional: bool = False) -> None:
+    """ValueError naming ``owner.name`` unless ``value`` is a finite number
+    above ``low`` (or equal, unless ``low_open``) and below ``high``."""
+    if optional and value is None:
+        return
+    ok = is_number(value) and math.isfinite(value) and (value > low if low_open else value >= low)
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if not ok:
+        span = ("> " if low_open else ">= ") + f"{low:g}" + (
+            "" if high is None else (" and < " if high_open else " and <= ") + f"{high:g}")
+        raise ValueError(f"{owner}: {name} must be a finite number {span}, got {value!r}")
+
+
+def check_choice(owner: str, name: str, value, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"{owner}: {name} must be one of {list(choices)}, got {value!r}")
+
+
+def check_flag(owner: str, name: str, value, optional: bool = False) -> None:
+    if not (isinstance(value, (bool, np.bool_)) or (optional and value is None)):
+        raise ValueError(f"{owner}: {name} must be True or False"
+                         + (" or None" if optional else "") + f", got {value!r}")
 
 
 @dataclass
@@ -88,6 +152,38 @@ class TrainSettings:
     workers: int = 2
     checkpoint_every: int = 500
     log_every: int = 25
+
+    def __post_init__(self):
+        """Every field checked: a NaN learning rate or penalty weight would
+        train NaN weights; a zero batch size or interval would divide by
+        zero. ValueError naming the field."""
+        who = "TrainSettings"
+        get_config(self.config)
+        check_choice(who, "model", self.model, MODELS)
+        check_choice(who, "preset", self.preset, sorted(PRESETS))
+        check_int(who, "iters_per_resolution", self.iters_per_resolution, 1, optional=True)
+        check_choice(who, "max_resolution", self.max_resolution, (None,) + RESOLUTIONS)
+        check_int(who, "batch_size", self.batch_size, 1)
+        # Adam moves each weight by about lr per step: above 1 it can only diverge.
+        check_float(who, "lr", self.lr, 0.0, low_open=True, high=1.0, optional=True)
+        if self.betas is not None:
+            if not (isinstance(self.betas, (tuple, list)) and len(self.betas) == 2):
+                raise ValueError(f"{who}: betas must be two numbers, got {self.betas!r}")
+            for beta in self.betas:
+                check_float(who, "betas", beta, 0.0, high=1.0, high_open=True)
+        check_float(who, "gp_lambda", self.gp_lambda, 0.0)
+        check_float(who, "drift", self.drift, 0.0)
+        check_int(who, "crop_pad", self.crop_pad, 0)
+        check_flag(who, "equalized_lr", self.equalized_lr)
+        check_flag(who, "residual", self.residual, optional=True)
+        check_flag(who, "masked_loss", self.masked_loss, optional=True)
+        check_int(who, "seed", self.seed, 0, MAX_SEED)
+        if not isinstance(self.device, str):
+            raise ValueError(f"{who}: device must be a name such as 'cpu', got {self.device!r}")
+        check_choice(who, "amp", self.amp, AMP_MODES)
+        check_int(who, "workers", self.workers, 0, MAX_WORKERS)
+        check_int(who, "checkpoint_every", self.checkpoint_every, 1)
+        check_int(who, "log_every", self.log_every, 1)
 
     def schedule(self) -> list:
         """The stage table. pix2pix does not grow: one stage at the last
@@ -242,7 +338,8 @@ class Trainer:
             self.G_train = DDP(self.G, device_ids=ids, find_unused_parameters=True)
             self.D_train = DDP(self.D, device_ids=ids, find_unused_parameters=True)
         self.iteration = 0
-        self.interrupted = False
+        self.interrupted = self.diverged = False
+        self.saved_iteration = None  # iteration of the checkpoint on disk from this run
 
     # ------------------------------------------------------------ state
     def state(self) -> dict:
@@ -254,26 +351,78 @@ class Trainer:
                 "scaler": self.scaler.state_dict(), "rng": ckpt.rng_state()}
 
     def save(self, name: str = "last.pt") -> Path:
-        """Rank 0 writes; every rank holds the same weights under DDP."""
+        """Rank 0 writes; every rank holds the same weights under DDP.
+        Weights or optimizer states that are not finite are never written:
+        TrainingDiverged, and the checkpoint on disk stays as it was."""
+        state = self.state()
+        bad = ckpt.nonfinite({k: state[k] for k in ("G", "D", "opt_g", "opt_d")})
+        if bad:
+            self._diverged(f"non-finite weights ({', '.join(bad[:3])}"
+                           f"{' ...' if len(bad) > 3 else ''}) after iteration {self.iteration}")
         if self.rank == 0:
-            ckpt.save_checkpoint(self.out / name, self.state())
+            ckpt.save_checkpoint(self.out / name, state)
+        self.saved_iteration = self.iteration
         return self.out / name
 
+    def _diverged(self, what: str):
+        self.diverged = True
+        kept = (f"{self.out / 'last.pt'} (iteration {self.saved_iteration}) is kept"
+                if self.saved_iteration is not None else "no checkpoint was written")
+        raise TrainingDiverged(f"training diverged: {what}; stopped, {kept}. Lower --lr, or "
+                               "check the data and the loss weights")
+
+    # Every entry resume needs, and its type.
+    RESUME_KEYS = {"settings": dict, "iteration": int, "G": dict, "D": dict, "opt_g": dict,
+                   "opt_d": dict, "scaler": dict, "rng": dict}
+
     def resume(self, path) -> None:
+        """Continue from checkpoint ``path``. Every entry is checked before
+        anything is loaded: CheckpointError naming the file when one is
+        missing, of the wrong type or unusable (settings out of range, an
+        iteration outside the schedule, weights of other shapes or not
+        finite, optimizer or RNG states that do not fit); ValueError when
+        the run's settings differ from the checkpoint's."""
         state = ckpt.load_checkpoint(path, map_location=self.device)
-        mine, theirs = asdict(self.s), dict(state["settings"])
+        ckpt.require(state, path, self.RESUME_KEYS)
+        try:
+            theirs = asdict(TrainSettings(**{k: v for k, v in state["settings"].items()
+                                             if k in TrainSettings.__dataclass_fields__}))
+        except (TypeError, ValueError) as error:
+            raise ckpt.CheckpointError(f"{path}: its settings are not usable ({error})") from None
+        mine = asdict(self.s)
         for key in ("config", "model", "preset", "iters_per_resolution", "max_resolution",
                     "batch_size", "seed", "equalized_lr", "residual"):
             if mine[key] != theirs.get(key):
                 raise ValueError(f"{path}: trained with {key}={theirs.get(key)!r}, now "
                                  f"{mine[key]!r}; start a new run folder to change it")
+        iteration = int(state["iteration"])
+        if not 0 <= iteration <= self.total:
+            raise ckpt.CheckpointError(f"{path}: iteration {iteration} is outside this run's "
+                                       f"schedule (0 .. {self.total})")
+        ckpt.check_state_dict(state["G"], self.G, path, "G")
+        ckpt.check_state_dict(state["D"], self.D, path, "D")
+        for name, net in (("opt_g", self.G), ("opt_d", self.D)):
+            bad = ckpt.nonfinite(state[name])
+            if bad:
+                raise ckpt.CheckpointError(f"{path}: {name!r} holds non-finite values in "
+                                           f"{bad[:3]}")
+            probe = torch.optim.Adam(net.parameters())  # loading into it changes no weight
+            try:
+                probe.load_state_dict(state[name])
+            except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as error:
+                raise ckpt.CheckpointError(f"{path}: {name!r} does not fit this run's optimizer "
+                                           f"({type(error).__name__}: {error})") from None
+        ckpt.set_rng_state(state["rng"], path)
+        try:
+            self.scaler.load_state_dict(state["scaler"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as error:
+            raise ckpt.CheckpointError(f"{path}: 'scaler' is not usable "
+                                       f"({type(error).__name__}: {error})") from None
         self.G.load_state_dict(state["G"])
         self.D.load_state_dict(state["D"])
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_d.load_state_dict(state["opt_d"])
-        self.scaler.load_state_dict(state["scaler"])
-        ckpt.set_rng_state(state["rng"])
-        self.iteration = int(state["iteration"])
+        self.iteration = self.saved_iteration = iteration
 
     # ------------------------------------------------------------ steps
     def resolution(self) -> int:
@@ -292,10 +441,13 @@ class Trainer:
             self.data.set_resolution(r)
             cached = (self.data.cache_resolution % r == 0
                       and self.data.cache_info().capacity == len(self.data))
-            for batch in (self.cache_loader if cached else self.loader):
-                yield batch
-                if self.iteration % self.batches_per_epoch == 0 or self.resolution() != r:
-                    break  # a new epoch (order, augmentation) or a new resolution
+            try:
+                for batch in (self.cache_loader if cached else self.loader):
+                    yield batch
+                    if self.iteration % self.batches_per_epoch == 0 or self.resolution() != r:
+                        break  # a new epoch (order, augmentation) or a new resolution
+            except PairFileError as error:  # e.g. a damaged chunk, read in a worker
+                raise worker_error(error) from None
 
     def step(self, batch) -> dict:
         stage, alpha = stage_at(self.schedule, self.iteration)
@@ -348,6 +500,19 @@ class Trainer:
             yield
         finally:
             self.D.requires_grad_(True)
+
+    def _check_finite(self, record: dict) -> None:
+        """TrainingDiverged when a loss of ``record`` is not finite (on any
+        rank under DDP, so that every rank stops together)."""
+        bad = [k for k, v in record.items() if isinstance(v, float) and not math.isfinite(v)]
+        if self.world > 1:
+            flag = torch.tensor([float(bool(bad))], device=self.device)
+            torch.distributed.all_reduce(flag)
+            if flag.item() and not bad:
+                bad = ["(on another rank)"]
+        if bad:
+            values = ", ".join(f"{k}={record[k]}" for k in bad if k in record)
+            self._diverged(f"non-finite loss at iteration {record['iteration']} ({values or bad[0]})")
 
     def _finish(self, r, alpha, d_parts, g_parts) -> dict:
         self.scaler.update()
@@ -427,9 +592,15 @@ class Trainer:
     def train(self, until: Optional[int] = None) -> dict:
         """Train to iteration ``until`` (default: the end of the schedule),
         checkpointing every ``checkpoint_every`` iterations, at each stage's
-        end, on Ctrl-C / SIGTERM and at the end."""
+        end, on Ctrl-C / SIGTERM and at the end. ``log.jsonl`` is first cut
+        back to the current iteration. TrainingDiverged on a non-finite loss
+        or weights (the last good checkpoint stays); PairFileError naming the
+        file, dataset and sample on a damaged chunk."""
         until = self.total if until is None else min(until, self.total)
         log_path = self.out / "log.jsonl"
+        if self.rank == 0:
+            # After a kill the log may hold iterations past the checkpoint, done again now.
+            ckpt.truncate_log(log_path, self.iteration)
         board = self._tensorboard()
         record, t0, start = {}, time.perf_counter(), self.iteration
         try:
@@ -440,6 +611,7 @@ class Trainer:
                         break
                     stage_before = stage_at(self.schedule, self.iteration)[0]
                     record = self.step(batch)
+                    self._check_finite(record)
                     done = self.iteration - start
                     rate = done * self.s.batch_size / max(time.perf_counter() - t0, 1e-9)
                     record["images_per_s"] = rate
@@ -470,9 +642,10 @@ class Trainer:
                             or stage_after != stage_before):
                         self.save()
         finally:
-            self.save()
             if board is not None:
                 board.close()
+            if not self.diverged:
+                self.save()
         if self.interrupted:
             self.log(f"interrupted at iteration {self.iteration}; checkpoint "
                      f"{self.out / 'last.pt'} — rerun with --resume to continue")

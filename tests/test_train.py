@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import torch
 
+from dce.gan.checkpoint import load_checkpoint
 from dce.gan.configs import CONFIGS
 from dce.gan.train import Trainer, TrainSettings
 
@@ -183,7 +184,7 @@ def test_ddp_on_cpu_keeps_ranks_in_step(pairs, tmp_path):
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
     assert (tmp_path / "last.pt").is_file()
-    assert torch.load(tmp_path / "last.pt", weights_only=False)["iteration"] == 4
+    assert load_checkpoint(tmp_path / "last.pt")["iteration"] == 4
 
 
 def test_tensorboard_scalars_and_images(pairs, tmp_path):
