@@ -43,6 +43,8 @@ from typing import Optional
 
 import numpy as np
 
+from dce.cli.build import MAX_SIZE
+from dce.cli.options import check_output, integer, number
 from dce.geom.dataset import BuildConfig
 
 _BUILD = BuildConfig()
@@ -76,28 +78,29 @@ def parse_args(argv=None):
                    help="the mesh's 68 landmarks: vertex indices (.txt one a line, .npy, .npz) "
                         "or x y z points in mm (.txt); required with --landmarks/--photo "
                         "(default: none)")
-    p.add_argument("--size", type=int, default=256,
+    p.add_argument("--size", type=integer(16, MAX_SIZE), default=256,
                    help="with --mesh: DCE image size in px, a multiple of the checkpoint's "
                         "resolution (default: 256)")
-    p.add_argument("--margin", type=float, default=_BUILD.margin,
+    p.add_argument("--margin", type=number(0.0), default=_BUILD.margin,
                    help="with --landmarks/--photo: face box margin around the landmarks, as in "
                         f"dce-build (default: {_BUILD.margin})")
-    p.add_argument("--depth-scale", type=float, default=_BUILD.depth_scale,
+    p.add_argument("--depth-scale", type=number(0.0, low_open=True), default=_BUILD.depth_scale,
                    help="with --mesh: mm of depth per unit of the normalized depth channel; "
                         f"use the pair file's value (default: {_BUILD.depth_scale})")
-    p.add_argument("--curvature-scale", type=float, default=_BUILD.curvature_scale,
+    p.add_argument("--curvature-scale", type=number(0.0, low_open=True),
+                   default=_BUILD.curvature_scale,
                    help="with --mesh: 1/mm of mean curvature per unit of the curvature channel "
                         f"(default: {_BUILD.curvature_scale})")
     p.add_argument("--curvature", default=_BUILD.curvature, choices=["mean", "absolute"],
                    help=f"with --mesh: curvature channel kind (default: {_BUILD.curvature})")
-    p.add_argument("--max-jump-mm", type=float, default=None,
+    p.add_argument("--max-jump-mm", type=number(0.0, low_open=True), default=None,
                    help="depth spread in mm above which a triangle of the refined grid spans a "
                         "discontinuity and is dropped (default: 5 pixel pitches of the image)")
     p.add_argument("--keep-topology", action="store_true",
                    help="write the coarse mesh itself with its visible vertices moved onto the "
                         "refined depth (same vertices, faces and landmark indices as the input; "
                         "default: a new mesh from the refined depth pixels)")
-    p.add_argument("--blend-mm", type=float, default=None,
+    p.add_argument("--blend-mm", type=number(0.0, low_open=True), default=None,
                    help="with --keep-topology: width over which the move fades out toward "
                         "hidden vertices (default: 3 pixel pitches of the image)")
     p.add_argument("--displacement-ply", action="store_true",
@@ -127,14 +130,8 @@ def parse_args(argv=None):
         p.error("--camera, --landmarks, --photo and --landmarks-3d go with --mesh")
     if args.pairs is None and args.sample is not None:
         p.error("--sample goes with --pairs")
-    if args.size < 1:
-        p.error(f"--size must be a positive number of pixels, got {args.size}")
-    if args.max_jump_mm is not None and not args.max_jump_mm > 0:
-        p.error(f"--max-jump-mm must be > 0, got {args.max_jump_mm}")
     if not args.keep_topology and (args.blend_mm is not None or args.displacement_ply):
         p.error("--blend-mm and --displacement-ply go with --keep-topology")
-    if args.blend_mm is not None and not args.blend_mm > 0:
-        p.error(f"--blend-mm must be > 0, got {args.blend_mm}")
     if args.landmarks_out is not None and args.landmarks_3d is None:
         p.error("--landmarks-out needs --landmarks-3d (the coarse mesh's landmarks to move)")
     return args
@@ -376,6 +373,11 @@ def main(argv=None) -> int:
     from dce.geom.store import read_sample
 
     try:
+        check_output(args.out, [args.checkpoint, args.pairs, args.mesh, args.camera,
+                                args.landmarks, args.photo, args.landmarks_3d], is_dir=True)
+        if args.landmarks_out is not None:
+            check_output(args.landmarks_out, [args.landmarks, args.landmarks_3d, args.mesh],
+                         replaceable=lambda p: p.suffix.lower() == ".txt")
         inputs = read_sample(args.pairs, args.sample) if args.pairs else read_mesh_inputs(args)
         refiner = Refiner(args.checkpoint, args.device)
         coarse_mesh, coarse_image, target, rgb = coarse_inputs(args, inputs, refiner)

@@ -140,3 +140,32 @@ def test_inspect_reads_every_chunk(pairs, capsys):
     with h5py.File(pairs, "r") as f:
         sample = f["sample_id"].asstr()[3]
     assert str(pairs) in err and "'target'" in err and sample in err
+
+
+@pytest.mark.parametrize("option,value", [
+    ("--depth-scale", "0"), ("--depth-scale", "nan"), ("--curvature-scale", "-1"),
+    ("--max-jump-mm", "0"), ("--size", "0"), ("--margin", "inf")])
+def test_refine_options_out_of_range_exit_2(tmp_path, option, value, capsys):
+    """A zero or NaN depth scale once wrote a 'refined' mesh equal to the
+    coarse one; now the option is refused before anything runs."""
+    from dce.cli import refine
+
+    with pytest.raises(SystemExit) as e:
+        refine.main([str(tmp_path / "c.pt"), "--mesh", str(tmp_path / "m.ply"), option, value])
+    assert e.value.code == 2 and f"argument {option}" in capsys.readouterr().err
+
+
+def test_refine_never_writes_over_its_inputs(tmp_path, capsys):
+    from dce.cli import refine
+
+    mesh = tmp_path / "m.ply"
+    mesh.write_bytes(b"ply\n")
+    base = [str(tmp_path / "c.pt"), "--mesh", str(mesh), "--landmarks", str(tmp_path / "l.pts"),
+            "--landmarks-3d", str(tmp_path / "l.txt")]
+    assert refine.main(base + ["-o", str(mesh)]) == 2
+    assert "is one of the command's inputs" in capsys.readouterr().err
+    assert refine.main(base + ["-o", str(tmp_path / "l.pts")]) == 2
+    assert "is one of the command's inputs" in capsys.readouterr().err
+    assert refine.main(base + ["--landmarks-out", str(mesh), "-o", str(tmp_path / "out")]) == 2
+    assert "is one of the command's inputs" in capsys.readouterr().err
+    assert mesh.read_bytes() == b"ply\n"

@@ -576,7 +576,7 @@ def test_refine_keep_topology_options_need_each_other(setup, tmp_path, capsys):
             str(tmp_path / "cam.json")]
     for extra, message in ((["--displacement-ply"], "go with --keep-topology"),
                            (["--blend-mm", "3"], "go with --keep-topology"),
-                           (["--keep-topology", "--blend-mm", "0"], "--blend-mm must be > 0"),
+                           (["--keep-topology", "--blend-mm", "0"], "argument --blend-mm: 0 is out of range"),
                            (["--landmarks-out", "x.txt"], "--landmarks-out needs --landmarks-3d")):
         with pytest.raises(SystemExit) as stop:
             refine.main(base + extra)
