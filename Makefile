@@ -18,8 +18,10 @@ bench: install
 	$(PYTHON) benchmarks/raster_throughput.py
 	$(PYTHON) benchmarks/curvature_speed.py
 	$(PYTHON) benchmarks/fit_speed.py
+	$(PYTHON) benchmarks/fit_accuracy.py
 	$(PYTHON) benchmarks/world_speed.py
 	$(PYTHON) benchmarks/build_throughput.py
 	$(PYTHON) benchmarks/train_throughput.py
 	$(PYTHON) benchmarks/loader_throughput.py
 	$(PYTHON) benchmarks/detail_speed.py
+	$(PYTHON) benchmarks/eval_mesh_speed.py
