@@ -410,3 +410,66 @@ def test_truncate_log_keeps_whole_records_up_to_the_iteration(tmp_path):
     assert log.read_text() == '{"iteration": 1}\n{"iteration": 2}\n{"iteration": 3}\n' \
         '{"iteration": 2}\n'
     assert truncate_log(log, 3) == 0
+
+
+# ------------------------------------------------------------------ detail stage
+@pytest.fixture(scope="module")
+def detail_run(tmp_path_factory):
+    """(pairs at 32 px, a global checkpoint, a detail run saved at iteration 2)."""
+    from dataclasses import replace
+
+    from dce.gan.detail import DetailSettings, DetailTrainer
+
+    root = tmp_path_factory.mktemp("detail")
+    pairs = write_pairs_file(root / "pairs.h5", subjects=4, poses=2, size=32)
+    quiet(settings(pairs, root / "global", max_resolution=8, log_every=1000)).train()
+    s = DetailSettings(data=str(pairs), out=str(root / "detail"),
+                       global_checkpoint=str(root / "global" / "last.pt"), iterations=4,
+                       batch_size=2, crop=16, width=4, blocks=1, edge_px=1, log_every=1)
+    DetailTrainer(replace(s, iterations=2), log=lambda *a: None).train()
+    return s, root / "detail" / "last.pt"
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda s: s.pop("G"), "the entry 'G' is missing"),
+    (lambda s: s.pop("rng"), "the entry 'rng' is missing"),
+    (lambda s: s.__setitem__("iteration", -1), "iteration -1 is outside 0 .. 4"),
+    (lambda s: s.__setitem__("iteration", 99), "iteration 99 is outside 0 .. 4"),
+    (lambda s: s["settings"].__setitem__("lr", float("nan")), "settings are not usable"),
+    (lambda s: s["G"].__setitem__("out.bias", torch.tensor([float("nan")])), "non-finite"),
+    (lambda s: s.__setitem__("format", "other"), "not a detail-stage checkpoint")])
+def test_detail_resume_refuses_broken_checkpoints(detail_run, tmp_path, edit, message):
+    from dce.gan.detail import DetailTrainer
+
+    s, good = detail_run
+    state = load_checkpoint(good)
+    edit(state)
+    save_checkpoint(tmp_path / "bad.pt", state)
+    trainer = DetailTrainer(s, log=lambda *a: None)
+    with pytest.raises(CheckpointError, match=f"bad.pt: .*{message}"):
+        trainer.resume(tmp_path / "bad.pt")
+
+
+def test_detail_divergence_keeps_the_last_good_checkpoint(detail_run, tmp_path):
+    """Resumed at iteration 2 with a gradient weight of 1e39 (an infinite
+    loss in float32): stopped at iteration 3, last.pt still the iteration-2
+    file, the log cut back and free of the NaN record."""
+    from dataclasses import replace
+
+    from dce.gan.detail import DetailTrainer
+
+    s, good = detail_run
+    out = tmp_path / "detail"
+    out.mkdir()
+    shutil.copyfile(good, out / "last.pt")
+    shutil.copyfile(good.with_name("log.jsonl"), out / "log.jsonl")
+    with open(out / "log.jsonl", "a") as fh:
+        fh.write('{"iteration": 3, "loss": 1.0}\n')  # logged, then killed before a checkpoint
+    trainer = DetailTrainer(replace(s, out=str(out), gradient_weight=1e39), log=lambda *a: None)
+    trainer.resume(out / "last.pt")
+    with pytest.raises(TrainingDiverged, match=r"detail stage diverged: non-finite loss at "
+                                               r"iteration 3 .*\(iteration 2\) is kept"):
+        trainer.train()
+    assert (out / "last.pt").read_bytes() == good.read_bytes()
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in log] == [1, 2]
