@@ -991,15 +991,21 @@ def append(rng, raw, fx):
     return f"append {tail[:16]!r}", raw + tail
 
 
+_BOMBS = {}
+
+
 def gzip_bomb(rng, raw, fx, size=64 << 20):
     """The valid text followed by ``size`` bytes of padding, compressed
-    (1 KB per MB): a decompression bomb."""
-    c = zlib.compressobj(9, zlib.DEFLATED, 31)
-    parts = [c.compress(gzip.decompress(raw))]
-    pad = rng.choice([b" ", b"0 ", b"\n"]) * ((1 << 20) // 2)
-    for _ in range(size // len(pad)):
-        parts.append(c.compress(pad))
-    return f"gzip bomb (+{size >> 20} MiB)", b"".join(parts) + c.flush()
+    (1 KB per MB): a decompression bomb (built once per padding)."""
+    pad = rng.choice([b" ", b"0 ", b"\n"])
+    key = (raw, pad, size)
+    if key not in _BOMBS:
+        c = zlib.compressobj(9, zlib.DEFLATED, 31)
+        parts = [c.compress(gzip.decompress(raw))]
+        chunk = pad * ((1 << 20) // len(pad))
+        parts += [c.compress(chunk) for _ in range(size // len(chunk))]
+        _BOMBS[key] = b"".join(parts) + c.flush()
+    return f"gzip bomb (+{size >> 20} MiB of {pad!r})", _BOMBS[key]
 
 
 TEXT_OPS = [flip, set_byte, truncate, replace_token, edit_count, edit_lines, edit_slice, append]
