@@ -27,12 +27,18 @@ format read / write                      attributes kept
 
 Polygons are fan-triangulated ``(c0, ck, ck+1)``. pymeshlab is used only to
 parse VRML: on every format it silently deletes NaN vertices (re-indexing the
-rest) and faces with a repeated vertex, which would hide broken input (for
-.wrl it still does), its OFF writer emits files that its own reader misreads,
-and its OBJ/VRML readers truncate colours. The numpy readers keep the file's
-vertices and faces as they are and report bad input as :class:`FormatError`;
-the binary PLY reader is a structured ``np.frombuffer`` view (262k vertices in
-~0.03 s).
+rest) and faces with a repeated vertex, which would hide broken input, its
+OFF writer emits files that its own reader misreads, and its OBJ/VRML readers
+truncate colours. The numpy readers keep the file's vertices and faces as
+they are and report bad input as :class:`FormatError`; for .wrl a numpy
+pre-parse of the file checks what pymeshlab returns. The binary PLY reader is
+a structured ``np.frombuffer`` view (262k vertices in ~0.03 s).
+
+Every reader checks counts against the file size before allocating, the
+structure exactly (no trailing data), truncation inside the last value, and
+physical plausibility for a face scanner (:data:`MAX_COORDINATE`,
+:data:`MIN_SCAN_POINTS`, background markers); the rules are listed under
+"Input checks" in the README and held by ``tests/test_fuzz_readers.py``.
 
 Range scans: FRGC ``.abs``/``.abs.gz`` (:func:`read_abs`, :func:`write_abs`)
 and Bosphorus ``.bnt`` (:func:`read_bnt`, :func:`write_bnt`), both returned in
@@ -257,8 +263,10 @@ def load_mesh(path: PathLike, split_uv_seams: bool = False) -> Mesh:
     NaN at vertices that no face uses.
 
     Raises :class:`FormatError` naming the file for a missing file, an
-    unknown extension, unreadable or truncated data, NaN/infinite vertices,
-    bad face indices and meshes without faces.
+    unknown extension, unreadable, truncated or trailing data, counts the
+    file cannot hold, NaN/infinite vertices or ones beyond
+    :data:`MAX_COORDINATE` mm, bad (non-integer, out-of-range) face indices,
+    colours outside [0, 1], NaN texture coordinates and meshes without faces.
     """
     path = Path(path)
     reader = _MESH_READERS.get(path.suffix.lower())
@@ -425,7 +433,9 @@ def _ply_binary_element(raw, pos, name, count, props, order, src):
     def truncated():
         return FormatError(f"{src}: binary data ends inside element '{name}' "
                            f"({count} records declared; truncated file?)")
-    size = lambda t: np.dtype(t).itemsize
+    def size(t):
+        return np.dtype(t).itemsize
+
     # Every record holds at least its scalars and list lengths: a count the
     # rest of the file cannot hold is refused before anything is allocated.
     least = sum(size(t) if ct is None else size(ct) for _, t, ct in props)
@@ -433,8 +443,11 @@ def _ply_binary_element(raw, pos, name, count, props, order, src):
         raise FormatError(f"{src}: element '{name}' declares {count} records of at least "
                           f"{least} bytes but only {len(raw) - pos} bytes remain "
                           f"(wrong count or truncated file)")
+    if count == 0:
+        return {p: (np.zeros(0, np.int64), np.zeros(0, order + t)) if ct else np.zeros(0, order + t)
+                for p, t, ct in props}, pos
     # Fast path: every list as long as in the first record -> one structured view.
-    fields, q, fast = [], pos, count > 0
+    fields, q, fast = [], pos, True
     for i, (pname, t, ct) in enumerate(props):
         if not fast:
             break
@@ -447,9 +460,6 @@ def _ply_binary_element(raw, pos, name, count, props, order, src):
                 fast = False  # the general path reports it
             fields += [(f"__count{i}", order + ct), (pname, order + t, (max(c, 0),))]
             q += size(ct) + max(c, 0) * size(t)
-    if count == 0:
-        return {p: (np.zeros(0, np.int64), np.zeros(0, order + t)) if ct else np.zeros(0, order + t)
-                for p, t, ct in props}, pos
     if fast:
         dt = np.dtype(fields)
         end = pos + count * dt.itemsize
@@ -827,8 +837,7 @@ def _read_obj(path: Path):
                               f"{'vt' if what == 'texture' else 'vn'} lines)")
         return out
 
-    everything = np.ones(len(first), bool)
-    corners = resolve(vals[first], everything, v_no, len(V), "vertex")
+    corners = resolve(vals[first], np.ones(len(first), bool), v_no, len(V), "vertex")
     ti = resolve(vals[(first + 1)[has_t]], has_t, vt_no, len(T), "texture")
     resolve(vals[(first + nval - 1)[has_n]], has_n, vn_no, len(vn), "normal")
     # Faces without texture indices beside faces with them: no per-vertex uv.
@@ -1883,7 +1892,10 @@ def read_landmarks(path: PathLike, expected: Optional[int] = None) -> Landmarks:
     or plain ``.txt``/``.csv`` (k lines of 2 or 3 numbers, '#' comments, e.g.
     iBUG-68 x y z). ``expected``: required number of points. Raises
     :class:`FormatError` naming the file (and line) for a missing file, an
-    unknown extension, unparsable numbers, NaN, or a wrong point count."""
+    unknown extension, unparsable numbers, NaN, coordinates beyond
+    :data:`MAX_COORDINATE` mm (3D) or :data:`MAX_PIXEL` (2D), a wrong point
+    count, a .lm2/.lm3 ending inside its last number (no final newline) or
+    text after a .pts file's closing brace."""
     path = Path(path)
     reader = _LANDMARK_READERS.get(path.suffix.lower())
     if reader is None:
