@@ -46,9 +46,11 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from dce.cli.options import check_output
     from dce.geom.mesh_eval import evaluate_folders, summary_markdown
 
     try:
+        check_output(args.out, [args.pred, args.gt], is_dir=True)
         result = evaluate_folders(args.pred, args.gt, args.out, metric=args.metric,
                                   regions=args.regions, log=print)
     except (ValueError, OSError) as error:  # FormatError, AlignmentError, unwritable OUT

@@ -30,6 +30,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from dce.cli.options import OutputError, check_output
     from dce.geom.io import Landmarks, write_landmarks
     from dce.geom.landmarks import MissingWeightsError, NoFaceError, detect_landmarks
 
@@ -37,8 +38,12 @@ def main(argv=None) -> int:
     for image in args.images:
         target = (args.out or image.parent) / f"{image.stem}.pts"
         try:
+            check_output(target, args.images, replaceable=lambda p: p.suffix == ".pts")
             points = detect_landmarks(image, args.landmark_weights, args.device, args.box)
         except MissingWeightsError as error:
+            print(f"dce-landmarks: {error}", file=sys.stderr)
+            return 2
+        except OutputError as error:
             print(f"dce-landmarks: {error}", file=sys.stderr)
             return 2
         except (NoFaceError, ValueError, OSError) as error:

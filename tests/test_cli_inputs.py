@@ -169,3 +169,17 @@ def test_refine_never_writes_over_its_inputs(tmp_path, capsys):
     assert refine.main(base + ["--landmarks-out", str(mesh), "-o", str(tmp_path / "out")]) == 2
     assert "is one of the command's inputs" in capsys.readouterr().err
     assert mesh.read_bytes() == b"ply\n"
+
+
+def test_eval_mesh_and_landmarks_outputs_are_checked(tmp_path, capsys):
+    from dce.cli import eval_mesh, landmarks
+
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    assert eval_mesh.main(["--pred", str(pred), "--gt", str(pred), "-o", str(pred)]) == 2
+    assert "is one of the command's inputs" in capsys.readouterr().err
+    photo, blocker = tmp_path / "face.png", tmp_path / "blocker"
+    photo.write_bytes(b"")
+    blocker.write_text("a file")
+    assert landmarks.main([str(photo), "--out", str(blocker)]) == 2
+    assert "is a file, so nothing can be written under it" in capsys.readouterr().err
