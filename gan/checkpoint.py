@@ -213,6 +213,14 @@ def rng_state() -> dict:
     return state
 
 
+def seed_everything(seed: int) -> None:
+    """Seed Python's, numpy's and torch's global generators (every CUDA
+    device's too) from ``seed`` (an int >= 0)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
 def set_rng_state(state: dict, path=None) -> None:
     """Inverse of :func:`rng_state`. The states are byte tensors that torch
     wants on the CPU, whatever map_location the checkpoint was loaded with.

@@ -391,7 +391,7 @@ class DetailTrainer:
         if settings.crop > self.image_size:
             raise ValueError(f"{settings.data}: crops of {settings.crop} px do not fit its "
                              f"{self.image_size} px images (pass a smaller --crop)")
-        torch.manual_seed(settings.seed)
+        ckpt.seed_everything(settings.seed)
         channels = len(self.refiner.input_channels) + 1
         self.G = LocalEnhancer(channels, settings.width, settings.blocks).to(self.device)
         self.D = PatchCritic().to(self.device) if settings.adversarial_weight > 0 else None

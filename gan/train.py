@@ -292,7 +292,9 @@ class Trainer:
         self.kappa = kappa(self.cfg)
         self.schedule: list[Stage] = settings.schedule()
         self.total = sum(s.stable_iters + s.fade_iters for s in self.schedule)
-        torch.manual_seed(settings.seed)
+        # Every global generator, so that a checkpoint's RNG state, hence a
+        # resumed run's last.pt, is a function of the seed alone.
+        ckpt.seed_everything(settings.seed)
         self.data = PairDataset(settings.data, "train", self.cfg.generator_in,
                                 self.cfg.generator_out, augment=settings.crop_pad > 0,
                                 crop_pad=settings.crop_pad, seed=settings.seed)
