@@ -29,7 +29,7 @@ def parse_args(argv=None):
                    help="the progressive network's checkpoint from dce-train (e.g. run/last.pt)")
     p.add_argument("-o", "--out", type=Path, default=Path("dce_detail"),
                    help="run folder (default: dce_detail)")
-    p.add_argument("--iterations", type=integer(1), default=d.iterations,
+    p.add_argument("--iterations", type=integer(0), default=d.iterations,
                    help=f"training iterations (default: {d.iterations})")
     p.add_argument("--batch-size", type=integer(1), default=d.batch_size,
                    help=f"crops per iteration (default: {d.batch_size})")

@@ -167,7 +167,7 @@ class DetailSettings:
         from .train import MAX_SEED, check_choice, check_flag, check_float, check_int
 
         who = "DetailSettings"
-        check_int(who, "iterations", self.iterations, 1)
+        check_int(who, "iterations", self.iterations, 0)  # 0: an untrained stage (adds nothing)
         check_int(who, "batch_size", self.batch_size, 1)
         check_int(who, "crop", self.crop, 16)
         if self.crop % 2:

@@ -196,7 +196,7 @@ def test_train_settings_refuse_bad_values(tmp_path, field, value):
 
 @pytest.mark.parametrize("field, value", [
     ("lr", math.inf), ("gradient_weight", math.nan), ("adversarial_weight", -1.0),
-    ("gp_lambda", math.nan), ("iterations", 0), ("batch_size", 0), ("crop", 17),
+    ("gp_lambda", math.nan), ("iterations", -1), ("batch_size", 0), ("crop", 17),
     ("crop", 8), ("denoise_mm", 4.0), ("clip_mm", 0.0), ("seed", -1), ("log_every", 0),
     ("checkpoint_every", 0), ("pixel_loss", "l3")])
 def test_detail_settings_refuse_bad_values(field, value):
@@ -223,7 +223,7 @@ def test_dce_train_options_exit_2(argv, option, capsys):
 
 
 @pytest.mark.parametrize("argv, option", [
-    (["--iterations", "0"], "--iterations"), (["--lr", "nan"], "--lr"),
+    (["--iterations", "-1"], "--iterations"), (["--lr", "nan"], "--lr"),
     (["--crop", "17"], "--crop"), (["--denoise-mm", "5", "--highpass-mm", "4"], "--denoise-mm"),
     (["--batch-size", "0"], "--batch-size"), (["--log-every", "0"], "--log-every"),
     (["--gradient-weight", "inf"], "--gradient-weight")])
