@@ -92,9 +92,8 @@ absolute lambda in px^2 (``regularization``) fixed the prior at 4 px^2
 before; at 8 px/mm (Bosphorus photos) that prior is too weak for a
 detector's real error, and the camera scale trades against the identity
 modes that change the face's size (faces shrunk by 40 %, coefficients of
-8 sigma). Expression weights take ``expression_stiffness`` times the
-identity's lambda: blendshape weights are not unit-variance, and expression
-modes that move the eye and mouth corners otherwise absorb the size.
+8 sigma). Expression weights take ``expression_stiffness`` (default 1) times
+the identity's lambda.
 Expression weights stay
 within the model's ``expression_range`` ([0, 1] for ICT-style blendshapes,
 solved by an active-set bounded least squares) or are unconstrained when it
@@ -138,12 +137,15 @@ CONTOURS = ("fixed", "sliding")
 # alternations during which sliding jaw correspondences are re-picked; then they
 # are held, since a vertex choice can flip between two neighbours forever
 SLIDING_ITERATIONS = 10
-# landmark error sigma as a fraction of the outer-eye distance (a detector's
-# typical 1.5 %, plus the model's own misfit of another face), and the
-# expression weights' prior over the identity's: measured best in
-# benchmarks/fit_accuracy.py (scale and eye distance within 4 % and 8 %)
+# The prior's defaults: the landmarks' error sigma as a fraction of the
+# outer-eye distance (a detector's typical 1.5 %, plus the model's own misfit
+# of another face), and the expression weights' lambda over the identity's.
+# benchmarks/fit_accuracy.py: at 1.5 % noise, 0.015 leaves the eye distance
+# up to 11 % off, 0.02 within 8.4 % (scale within 5 %); a stiffer expression
+# prior (4x) fits no better there and worse on a real scan (median 4.3 mm
+# instead of 3.1 from Lee Perry-Smith's exact landmarks).
 LANDMARK_NOISE = 0.02
-EXPRESSION_STIFFNESS = 4.0
+EXPRESSION_STIFFNESS = 1.0
 
 
 # ------------------------------------------------------------------ model
