@@ -37,9 +37,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -222,13 +220,9 @@ def refine_image(refiner, coarse):
     """The refined DCEImage: the network's output channels, in the coarse
     image's normalization and camera; background where the output is."""
     from dce.gan.data import FOREGROUND_ABOVE
-    from dce.geom.dce import DCEImage
+    from dce.geom.refined_mesh import refine_dce_image
 
-    out = refiner(coarse.image.transpose(2, 0, 1)).transpose(1, 2, 0)
-    like = coarse.select(refiner.output_channels)
-    mask = out[..., refiner.output_channels.index("depth")] >= FOREGROUND_ABOVE
-    return DCEImage(np.ascontiguousarray(out), mask, like.channels, like.offset, like.scale,
-                    coarse.camera)
+    return refine_dce_image(refiner, coarse, FOREGROUND_ABOVE)
 
 
 def depth_mae(coarse, refined, target) -> tuple:
@@ -262,50 +256,15 @@ def topology_inputs(args, inputs, coarse_mesh) -> tuple:
     return whole, movable, side.landmarks_3d
 
 
-@dataclass
-class Built:
-    """What dce-refine writes: the ``refined`` mesh and the ``coarse`` mesh
-    beside it, their landmarks (68, 3) when known, the per-vertex move
-    ``displacement`` (n,) mm (--keep-topology) and a line saying how the
-    refined mesh was made."""
+def refined_meshes(args, coarse_mesh, coarse_image, refined_image, rgb, topology):
+    """The refined mesh (``dce.geom.refined_mesh.RefinedMeshes``): a new mesh
+    from the refined depth pixels, or with --keep-topology the coarse
+    topology moved; landmarks moved with the surface."""
+    from dce.geom.refined_mesh import refine_meshes
 
-    refined: object
-    coarse: object
-    how: str
-    coarse_landmarks: Optional[np.ndarray] = None
-    refined_landmarks: Optional[np.ndarray] = None
-    displacement: Optional[np.ndarray] = None
-
-
-def refined_meshes(args, coarse_mesh, coarse_image, refined_image, rgb, topology) -> Built:
-    """The refined mesh: a new mesh from the refined depth pixels, or with
-    --keep-topology the coarse topology moved; landmarks moved with the
-    surface."""
-    from dce.geom.reconstruct import (depth_image_mesh, displace_along_view, merge_with_coarse,
-                                      move_with_surface)
-
-    camera = coarse_image.camera
-    base, movable, landmarks = topology if args.keep_topology else (coarse_mesh, None,
-                                                                    topology[2])
-    moved = displacement = refined_landmarks = None
-    if args.keep_topology or landmarks is not None:
-        correction = refined_image.physical("depth") - coarse_image.physical("depth")
-        moved, displacement = displace_along_view(
-            base, correction, refined_image.mask & coarse_image.mask, camera, movable,
-            args.max_jump_mm, args.blend_mm)
-    if landmarks is not None:
-        refined_landmarks = move_with_surface(landmarks, base, moved.vertices)
-    if args.keep_topology:
-        how = (f"the coarse mesh's topology, {int((displacement != 0).sum())} vertices moved "
-               f"along their view rays, the largest by {np.abs(displacement).max():.3f} mm")
-        return Built(moved, base, how, landmarks, refined_landmarks, displacement)
-    grid, pixels = depth_image_mesh(refined_image.physical("depth"), refined_image.mask, camera,
-                                    args.max_jump_mm, rgb)
-    region = np.zeros(refined_image.mask.shape, dtype=bool)
-    region[pixels[:, 0], pixels[:, 1]] = True
-    refined, kept = merge_with_coarse(grid, region, coarse_mesh, camera, args.max_jump_mm)
-    how = f"{grid.n_faces} from the refined depth, {int(kept.sum())} kept from the coarse mesh"
-    return Built(refined, coarse_mesh, how, landmarks, refined_landmarks)
+    base, movable, landmarks = topology
+    return refine_meshes(coarse_mesh, coarse_image, refined_image, rgb, landmarks,
+                         args.keep_topology, base, movable, args.max_jump_mm, args.blend_mm)
 
 
 def write_outputs(args, coarse_mesh, coarse_image, refined_image, target, rgb,

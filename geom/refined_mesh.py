@@ -1,0 +1,106 @@
+"""The meshes of one refinement: a coarse DCE image and the network's
+refined image of it in, the refined 3D mesh and its landmarks out (what
+``dce-refine`` writes and ``dce-demo`` scores in 3D).
+
+Both images share the coarse image's camera, so every mesh comes out in the
+frame that camera maps to pixels: the coarse mesh's own (model) frame, in
+mm. The refined mesh is either a new triangulation of the refined depth
+pixels joined to the coarse mesh where the image saw nothing
+(:func:`dce.geom.reconstruct.depth_image_mesh` and ``merge_with_coarse``),
+or, keeping the topology, the coarse mesh itself with the vertices the image
+sees moved along their view rays onto the refined depth
+(``displace_along_view``). Landmarks of the coarse mesh are carried along
+with the surface (``move_with_surface``) by that same view-ray move.
+
+The network stays outside this module: :func:`refine_dce_image` calls any
+refiner object (``dce.gan.inference.Refiner``) on plain arrays.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from .dce import DCEImage
+from .io import Mesh
+from .reconstruct import depth_image_mesh, displace_along_view, merge_with_coarse, \
+    move_with_surface
+
+
+def refine_dce_image(refiner, coarse: DCEImage, foreground_above: float) -> DCEImage:
+    """The refined DCEImage of ``coarse`` (with the refiner's input
+    channels): ``refiner`` maps a (C_in, H, W) float array to a (C_out, H, W)
+    one and names its ``output_channels``; the output is read in the coarse
+    image's normalization and camera, and a pixel is surface where its
+    depth is at least ``foreground_above`` (the network's background
+    threshold, ``dce.gan.data.FOREGROUND_ABOVE``)."""
+    out = np.asarray(refiner(coarse.image.transpose(2, 0, 1))).transpose(1, 2, 0)
+    channels = tuple(refiner.output_channels)
+    like = coarse.select(channels)
+    mask = out[..., channels.index("depth")] >= foreground_above
+    return DCEImage(np.ascontiguousarray(out), mask, like.channels, like.offset, like.scale,
+                    coarse.camera)
+
+
+@dataclass
+class RefinedMeshes:
+    """The ``refined`` mesh and the ``coarse`` mesh it replaces (the one
+    written beside it), their landmarks (k, 3) mm when known, the per-vertex
+    move ``displacement`` (n,) mm (keeping the topology: + toward the
+    viewer) and a line saying how the refined mesh was made."""
+
+    refined: Mesh
+    coarse: Mesh
+    how: str
+    coarse_landmarks: Optional[np.ndarray] = None
+    refined_landmarks: Optional[np.ndarray] = None
+    displacement: Optional[np.ndarray] = None
+
+
+def refine_meshes(coarse_mesh: Mesh, coarse_image: DCEImage, refined_image: DCEImage,
+                  colors: Optional[np.ndarray] = None, landmarks: Optional[np.ndarray] = None,
+                  keep_topology: bool = False, base: Optional[Mesh] = None,
+                  movable: Optional[np.ndarray] = None, max_jump_mm: Optional[float] = None,
+                  blend_mm: Optional[float] = None) -> RefinedMeshes:
+    """The refined mesh of a refinement, in the frame of
+    ``coarse_image.camera`` (mm).
+
+    ``coarse_mesh``: the coarse surface the coarse image shows (e.g. the
+    :func:`~dce.geom.reconstruct.depth_image_mesh` of its depth);
+    ``coarse_image``, ``refined_image``: DCEImages with a ``depth`` channel
+    and the same camera; ``colors`` (H, W, 3) in [0, 1] or None: the refined
+    grid's vertex colours; ``landmarks`` (k, 3) mm on the coarse surface or
+    None. Plain (``keep_topology=False``): the refined depth pixels
+    triangulated, joined to ``coarse_mesh`` where they are missing.
+    ``keep_topology``: ``base`` (default ``coarse_mesh``; e.g. a whole 3DMM
+    mesh of which ``movable`` (n,) bool vertices were rendered) with its seen
+    vertices moved along their view rays onto the refined depth, blended
+    over ``blend_mm``. Either way the landmarks move with that view-ray
+    move of the surface they lie on (``base``, or ``coarse_mesh``).
+    ``max_jump_mm``, ``blend_mm``: see :mod:`dce.geom.reconstruct` (None:
+    5 and 3 pixel pitches)."""
+    camera = coarse_image.camera
+    if not keep_topology:
+        base, movable = coarse_mesh, None
+    elif base is None:
+        base = coarse_mesh
+    moved = displacement = refined_landmarks = None
+    if keep_topology or landmarks is not None:
+        correction = refined_image.physical("depth") - coarse_image.physical("depth")
+        moved, displacement = displace_along_view(
+            base, correction, refined_image.mask & coarse_image.mask, camera, movable,
+            max_jump_mm, blend_mm)
+    if landmarks is not None:
+        refined_landmarks = move_with_surface(landmarks, base, moved.vertices)
+    if keep_topology:
+        how = (f"the coarse mesh's topology, {int((displacement != 0).sum())} vertices moved "
+               f"along their view rays, the largest by {np.abs(displacement).max():.3f} mm")
+        return RefinedMeshes(moved, base, how, landmarks, refined_landmarks, displacement)
+    grid, pixels = depth_image_mesh(refined_image.physical("depth"), refined_image.mask, camera,
+                                    max_jump_mm, colors)
+    region = np.zeros(refined_image.mask.shape, dtype=bool)
+    region[pixels[:, 0], pixels[:, 1]] = True
+    refined, kept = merge_with_coarse(grid, region, coarse_mesh, camera, max_jump_mm)
+    how = f"{grid.n_faces} from the refined depth, {int(kept.sum())} kept from the coarse mesh"
+    return RefinedMeshes(refined, coarse_mesh, how, landmarks, refined_landmarks)
