@@ -32,12 +32,16 @@ x y z a line). Ground truth ``GT/<stem>`` as a mesh with
 ``GT/<stem>.landmarks.txt``, or a range scan (``.abs``, ``.abs.gz``,
 ``.bnt``, triangulated by ``RangeScan.to_mesh``) with either that file or
 its photo's 68 landmarks ``GT/<stem>.pts``, lifted onto the scan by
-:func:`dce.geom.landmarks.landmarks_to_3d`.
+:func:`dce.geom.landmarks.landmarks_to_3d`. :func:`write_prediction` and
+:func:`write_ground_truth` lay files out that way; :func:`comparison_markdown`
+puts several evaluations of the same ground truths in one table.
 """
 from __future__ import annotations
 
 import io as _bytes_io
 import json
+import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -381,6 +385,55 @@ def read_ground_truth(path: Path) -> tuple:
         raise FormatError(f"{pts_path}: {error}") from None
 
 
+def write_prediction(folder, stem: str, mesh, landmarks: np.ndarray) -> Path:
+    """Write a prediction in the layout :func:`evaluate_folders` reads:
+    ``folder/<stem>.ply`` (``mesh``, a :class:`~dce.geom.io.Mesh`) and
+    ``folder/<stem>.landmarks.txt`` (``landmarks`` (7 or 68, 3) mm, x y z a
+    line), each written atomically; returns the mesh's path."""
+    from .io import Landmarks, save_mesh, write_landmarks
+
+    L = np.asarray(landmarks, dtype=np.float64)
+    if L.ndim != 2 or L.shape[1] != 3 or len(L) not in (7, 68) or not np.isfinite(L).all():
+        raise AlignmentError(f"{stem}: predicted landmarks must be 7 or 68 finite x y z points, "
+                             f"got shape {L.shape}")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{stem}.ply"
+    save_mesh(path, mesh)
+    write_landmarks(folder / (stem + LANDMARKS_SUFFIX), Landmarks(L))
+    return path
+
+
+def write_ground_truth(folder, stem: str, scan, landmarks: np.ndarray) -> Path:
+    """Put the ground-truth file ``scan`` (a mesh or a range scan any of
+    :func:`read_ground_truth` reads) into ``folder`` as ``<stem>`` plus its
+    extension, a relative symbolic link (a copy where links cannot be made),
+    with its exact 3D ``landmarks`` (7 or 68, 3) mm in the scan's frame as
+    ``<stem>.landmarks.txt``; returns the placed file's path."""
+    from .io import Landmarks, write_landmarks
+
+    scan = Path(scan)
+    split = _split_name(scan, _SCAN_EXTENSIONS) or _split_name(scan, tuple(_MESH_READERS))
+    if split is None or not scan.is_file():
+        raise FormatError(f"{scan}: not a ground-truth mesh or range scan file")
+    L = np.asarray(landmarks, dtype=np.float64)
+    if L.ndim != 2 or L.shape[1] != 3 or len(L) not in (7, 68) or not np.isfinite(L).all():
+        raise FormatError(f"{scan}: its landmarks must be 7 or 68 finite x y z points, got "
+                          f"shape {L.shape}")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / (stem + split[1])
+    tmp = folder / f".{path.name}.{os.getpid()}.tmp"
+    tmp.unlink(missing_ok=True)
+    try:
+        os.symlink(os.path.relpath(scan.resolve(), folder.resolve()), tmp)
+    except OSError:  # no symbolic links here (some Windows set-ups): a copy
+        shutil.copyfile(scan, tmp)
+    os.replace(tmp, path)
+    write_landmarks(folder / (stem + LANDMARKS_SUFFIX), Landmarks(L))
+    return path
+
+
 @dataclass
 class FolderEvaluation:
     """What :func:`evaluate_folders` wrote to ``summary.json`` (``summary``)
@@ -469,3 +522,11 @@ def summary_markdown(summary: dict) -> str:
         if summary[key]:
             lines += [f"{len(summary[key])} {what}: {', '.join(summary[key])}", ""]
     return "\n".join(lines)
+
+
+def comparison_markdown(summaries: dict) -> str:
+    """A Markdown table comparing several evaluations of the same ground
+    truths: one row per ``{label: summary}`` (a :func:`evaluate_folders`
+    summary: median, mean and std over the pooled points, in mm)."""
+    lines = ["| | median (mm) | mean (mm) | std (mm) | points |", "|---|---|---|---|---|"]
+    return "\n".join(lines + [_row(label, s) for label, s in summaries.items()])
