@@ -196,8 +196,8 @@ def _text(path, attrs, name: str, default=None) -> str:
     return value
 
 
-def _integer(path, attrs, name: str, minimum: int) -> int:
-    """Root attribute ``name`` as an int >= ``minimum``."""
+def _integer(path, attrs, name: str, minimum=None) -> int:
+    """Root attribute ``name`` as an int (>= ``minimum`` unless None)."""
     if name not in attrs:
         _fail(path, f"missing root attribute {name!r}")
     value = attrs[name]
@@ -205,7 +205,7 @@ def _integer(path, attrs, name: str, minimum: int) -> int:
         value = value[()]
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
         _fail(path, f"root attribute {name!r} must be an integer, got {value!r}")
-    if value < minimum:
+    if minimum is not None and value < minimum:
         _fail(path, f"root attribute {name!r} must be >= {minimum}, got {int(value)}")
     return int(value)
 
@@ -241,8 +241,10 @@ FINITE_DATASETS = ("coarse_offset", "coarse_scale", "target_offset", "target_sca
 
 
 def _check_metadata(path, f, n: int, ids: list) -> None:
+    if n == 0:
+        return
     for name in FINITE_DATASETS:
-        values = f[name][:n].reshape(n, -1)
+        values = f[name][:n].reshape(n, -1).astype(np.float64)
         bad = ~np.isfinite(values).all(axis=1)
         problem = "non-finite (NaN or infinite)"
         if name.endswith("_scale") and not bad.any():
@@ -262,7 +264,7 @@ def _check(path, f: h5py.File, require_complete: bool) -> dict:
     fmt = _text(path, attrs, "format")
     if fmt != FORMAT_NAME:
         _fail(path, f"not a DCE pair file (format={fmt!r}, expected {FORMAT_NAME!r})")
-    version = _integer(path, attrs, "format_version", -2**62)
+    version = _integer(path, attrs, "format_version")
     if version != FORMAT_VERSION:
         _fail(path, f"format version {version}; this reader reads version {FORMAT_VERSION} "
                     "(rebuild the file with this dce version)")
