@@ -1,39 +1,42 @@
-"""The ceiling of ``detail_corr`` for any method that sees geometry only.
+"""How much of what ``detail_corr`` scores can any method predict from the
+coarse side? A Monte-Carlo ceiling on the built-in world.
 
-In the built-in world each identity's creases (forehead lines, crow's feet,
-lip lines, glabellar lines), their depths and its pores are random draws
-(``geom.synthetic.draw_detail``). Part of the missing detail is fixed by the
-face (lid creases, nasolabial folds, the mouth slit, nostrils, the 3DMM
-fit's own mid-scale error); the rest cannot be known from a coarse depth,
-curvature or elevation image. This script measures how much of the band
-that ``detail_corr`` scores is of each kind.
+``detail_corr`` correlates the refinement's added band with the missing
+band d = BP(target - coarse) (1-5 mm difference of Gaussians, over the
+face). No method that sees only the coarse images can do better than the
+conditional mean E[d | what it sees]. This script estimates that mean by
+building the default world again with everything the coarse side depends
+on held fixed, and everything else drawn again from its distribution:
 
-It builds the default world ``K + 1`` times with the same seed: copy 0 is
-the world itself, copies 1..K keep every identity, expression, pose,
-photo and sensor noise and draw only the person-specific detail again
-(``draw_detail`` from another stream). Each copy goes through the same
-``dce-build``. For every held-out image, with d_k = BP(target_k - coarse)
-over the face (the 1-5 mm difference of Gaussians of ``detail_corr``):
+- ``--redraw detail``: each identity's person-specific creases, their
+  depths and its pores (``geom.synthetic.draw_detail``) are drawn again;
+  face shape, expression, pose, sensor noise seeds and landmarks stay.
+  This conditions on the true shape: an upper bound that is far too kind.
+- ``--redraw posterior`` (default): also the identity coefficients, drawn
+  from their posterior given the noisy landmarks of both of the identity's
+  scans (the landmarks the world's coarse fit saw; a linear-Gaussian model
+  with the world's prior N(0, I) and its landmark noise, the true pose and
+  expression held). The coarse fit, the landmark files, and so every coarse
+  image, are the same in every copy (checked); the target is one more draw
+  of what those coarse images leave open. Holding the true pose and
+  expression, and conditioning on both scans, tells a predictor more than a
+  coarse image does, so this is still an upper bound.
 
-- the shared part m = E[d | shape, expression, pose] is estimated by the mean
-  over the K + 1 copies, the random part's variance s^2 by their spread
-  (unbiased, divided by K);
-- ceiling = sqrt(var(m) / (var(m) + s^2)): the correlation with d_0 of the
-  best predictor that knows the true shape, expression and pose exactly but
-  not the person's random creases. A method that sees only the coarse
-  images knows less, so its mean ``detail_corr`` cannot exceed the mean
-  ceiling (up to the sampling error printed beside it).
+With copy 0 the world itself and copies 1..K redrawn, per held-out image
+over the face pixels: m = mean_k d_k estimates the predictable part
+E[d | fixed], the spread s^2 = sum_k (d_k - m)^2 / K the unpredictable part,
+and ceiling = sqrt(var(m) - s^2/(K+1)) / sqrt(that + s^2): the correlation
+of the ideal predictor with d. Beside it the evaluation's own
+``detail_corr`` and ``normal_error_deg`` of a real predictor: coarse + the
+mean of the K redrawn copies' (target - coarse) (each pixel over the copies
+that have surface there), scored against copy 0; with K copies it keeps 1/K
+of the unpredictable variance, so it falls a little below the ceiling.
 
-It also scores the predictor "coarse + mean over copies 1..K of
-(target_k - coarse)" with the evaluation's own ``detail_corr`` and
-``normal_error_deg`` against copy 0: an oracle that knows everything but the
-person's random draw (with K copies it still holds 1/K of their variance, so
-its figures are a little worse than the ideal's).
+    python benchmarks/detail_ceiling.py [--redraw posterior|detail] [--copies 3]
+                                        [--out out/ceiling]
 
-    python benchmarks/detail_ceiling.py [--copies 3] [--out out/ceiling]
-
-About 3 minutes per copy on 2 cores (world, build). Writes
-``benchmarks/results/detail_ceiling.md``.
+About 3.5 minutes per copy on 2 cores (world, build); finished copies are
+kept. Writes ``benchmarks/results/detail_ceiling_<redraw>.md``.
 """
 from __future__ import annotations
 
@@ -48,30 +51,92 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT  # noqa: E402
 
+SEED = 0  # the default world's
 
-def build_copy(out: Path, copy: int) -> Path:
-    """World and pair file of one copy (0: the world itself); skipped when built."""
+
+def posterior_coefficients(world, identity, seed: int, copy: int) -> np.ndarray:
+    """A draw of the identity coefficients from their posterior given the
+    noisy landmarks of every scan of ``identity`` (the world's own, as its
+    coarse fit saw them; true pose and expression held). Landmarks are linear
+    in the coefficients (orthographic camera); the creases' small shift of
+    them counts as noise."""
+    from dce.geom import synthetic
+
+    s = world.settings
+    shots = range(1, 2 + EXPRESSIONS_PER_IDENTITY)
+    sigma2 = s.landmark_noise_px ** 2
+    r, c = world.landmark_fine_rc.T
+    base_fields = np.einsum("jk,jlx->klx", world.mixing,
+                            world.fine_identity[:, r, c].astype(np.float64))  # (K, 68, 3)
+    camera = synthetic.scanner_camera(s)
+    precision = np.eye(len(identity.coefficients))
+    rhs = np.zeros(len(identity.coefficients))
+    for shot in shots:
+        plan = synthetic.draw_scan(world, identity, seed, shot)
+        mean = world.fine_mean[r, c].astype(np.float64) + np.tensordot(
+            plan.expression, world.fine_expression[:, r, c].astype(np.float64), 1)
+
+        def pixels(X):
+            return camera.project(X @ plan.rotation.T + plan.translation)[:, :2]
+
+        x0 = pixels(mean)
+        A = np.stack([(pixels(mean + B) - x0).ravel() for B in base_fields], axis=1)
+        # what the world's fit saw: the rendered landmarks (creases included) plus noise
+        exact = pixels(synthetic.ground_truth_surface(world, identity, plan.expression)[r, c])
+        noisy = exact + synthetic._rng(seed, 3, identity.index, shot).normal(
+            0.0, s.landmark_noise_px, (68, 2))
+        precision += A.T @ A / sigma2
+        rhs += A.T @ (noisy - x0).ravel() / sigma2
+    cov = np.linalg.inv(precision)
+    mu = cov @ rhs
+    rng = np.random.default_rng(np.random.SeedSequence(20_000 + copy, spawn_key=(identity.index,)))
+    return mu + np.linalg.cholesky(cov) @ rng.standard_normal(len(mu))
+
+
+EXPRESSIONS_PER_IDENTITY = 1  # generate_world's default: scans 1 (neutral) and 2
+
+
+def build_copy(out: Path, copy: int, redraw: str) -> Path:
+    """World and pair file of one copy (0: the world itself); kept when built."""
     from dce.cli.build import main as build
     from dce.geom import synthetic
 
     world, data = out / f"world_{copy}", out / f"pairs_{copy}.h5"
     if data.exists():
         return data
-    original = synthetic.draw_identity
+    draw, render = synthetic.draw_identity, synthetic.render_scan
 
     def redrawn(world_, seed, index):
-        identity = original(world_, seed, index)
+        own = draw(world_, seed, index)
         rng = np.random.default_rng(np.random.SeedSequence(10_000 + copy, spawn_key=(index,)))
-        return dataclasses.replace(identity, detail=synthetic.draw_detail(rng))
+        identity = dataclasses.replace(own, detail=synthetic.draw_detail(rng))
+        if redraw == "posterior":
+            identity = dataclasses.replace(
+                identity, coefficients=posterior_coefficients(world_, own, seed, copy))
+        return identity
+
+    def same_landmarks(world_, identity, plan):
+        # The landmark files and the world's coarse fit must not move: keep
+        # the landmarks of the world's own identity, so that only the
+        # surface differs (and every coarse image stays the same).
+        scan = render(world_, identity, plan)
+        own = render(world_, draw(world_, SEED, identity.index), plan)
+        return dataclasses.replace(scan, landmarks_3d=own.landmarks_3d,
+                                   landmarks_2d=own.landmarks_2d)
 
     if copy:
-        synthetic.draw_identity = redrawn
+        synthetic.draw_identity, synthetic.render_scan = redrawn, same_landmarks
     try:
         # In this process (workers=1): spawned workers would not see the redraw.
-        synthetic.generate_world(world, workers=1)
+        synthetic.generate_world(world, seed=SEED, workers=1,
+                                 expressions_per_identity=EXPRESSIONS_PER_IDENTITY)
     finally:
-        synthetic.draw_identity = original
-    if build(["synthetic", "--world", str(world), "-o", str(data)]) != 0:
+        synthetic.draw_identity, synthetic.render_scan = draw, render
+    # A redrawn face can put a jaw landmark a little beyond its scan's edge:
+    # a wider max_gap keeps every pair (it refuses, never changes, a sample),
+    # so the identity split and the held-out samples stay those of copy 0.
+    if build(["synthetic", "--world", str(world), "-o", str(data), "--seed", str(SEED),
+              "--max-gap", "10"]) != 0:
         sys.exit(f"dce-build failed for copy {copy}")
     return data
 
@@ -79,6 +144,8 @@ def build_copy(out: Path, copy: int) -> Path:
 def held_out(path: Path):
     """(coarse, target, face, pixel mm, depth mm per unit, sample ids) of the
     held-out split, depth channel, in file order."""
+    import h5py
+
     from dce.gan.data import PairDataset
     from dce.gan.detail import pixel_sizes
 
@@ -89,10 +156,14 @@ def held_out(path: Path):
     face = torch.stack([it["target_mask"] for it in items])[:, 0] > 0
     mm = torch.stack([it["target_scale"][0] for it in items]).abs()
     px = torch.from_numpy(pixel_sizes(path, data.indices))
-    import h5py
     with h5py.File(path, "r") as f:
         ids = [str(f["sample_id"][i]) for i in data.indices]
     return coarse, target, face, px, mm, ids
+
+
+def mean_se(x: torch.Tensor) -> tuple:
+    x = x[torch.isfinite(x)].numpy()
+    return float(x.mean()), float(x.std(ddof=1) / np.sqrt(len(x)))
 
 
 def main():
@@ -101,70 +172,74 @@ def main():
 
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--redraw", choices=["posterior", "detail"], default="posterior",
+                   help="what the copies draw again (default: posterior)")
     p.add_argument("--copies", type=int, default=3,
                    help="K, the redrawn copies besides the world itself (default: 3)")
     p.add_argument("--out", type=Path, default=ROOT / "out" / "ceiling",
-                   help="working folder (default: out/ceiling)")
+                   help="working folder; copy 0 is shared by both modes (default: out/ceiling)")
     args = p.parse_args()
     if args.copies < 1:
         p.error("--copies must be >= 1")
-    args.out.mkdir(parents=True, exist_ok=True)
-    paths = [build_copy(args.out, k) for k in range(args.copies + 1)]
+    folder = args.out / args.redraw
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [build_copy(args.out, 0, args.redraw)] + [
+        build_copy(folder, k, args.redraw) for k in range(1, args.copies + 1)]
 
     copies = [held_out(path) for path in paths]
     coarse, target0, face0, px, mm, ids = copies[0]
     for k, (c, _, _, _, _, other_ids) in enumerate(copies[1:], 1):
         if other_ids != ids:
             sys.exit(f"copy {k} holds other held-out samples than copy 0")
-        # The coarse side must be the same picture in every copy.
-        print(f"copy {k}: largest coarse difference {float((c - coarse).abs().max()):.2e}")
-    valid = face0 & (coarse >= FOREGROUND_ABOVE)
-    for _, t, f, _, _, _ in copies[1:]:
-        valid &= f
+        difference = float((c - coarse).abs().max())
+        print(f"copy {k}: largest coarse difference {difference:.2e}")
+        if difference > 1e-4:
+            sys.exit("the coarse images differ between copies: the ceiling would not hold")
+    K = args.copies
+    targets = torch.stack([t for _, t, _, _, _, _ in copies])
+    faces = torch.stack([f for _, _, f, _, _, _ in copies])
+    valid = faces.all(dim=0) & (coarse >= FOREGROUND_ABOVE)
     lo, hi = DETAIL_BAND_MM[0] / px, DETAIL_BAND_MM[1] / px
-    d = torch.stack([band_pass(t - coarse, valid, lo, hi) for _, t, _, _, _, _ in copies])
+    d = torch.stack([band_pass(t - coarse, valid, lo, hi) for t in targets])
     w = valid.double()
     n_px = w.sum(dim=(1, 2))
-    K = args.copies
     m = d.mean(dim=0)
     within = (((d - m) ** 2) * w).sum(dim=(0, 2, 3)) / (K * n_px)
     m_centred = (m - (m * w).sum(dim=(1, 2), keepdim=True) / n_px[:, None, None]) * w
-    shared = (m_centred ** 2).sum(dim=(1, 2)) / n_px - within / (K + 1)
-    ceiling = torch.sqrt(shared.clamp(min=0) / (shared.clamp(min=0) + within))
+    shared = ((m_centred ** 2).sum(dim=(1, 2)) / n_px - within / (K + 1)).clamp(min=0)
+    ceiling = torch.sqrt(shared / (shared + within))
 
-    predictor = coarse + torch.stack([t - coarse for _, t, _, _, _, _ in copies[1:]]).mean(0)
+    # A real predictor: coarse + the copies' mean added depth where they have surface.
+    have = faces[1:].double()
+    added = ((targets[1:] - coarse) * have).sum(dim=0) / have.sum(dim=0).clamp(min=1)
+    predictor = torch.where(have.sum(dim=0) > 0, coarse + added, coarse)
     oracle_corr = detail_corr(predictor, coarse, target0, face0, px)
     oracle_normal = normal_error_deg(predictor, target0, mm, px, face0)
     coarse_normal = normal_error_deg(coarse, target0, mm, px, face0)
+    band_rms = torch.sqrt((d[0] ** 2 * w).sum((1, 2)) / n_px) * mm
 
-    def mean_se(x):
-        x = x[torch.isfinite(x)].numpy()
-        return float(x.mean()), float(x.std(ddof=1) / np.sqrt(len(x)))
-
+    n_coarse, n_oracle = mean_se(coarse_normal)[0], mean_se(oracle_normal)[0]
     rows = [
         ("held-out images", f"{len(ids)}"),
-        ("copies (world + redrawn)", f"1 + {K}"),
-        ("missing band BP(target - coarse), RMS (mm)",
-         f"{float(torch.sqrt((d[0] ** 2 * w).sum((1, 2)) / n_px).mul(mm).mean()):.3f}"),
-        ("its shared part (face, expression, fit), RMS (mm)",
-         f"{float(torch.sqrt(shared.clamp(min=0)).mul(mm).mean()):.3f}"),
-        ("its person-specific random part, RMS (mm)",
-         f"{float(torch.sqrt(within).mul(mm).mean()):.3f}"),
-        ("ceiling of detail_corr (geometry only), mean ± s.e.",
-         "{:.3f} ± {:.3f}".format(*mean_se(ceiling))),
-        (f"oracle: coarse + mean of {K} redrawn copies, detail_corr",
+        ("copies (the world + redrawn)", f"1 + {K}"),
+        ("missing band d = BP(target - coarse), RMS (mm)", f"{float(band_rms.mean()):.3f}"),
+        ("its part fixed by what is held, RMS (mm)",
+         f"{float((torch.sqrt(shared) * mm).mean()):.3f}"),
+        ("its part left open, RMS (mm)", f"{float((torch.sqrt(within) * mm).mean()):.3f}"),
+        ("**ceiling of detail_corr**, mean ± s.e.", "{:.3f} ± {:.3f}".format(*mean_se(ceiling))),
+        (f"predictor coarse + mean of {K} copies: detail_corr",
          "{:.3f} ± {:.3f}".format(*mean_se(oracle_corr))),
-        ("coarse normal error (°)", "{:.2f}".format(mean_se(coarse_normal)[0])),
-        (f"oracle: coarse + mean of {K} redrawn copies, normal error (°)",
-         "{:.2f} ({:.2f}x coarse)".format(mean_se(oracle_normal)[0],
-                                          mean_se(oracle_normal)[0] / mean_se(coarse_normal)[0])),
+        ("coarse normal error (°)", f"{n_coarse:.2f}"),
+        (f"predictor coarse + mean of {K} copies: normal error (°)",
+         f"{n_oracle:.2f} ({n_oracle / n_coarse:.2f}x coarse)"),
     ]
     table = "| quantity | value |\n|---|---|\n" + "\n".join(f"| {a} | {b} |" for a, b in rows)
     print(table)
-    out = ROOT / "benchmarks" / "results" / "detail_ceiling.md"
-    out.write_text("# Ceiling of detail_corr for geometry-only input\n\n"
-                   "`python benchmarks/detail_ceiling.py --copies "
-                   f"{K}` (default world, 256 px, held-out identities).\n\n{table}\n")
+    out = ROOT / "benchmarks" / "results" / f"detail_ceiling_{args.redraw}.md"
+    out.write_text(f"# Ceiling of detail_corr: copies with the {args.redraw} drawn again\n\n"
+                   f"`python benchmarks/detail_ceiling.py --redraw {args.redraw} --copies {K}` "
+                   f"(default world, 256 px, held-out identities; see the script's "
+                   f"docstring).\n\n{table}\n")
     print(f"-> {out}")
 
 
