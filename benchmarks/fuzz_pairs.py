@@ -43,27 +43,66 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-from test_fuzz_pairs import (CHECKPOINT_EDITS, SEMANTIC, byte_mutant,  # noqa: E402
-                             checkpoint_campaign, classify, pair_campaign, read_all, read_text,
-                             write_pairs_file)
+from test_fuzz_pairs import (CHECKPOINT_EDITS, SEMANTIC, checkpoint_campaign,  # noqa: E402
+                             classify, pair_campaign, write_pairs_file)
 
 from dce.gan.checkpoint import load_checkpoint  # noqa: E402
 
-CLASSES = ("refused", "same", "text", "wrong", "uncaught")
+CLASSES = ("refused", "same", "text", "wrong", "uncaught", "hang")
 
 
-def uncompressed_campaign(folder: Path, n: int, seed: int) -> collections.Counter:
-    """Byte mutants of a file written without compression (no checksum on its data)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    source = write_pairs_file(folder / "plain.h5", size=32, seed=seed, compression=None)
-    reference, text = read_all(source), read_text(source)
-    data, rng, counts = source.read_bytes(), random.Random(seed), collections.Counter()
-    path = folder / "mutant.h5"
-    for _ in range(n):
-        mutated, _ = byte_mutant(data, rng)
-        path.write_bytes(mutated)
-        counts[classify(path, reference, text)[0]] += 1
-    return counts
+def _probe_worker(conn, reference, text) -> None:
+    while True:
+        path = conn.recv()
+        if path is None:
+            return
+        conn.send(classify(Path(path), reference, text))
+
+
+class Prober:
+    """Classes mutants in a child process, so that a mutant on which HDF5
+    hangs is counted (``hang``) rather than stopping the campaign: after
+    ``timeout`` seconds the child is killed and a new one started."""
+
+    def __init__(self, reference, text, timeout: float = 120.0):
+        import multiprocessing
+
+        self.context = multiprocessing.get_context("spawn")  # no fork of torch's threads
+        self.args, self.timeout = (reference, text), timeout
+        self._start()
+
+    def _start(self):
+        self.conn, child = self.context.Pipe()
+        self.process = self.context.Process(target=_probe_worker, args=(child, *self.args),
+                                            daemon=True)
+        self.process.start()
+
+    def __call__(self, path) -> tuple:
+        self.conn.send(str(path))
+        if self.conn.poll(self.timeout):
+            return self.conn.recv()
+        self.process.kill()
+        self.process.join()
+        self._start()
+        return "hang", f"no answer within {self.timeout:.0f} s"
+
+    def close(self):
+        self.conn.send(None)
+        self.process.join(10)
+
+
+def campaign_in_child(folder: Path, n: int, seed: int, size: int, compression) -> tuple:
+    probers = []
+
+    def make(reference, text):
+        probers.append(Prober(reference, text))
+        return probers[-1]
+
+    try:
+        return pair_campaign(folder, n, seed, size=size, prober=make, compression=compression)
+    finally:
+        for prober in probers:
+            prober.close()
 
 
 # ------------------------------------------------------------------ kill and resume
@@ -192,13 +231,14 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="dce-fuzz-") as tmp:
         tmp = Path(tmp)
         t0 = time.perf_counter()
-        pair_counts, pair_failures = pair_campaign(tmp / "pairs", args.pair_mutants, args.seed,
-                                                   size=32)
+        pair_counts, pair_failures = campaign_in_child(tmp / "pairs", args.pair_mutants,
+                                                       args.seed, 32, "gzip")
         t_pairs = time.perf_counter() - t0
         print("pair file", dict(pair_counts["bytes"]), dict(pair_counts["semantic"]))
         failures += pair_failures
         t0 = time.perf_counter()
-        plain = uncompressed_campaign(tmp / "plain", args.uncompressed_mutants, args.seed)
+        plain = campaign_in_child(tmp / "plain", args.uncompressed_mutants, args.seed, 32,
+                                  None)[0]["bytes"]
         t_plain = time.perf_counter() - t0
         print("uncompressed", dict(plain))
         t0 = time.perf_counter()
@@ -226,10 +266,10 @@ def main(argv=None) -> int:
         "*same*, but a text field no number depends on (provenance, config, created_by, a "
         "sample id) reads differently: format v1 has no checksum over its text; *wrong* = "
         "accepted with different numbers (a silently wrong read); *uncaught* = any other "
-        "exception.",
+        "exception; *hang* = no answer within 120 s (the probe runs in a child process).",
         "",
-        "| campaign | mutants | refused | same | text | wrong | uncaught | note |",
-        "|---|---|---|---|---|---|---|---|",
+        "| campaign | mutants | refused | same | text | wrong | uncaught | hang | note |",
+        "|---|---|---|---|---|---|---|---|---|",
         row("pair file (gzip, 32 px), byte mutants", pair_counts["bytes"],
             "bit flips, random bytes, zeroed runs, cuts, appended bytes"),
         row("pair file, semantic mutants", pair_counts["semantic"],

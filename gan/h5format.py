@@ -259,6 +259,8 @@ def _check_metadata(path, f, n: int, ids: list) -> None:
 
 def _check(path, f: h5py.File, require_complete: bool) -> dict:
     attrs = f.attrs
+    rows = attrs.get("n_samples", 0)  # a number: reading it touches no text heap
+    check_text_heaps(path, f, int(rows) if isinstance(rows, (int, np.integer)) else 0)
     if "format" not in attrs:
         _fail(path, "not a DCE pair file (no 'format' attribute)")
     fmt = _text(path, attrs, "format")
@@ -367,6 +369,103 @@ def _open(path) -> h5py.File:
         _fail(path, f"corrupt HDF5 (truncated or damaged): {e}")
     except Exception as e:  # h5py raises other types on some damaged superblocks
         _fail(path, f"corrupt HDF5 (truncated or damaged): {type(e).__name__}: {e}")
+
+
+_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+_HEAP = b"GCOL"
+_HEAD_BYTES = 1 << 20  # where the root attributes' text heap lies (written first)
+
+
+def _superblock(fh, file_size: int) -> tuple:
+    """(base address, size of offsets, size of lengths) from the HDF5
+    superblock, found at 0, 512, 1024, ... bytes."""
+    at = 0
+    while at < file_size:
+        fh.seek(at)
+        head = fh.read(16)
+        if head[:8] == _SIGNATURE:
+            if head[8] in (0, 1):  # versions 0/1 (libver "earliest", what dce writes)
+                return at, head[13], head[14]
+            return at, head[9], head[10]
+        at = 512 if at == 0 else 2 * at
+    raise ValueError("no HDF5 superblock")
+
+
+def _heap_addresses(f: h5py.File, names, n: int, offsets: int) -> set:
+    """File addresses of the global heap collections holding the first ``n``
+    values of the string datasets ``names``, read from their raw storage
+    (each value is stored as a length, a collection address and an index)
+    without decoding any text."""
+    width = 4 + offsets + 4
+    found = set()
+    for name in names:
+        d = f.get(name)
+        if not isinstance(d, h5py.Dataset) or h5py.check_string_dtype(d.dtype) is None \
+                or d.ndim != 1:
+            continue
+        raws = []
+        if d.chunks:
+            for start in range(0, min(n, d.shape[0]), d.chunks[0]):
+                raws.append(d.id.read_direct_chunk((start,))[1])
+        elif d.id.get_offset() is not None:
+            with open(f.filename, "rb") as fh:
+                fh.seek(d.id.get_offset())
+                raws.append(fh.read(width * min(n, d.shape[0])))
+        for raw in raws:
+            for at in range(0, len(raw) - width + 1, width):
+                found.add(int.from_bytes(raw[at + 4:at + 4 + offsets], "little"))
+    return found
+
+
+def _check_heap(path, fh, address: int, file_size: int, lengths: int) -> None:
+    """Walk the objects of the global heap collection at ``address`` as
+    HDF5's loader does, and refuse the collection when the walk would not
+    advance: HDF5 (2.0.0 at least) then loops forever (an object header
+    zeroed in place: index 0, size 0)."""
+    fh.seek(address)
+    header = fh.read(8 + lengths)
+    if header[:4] != _HEAP:
+        return  # not a collection; HDF5 refuses such an address itself
+    size = int.from_bytes(header[8:8 + lengths], "little")
+    if size < len(header) or address + size > file_size:
+        _fail(path, f"damaged text storage: global heap at byte {address} claims {size} bytes "
+                    f"(file size {file_size})")
+    fh.seek(address)
+    heap = fh.read(size)
+    object_header = 8 + lengths
+    p, mask = len(header), (1 << 64) - 1
+    while p < size:
+        if p + object_header > size:
+            break  # too small for an object: free space, as HDF5 reads it
+        index = int.from_bytes(heap[p:p + 2], "little")
+        length = int.from_bytes(heap[p + 8:p + 8 + lengths], "little")
+        step = (object_header + ((length + 7) & ~7)) & mask if index else length
+        if step == 0:
+            _fail(path, f"damaged text storage: global heap at byte {address} has an object "
+                        f"header of size 0 at byte {address + p} (HDF5 would loop forever "
+                        "reading it)")
+        p += step
+
+
+def check_text_heaps(path, f: h5py.File, n: int) -> int:
+    """Check, before HDF5 decodes any text, the global heap collections
+    that hold the file's variable-length strings: those in its first MiB
+    (the root attributes' are written first) and those the string datasets
+    point to (:func:`_check_heap`). Returns the number checked."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as fh:
+        base, offsets, lengths = _superblock(fh, size)
+        fh.seek(base)
+        head = fh.read(_HEAD_BYTES)
+        addresses, at = set(), head.find(_HEAP)
+        while at >= 0:
+            addresses.add(base + at)
+            at = head.find(_HEAP, at + 1)
+        addresses |= {base + a for a in _heap_addresses(f, STRING_DATASETS, n, offsets)}
+        for address in sorted(addresses):
+            if address + 8 + lengths <= size:
+                _check_heap(path, fh, address, size, lengths)
+    return len(addresses)
 
 
 def _guarded(path, function, *args):

@@ -168,6 +168,30 @@ def test_a_chunk_missing_from_the_index_is_not_read_as_background(pairs, tmp_pat
         PairDataset(path, "all", augment=False, cache_mb=0).fetch([4])
 
 
+def test_a_zeroed_text_heap_object_is_refused_not_looped_on(pairs, tmp_path):
+    """The text (root attributes, sample ids) lives in HDF5 global heap
+    collections. With one object header zeroed (index 0, size 0) HDF5
+    2.0.0 loops forever decoding the collection; validate must refuse the
+    file first. Run in a child process with a time limit, so a regression
+    fails instead of hanging the suite."""
+    import subprocess
+    import sys
+
+    path = copy(pairs, tmp_path)
+    data = bytearray(path.read_bytes())
+    heap = data.find(b"GCOL")
+    first = heap + 16  # after "GCOL", version, reserved and the 8-byte collection size
+    length = int.from_bytes(data[first + 8:first + 16], "little")
+    second = first + 16 + (length + 7) // 8 * 8
+    data[second:second + 16] = bytes(16)
+    path.write_bytes(bytes(data))
+    child = subprocess.run([sys.executable, "-c", "import sys; from dce.gan import h5format; "
+                            "h5format.validate(sys.argv[1])", str(path)],
+                           capture_output=True, text=True, timeout=300)
+    assert child.returncode == 1
+    assert f"{path}: damaged text storage: global heap at byte {heap}" in child.stderr
+
+
 def test_lzf_chunks_stored_unfiltered_are_legitimate(tmp_path):
     """lzf stores a chunk it cannot shrink without the filter (filter mask
     set): such files read normally."""
