@@ -12,13 +12,18 @@ report a person can read.
    face MAE, normal error, detail correlation, roughness; heat maps and
    shaded coarse | refined | target pictures) -> OUT/eval/mae.csv;
 5. refines one held-out face back to a 3D mesh (dce-refine);
-6. renders the real sample scans when ../shared/data is present;
-7. writes OUT/report.md with the tables, loss curves, pictures and the time
+6. scores held-out faces in 3D: the photo view (pose 0) of up to
+   --faces-3d held-out scans, refined to meshes as dce-refine does, coarse
+   and refined against the world's raw range scans by dce-eval-mesh's
+   protocol with --metric -> OUT/eval_3d/ (summary tables and the cumulative
+   error plot);
+7. renders the real sample scans when ../shared/data is present;
+8. writes OUT/report.md with the tables, loss curves, pictures and the time
    per step.
 
 Every step resumes: rerun the command after an interruption and finished
 work is kept (the build and the trainings continue where they stopped).
-About 11 minutes on 2 CPU cores.
+About 12 to 13 minutes on 2 CPU cores.
 """
 from __future__ import annotations
 
@@ -35,6 +40,9 @@ from dce.cli.build import MAX_IDENTITIES, MAX_POSES, MAX_SIZE, MAX_WORKERS
 from dce.cli.options import SEED_MAX, OutputError, check_output, integer
 
 DETAIL_ITERATIONS = 600
+# One photo view per held-out identity of the default world (60 identities, 1/3
+# held out): 1 to 2 minutes on 2 cores; all 40 held-out photo views would take twice that.
+FACES_3D = 20
 SAMPLES = (
     # name, mesh, landmarks (iBUG-68, 3D, mm)
     ("lps-smooth", "lee-perry-smith/lps_smooth_face.ply", "lee-perry-smith/lps_landmarks_68.txt"),
@@ -74,6 +82,11 @@ def parse_args(argv=None):
     p.add_argument("--detail-iterations", type=integer(0), default=DETAIL_ITERATIONS,
                    help="iterations of the detail stage, 8 crops each; 0 = no detail stage "
                         f"(default: {DETAIL_ITERATIONS}, about 4 minutes on 2 cores)")
+    p.add_argument("--faces-3d", type=integer(0, 100000), default=FACES_3D,
+                   help="held-out photo views refined to meshes and scored in 3D against the "
+                        "world's scans (dce-eval-mesh --metric), one per held-out identity "
+                        f"before a second of any; 0 = none (default: {FACES_3D}, 1 to 2 "
+                        "minutes on 2 cores)")
     p.add_argument("--heatmaps", type=integer(0, 1000), default=8,
                    help="error heat maps written by the evaluation (default: 8)")
     p.add_argument("--workers", type=integer(1, MAX_WORKERS), default=None,
@@ -117,6 +130,91 @@ def real_scans(data: Path, out: Path, size: int = 256, yaws=(0.0, 30.0, -45.0)) 
     return pngs
 
 
+def photo_view_samples(pairs: Path, limit: int) -> list:
+    """(sample id, pair id) of up to ``limit`` held-out samples of the pair
+    file seen from the photo's own view (pose 0: yaw = pitch = roll = 0):
+    the first of every held-out identity (in subject order), then the
+    second of each, and so on."""
+    from dce.gan import h5format as fmt
+
+    with fmt.open_pairs(pairs) as f:
+        rows = zip(f["sample_id"].asstr()[()], f["pair_id"].asstr()[()],
+                   f["subject"].asstr()[()], f[fmt.SPLIT][()] == fmt.TEST,
+                   ~f["pose"][()].any(axis=1))
+        chosen = sorted((subject, sample, pair) for sample, pair, subject, test, photo in rows
+                        if test and photo)
+    seen = {}
+    ranked = []
+    for subject, sample, pair in chosen:
+        seen[subject] = seen.get(subject, -1) + 1
+        ranked.append((seen[subject], subject, sample, pair))
+    return [(sample, pair) for _, _, sample, pair in sorted(ranked)[:limit]]
+
+
+def evaluate_3d(out: Path, pairs: Path, model: Path, world: Path, limit: int,
+                device: str) -> dict:
+    """Score held-out faces in 3D (OUT/eval_3d/): each of the
+    :func:`photo_view_samples` refined by ``model`` to a coarse and a refined
+    mesh as dce-refine makes them from a pair file, both in the coarse fit's
+    model frame (the frame the coarse image's camera unprojects to), with
+    the fit's own 68 landmark vertices (the refined mesh's carried along
+    with its surface); scored against the world's raw range scan with the
+    exact scanner-frame landmarks of world.json, by dce-eval-mesh --metric's
+    protocol. {"faces", "table", "png", "folders"}."""
+    from dce.gan.data import FOREGROUND_ABOVE
+    from dce.gan.inference import Refiner
+    from dce.geom.io import load_mesh
+    from dce.geom.mesh_eval import (comparison_markdown, evaluate_folders, plot_cumulative,
+                                    write_ground_truth, write_prediction)
+    from dce.geom.reconstruct import depth_image_mesh
+    from dce.geom.refined_mesh import refine_dce_image, refine_meshes
+    from dce.geom.sources import read_vertex_indices
+    from dce.geom.store import read_sample
+    from dce.geom.synthetic import load_world
+
+    folder = out / "eval_3d"
+    if folder.exists():
+        shutil.rmtree(folder)
+    samples = photo_view_samples(pairs, limit)
+    if not samples:
+        print("  no held-out photo view in the pair file; skipped")
+        return {}
+    manifest = load_world(world)
+    records = {r["stem"]: r for r in manifest["scans"]}
+    landmark_vertices = read_vertex_indices(world / manifest.get("model", "world_model.npz"))
+    refiner = Refiner(model, device)
+    for k, (sample_id, stem) in enumerate(samples, 1):
+        record = records.get(stem)
+        if record is None:
+            raise ValueError(f"{world / 'world.json'}: no scan {stem!r} (sample {sample_id} of "
+                             f"{pairs}): the pair file was built from another world")
+        image = read_sample(pairs, sample_id).coarse
+        rgb = image.rgb()
+        image = image.select(refiner.input_channels)
+        coarse, _ = depth_image_mesh(image.physical("depth"), image.mask, image.camera, None, rgb)
+        fit = load_mesh(world / record["files"]["coarse_mesh"])
+        meshes = refine_meshes(coarse, image, refine_dce_image(refiner, image, FOREGROUND_ABOVE),
+                               rgb, fit.vertices[landmark_vertices])
+        write_prediction(folder / "coarse", stem, meshes.coarse, meshes.coarse_landmarks)
+        write_prediction(folder / "refined", stem, meshes.refined, meshes.refined_landmarks)
+        write_ground_truth(folder / "scans", stem, world / record["files"]["range"],
+                           np.asarray(record["landmarks_3d"]))
+        print(f"  [{k}/{len(samples)}] {sample_id}: coarse {meshes.coarse.n_vertices} and refined "
+              f"{meshes.refined.n_vertices} vertices", flush=True)
+    results = {}
+    for name in ("coarse", "refined"):
+        print(f"  scoring the {name} meshes (dce-eval-mesh --metric)", flush=True)
+        results[name] = evaluate_folders(folder / name, folder / "scans", folder / f"{name}_eval",
+                                         metric=True, log=lambda line: print("    " + line,
+                                                                             flush=True))
+    png = plot_cumulative(folder / "cumulative_error.png",
+                          {name: r.distances for name, r in results.items()})
+    table = comparison_markdown({name: r.summary for name, r in results.items()})
+    print(table)
+    return {"faces": len(samples), "table": table, "png": png,
+            "folders": [folder / f"{name}_eval" for name in results]}
+
+
 class Steps:
     """Numbered progress lines with the time each step took."""
 
@@ -151,6 +249,32 @@ def _rel(path: Path, root: Path) -> str:
     return os.path.relpath(path, root).replace(os.sep, "/")
 
 
+def _report_3d(result: dict, out: Path) -> list:
+    """The report's lines on the 3D evaluation (none when it did not run)."""
+    if not result:
+        return []
+    folders = ", ".join(f"`{_rel(f, out)}/summary.md`" for f in result["folders"])
+    return ["", "### In 3D, against the world's scans", "",
+            f"{result['faces']} held-out faces (the photo view, pose 0), the coarse and the "
+            "refined mesh as `dce-refine` makes them from the pair file, scored against the "
+            "world's raw range scans (`world/scans/<stem>.abs.gz`, with their holes, noise and "
+            "spikes) by `dce-eval-mesh --metric`: the NoW crop sphere, a rigid Procrustes on the "
+            "landmarks, then rigid ICP (no scale: a coarse fit of the wrong size counts as "
+            "wrong), each scan point's distance to the predicted triangles, all points pooled.",
+            "", result["table"], "",
+            f"![cumulative error]({_rel(result['png'], out)})", "",
+            "Frames and landmarks: both meshes come out in the coarse fit's model frame (the "
+            "coarse image's camera unprojects the depth pixels there; the scans are in the "
+            "scanner frame, which the sample's target camera maps to the same pixels). "
+            "Predicted landmarks are the coarse fit's own 68 landmark vertices "
+            "(`world_model.npz`, `landmarks_68`), on the refined mesh carried along with its "
+            "surface (`move_with_surface`); the scans' are the exact `landmarks_3d` of "
+            "`world.json`. The predicted surface covers only the image's crop of the face, so "
+            "scan points of the NoW sphere beyond it (mostly under the jaw, where the crop "
+            "follows the jaw line) score their distance to its border, alike for both rows. Per face: {folders}; rerun with "
+            "`dce-eval-mesh --pred eval_3d/refined --gt eval_3d/scans -o DIR --metric`.", ""]
+
+
 def write_report(out: Path, steps: Steps, info: dict) -> Path:
     """OUT/report.md, linking the PNGs the steps wrote."""
     lines = ["# DCE main job report", "",
@@ -183,6 +307,7 @@ def write_report(out: Path, steps: Steps, info: dict) -> Path:
     lines += ["", "Heat maps, coarse (left) and refined (right): depth error, 0 (blue) to 5 mm "
               "(red), above; normal error, 0 to 20 degrees, below.", ""]
     lines += [f"![heat map]({_rel(png, out)})" for png in info["heatmaps"][:4]]
+    lines += _report_3d(info.get("eval_3d"), out)
     lines += ["", "## A held-out face refined to a mesh", ""]
     lines += [f"- `{_rel(p, out)}`" for p in info["meshes"]]
     lines += [""] + [f"![refined]({_rel(p, out)})" for p in info["refine_pngs"]] + [""]
@@ -210,7 +335,7 @@ def main(argv=None) -> int:
         return 2
     out.mkdir(parents=True, exist_ok=True)
     data = args.data or default_data_dir()
-    steps = Steps(7)
+    steps = Steps(8)
     workers = args.workers or os.cpu_count()
     pairs, run, detail = out / "pairs.h5", out / "run", out / "detail"
     evaluation, global_eval = out / "eval", out / "eval_global"
@@ -254,6 +379,17 @@ def main(argv=None) -> int:
     steps.next("one held-out face refined to a mesh (dce-refine)")
     _run("dce-refine", refine.main, [model, "--pairs", pairs, "-o", out / "refined"])
 
+    steps.next("held-out faces in 3D against the world's scans (dce-eval-mesh --metric)")
+    eval_3d = {}
+    if args.faces_3d > 0:
+        try:
+            eval_3d = evaluate_3d(out, pairs, model, out / "world", args.faces_3d,
+                                  _torch_device(args))
+        except (ValueError, OSError) as error:  # FormatError, AlignmentError, PairFileError
+            raise SystemExit(f"dce-demo: the 3D evaluation failed: {error}") from None
+    else:
+        print("  skipped (--faces-3d 0)")
+
     steps.next("real sample scans")
     real = []
     if data.is_dir():
@@ -278,7 +414,8 @@ def main(argv=None) -> int:
             "shaded": sorted((evaluation / "heatmaps").glob("shaded_*.png")),
             "meshes": sorted(p for p in (out / "refined").iterdir()
                              if p.suffix in (".ply", ".obj")),
-            "refine_pngs": sorted((out / "refined").glob("*.png")), "real": real}
+            "refine_pngs": sorted((out / "refined").glob("*.png")), "real": real,
+            "eval_3d": eval_3d}
     steps.close()
     report = write_report(out, steps, info)
     print(f"\nreport: {report} ({steps.elapsed() / 60:.1f} min in all)")

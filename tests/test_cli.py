@@ -28,9 +28,40 @@ def test_demo_runs_the_main_job_and_writes_a_report(tmp_path):
     for link in links:
         assert np.asarray(Image.open(out / link)).max() > 0, link
     assert (out / "refined" / "refined.ply").stat().st_size > 0
+    check_3d_table(out, report)
     stamp = (out / "pairs.h5").stat().st_mtime_ns
     assert demo.main(argv) == 0
     assert (out / "pairs.h5").stat().st_mtime_ns == stamp
+
+
+def check_3d_table(out, report):
+    """The report's 3D table: a coarse and a refined row of finite numbers
+    over the same scan points, one face per held-out photo view of the
+    pair file (counted here from the file itself), the cumulative plot
+    linked; the folders are dce-eval-mesh's."""
+    import json
+
+    import h5py
+
+    with h5py.File(out / "pairs.h5", "r") as f:
+        faces = int(((f["split"][()] == 1) & ~f["pose"][()].any(axis=1)).sum())
+    assert faces == 2  # 3 identities: one held out, two scans of it
+    section = report.split("### In 3D, against the world's scans", 1)[1].split("\n## ", 1)[0]
+    assert f"{faces} held-out faces" in section
+    assert "](eval_3d/cumulative_error.png)" in section
+    rows = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if cells[0] in ("coarse", "refined"):
+            rows[cells[0]] = [float(c) for c in cells[1:]]
+    assert set(rows) == {"coarse", "refined"}
+    for name, (median, mean, std, points) in rows.items():
+        assert np.isfinite([median, mean, std]).all() and 0 < median and 0 < mean and 0 <= std
+        summary = json.loads((out / "eval_3d" / f"{name}_eval" / "summary.json").read_text())
+        assert summary["n_meshes"] == faces and summary["metric"] is True
+        assert summary["n_points"] == points and summary["missing"] == []
+        assert abs(summary["median_mm"] - median) <= 0.0005 + 1e-12
+    assert rows["coarse"][3] == rows["refined"][3] > 0
 
 
 def test_loss_curves_from_a_resumed_log(tmp_path):
