@@ -257,6 +257,37 @@ def _check_metadata(path, f, n: int, ids: list) -> None:
                         + (f" (and {int(bad.sum()) - 1} more samples)" if bad.sum() > 1 else ""))
 
 
+# The exact on-disk types of the numeric datasets. The dtype alone is not
+# enough: HDF5 converts a float whose stored layout (exponent, mantissa,
+# bias) was altered to float64 without an error.
+_DISK_TYPES = {"uint16": h5py.h5t.STD_U16LE, "uint8": h5py.h5t.STD_U8LE,
+               "float64": h5py.h5t.IEEE_F64LE, "float32": h5py.h5t.IEEE_F32LE}
+# Lossless filters a pair file may use (fletcher32 is a checksum).
+_FILTERS = {h5py.h5z.FILTER_SHUFFLE, h5py.h5z.FILTER_DEFLATE, h5py.h5z.FILTER_LZF,
+            h5py.h5z.FILTER_FLETCHER32}
+
+
+def _check_storage(path, name: str, d: h5py.Dataset, per_sample: bool) -> None:
+    """The dataset's filters and chunks are what the format allows: an
+    altered filter parameter (e.g. shuffle's element size) decodes the data
+    differently without an error."""
+    plist = d.id.get_create_plist()
+    for i in range(plist.get_nfilters()):
+        code, _, values, label = plist.get_filter(i)
+        if code not in _FILTERS:
+            _fail(path, f"dataset {name!r} uses filter {code} ({label.decode(errors='replace')!r}),"
+                        " not one of the format's lossless filters")
+        if code == h5py.h5z.FILTER_SHUFFLE and tuple(values[:1]) != (d.dtype.itemsize,):
+            _fail(path, f"dataset {name!r}: shuffle filter for {tuple(values)} byte elements, "
+                        f"the data has {d.dtype.itemsize} (damaged header)")
+        if code == h5py.h5z.FILTER_DEFLATE and not (len(values) == 1 and 0 <= values[0] <= 9):
+            _fail(path, f"dataset {name!r}: gzip filter with parameters {tuple(values)} "
+                        "(damaged header)")
+    if per_sample and d.chunks is not None and d.chunks != (1,) + d.shape[1:]:
+        _fail(path, f"dataset {name!r} is stored in chunks of {d.chunks}; the format stores "
+                    "one sample per chunk")
+
+
 def _check(path, f: h5py.File, require_complete: bool) -> dict:
     attrs = f.attrs
     rows = attrs.get("n_samples", 0)  # a number: reading it touches no text heap
@@ -307,6 +338,10 @@ def _check(path, f: h5py.File, require_complete: bool) -> dict:
                 _fail(path, f"dataset {name!r} must hold strings, has dtype {d.dtype}")
         elif d.dtype != np.dtype(kind):
             _fail(path, f"dataset {name!r} has dtype {d.dtype}, expected {kind}")
+        elif not d.id.get_type().equal(_DISK_TYPES[kind]):
+            _fail(path, f"dataset {name!r} is stored as a non-standard {kind} type (damaged "
+                        "header: its values would be converted)")
+        _check_storage(path, name, d, name in IMAGE_DATASETS + MASK_DATASETS)
     for name in IMAGE_DATASETS:
         q = ds[name].attrs.get("quantization")
         q = q.decode("utf-8", "replace") if isinstance(q, bytes) else q

@@ -192,6 +192,41 @@ def test_a_zeroed_text_heap_object_is_refused_not_looped_on(pairs, tmp_path):
     assert f"{path}: damaged text storage: global heap at byte {heap}" in child.stderr
 
 
+def test_a_damaged_filter_parameter_is_refused(pairs, tmp_path):
+    """The long campaign's finding: one byte of the shuffle filter's element
+    size (8 -> 16777224) in a float64 dataset's header made HDF5 decode its
+    values as zeros without an error."""
+    path = copy(pairs, tmp_path)
+    data = bytearray(path.read_bytes())
+    at = data.find(b"shuffle\x00" + (8).to_bytes(4, "little"))  # a float64 dataset's
+    assert at > 0
+    data[at + 11] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(fmt.PairFileError, match=r"p.h5: dataset '\w+': shuffle filter for "
+                                                r"\(16777224,\) byte elements, the data has 8"):
+        fmt.validate(path)
+
+
+def test_a_float_stored_in_a_non_standard_layout_is_refused(pairs, tmp_path):
+    """A float64 whose stored layout differs (here: no implied leading
+    mantissa bit) is still reported as float64 by h5py, and HDF5 converts
+    it on reading: a header damaged this way reads other values without an
+    error."""
+    path = copy(pairs, tmp_path)
+    with h5py.File(path, "r+") as f:
+        values = f["target_scale"][()]
+        del f["target_scale"]
+        odd = h5py.h5t.IEEE_F64LE.copy()
+        odd.set_norm(h5py.h5t.NORM_NONE)
+        d = h5py.Dataset(h5py.h5d.create(f.id, b"target_scale", odd,
+                                         h5py.h5s.create_simple(values.shape)))
+        d[...] = values
+        assert d.dtype == np.float64
+    with pytest.raises(fmt.PairFileError, match="'target_scale' is stored as a non-standard "
+                                                "float64 type"):
+        fmt.validate(path)
+
+
 def test_lzf_chunks_stored_unfiltered_are_legitimate(tmp_path):
     """lzf stores a chunk it cannot shrink without the filter (filter mask
     set): such files read normally."""
