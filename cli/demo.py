@@ -271,8 +271,9 @@ def _report_3d(result: dict, out: Path) -> list:
             "surface (`move_with_surface`); the scans' are the exact `landmarks_3d` of "
             "`world.json`. The predicted surface covers only the image's crop of the face, so "
             "scan points of the NoW sphere beyond it (mostly under the jaw, where the crop "
-            "follows the jaw line) score their distance to its border, alike for both rows. Per face: {folders}; rerun with "
-            "`dce-eval-mesh --pred eval_3d/refined --gt eval_3d/scans -o DIR --metric`.", ""]
+            "follows the jaw line) score their distance to its border, alike for both rows. "
+            f"Per face: {folders}; rerun with `dce-eval-mesh --pred eval_3d/refined --gt "
+            "eval_3d/scans -o DIR --metric`.", ""]
 
 
 def write_report(out: Path, steps: Steps, info: dict) -> Path:

@@ -49,6 +49,7 @@ def check_3d_table(out, report):
     section = report.split("### In 3D, against the world's scans", 1)[1].split("\n## ", 1)[0]
     assert f"{faces} held-out faces" in section
     assert "](eval_3d/cumulative_error.png)" in section
+    assert "`eval_3d/coarse_eval/summary.md`, `eval_3d/refined_eval/summary.md`" in section
     rows = {}
     for line in section.splitlines():
         cells = [c.strip() for c in line.strip("|").split("|")]
