@@ -205,8 +205,8 @@ def evaluate_3d(out: Path, pairs: Path, model: Path, world: Path, limit: int,
     for name in ("coarse", "refined"):
         print(f"  scoring the {name} meshes (dce-eval-mesh --metric)", flush=True)
         results[name] = evaluate_folders(folder / name, folder / "scans", folder / f"{name}_eval",
-                                         metric=True, log=lambda line: print("    " + line,
-                                                                             flush=True))
+                                         metric=True, error_plys=False,
+                                         log=lambda line: print("    " + line, flush=True))
     png = plot_cumulative(folder / "cumulative_error.png",
                           {name: r.distances for name, r in results.items()})
     table = comparison_markdown({name: r.summary for name, r in results.items()})

@@ -444,10 +444,12 @@ class FolderEvaluation:
 
 
 def evaluate_folders(pred_dir, gt_dir, out_dir, metric: bool = False, regions: bool = False,
-                     log: Optional[Callable[[str], None]] = None) -> FolderEvaluation:
+                     log: Optional[Callable[[str], None]] = None,
+                     error_plys: bool = True) -> FolderEvaluation:
     """Evaluate every prediction with a ground truth of the same stem and
     write to ``out_dir``: ``<stem>_error.ply`` (the cropped ground truth,
-    coloured by error, with its ``error_mm`` per vertex), ``summary.json``,
+    coloured by error, with its ``error_mm`` per vertex; not with
+    ``error_plys=False``, they take ~8 MB a scan), ``summary.json``,
     ``summary.md`` and ``cumulative_error.png``. FormatError naming the file
     for unusable inputs, AlignmentError naming the pair for unusable pairs."""
     pairs, missing, extra = find_pairs(pred_dir, gt_dir)
@@ -468,8 +470,9 @@ def evaluate_folders(pred_dir, gt_dir, out_dir, metric: bool = False, regions: b
                                    metric=metric, regions=regions)
         except AlignmentError as error:
             raise AlignmentError(f"{pred_path.name} vs {gt_path}: {error}") from None
-        write_scalar_ply(out / f"{stem}_error.ply", result.points, result.faces,
-                         {"error_mm": result.distances}, error_colors(result.distances))
+        if error_plys:
+            write_scalar_ply(out / f"{stem}_error.ply", result.points, result.faces,
+                             {"error_mm": result.distances}, error_colors(result.distances))
         entry = result.stats().to_dict()
         entry.update(scale=result.transform.scale, icp_rms_mm=result.fit.rms_after)
         if regions:
