@@ -14,7 +14,7 @@ from pathlib import Path
 
 
 def parse_args(argv=None):
-    from dce.cli.train import integer, number
+    from dce.cli.options import integer, number
 
     p = argparse.ArgumentParser(prog="dce-eval", description=__doc__)
     p.add_argument("data", type=Path, help="DCE pair file from dce-build")

@@ -11,44 +11,10 @@ every stage change and on Ctrl-C; --resume continues exactly.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
-
-
-def integer(low: int, high: int | None = None):
-    """An argparse type: an int in [low, high]; otherwise the option's
-    error names the range (exit 2)."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if value < low or (high is not None and value > high):
-            raise argparse.ArgumentTypeError(
-                f"{value} is out of range: must be >= {low}" if high is None
-                else f"{value} is out of range: must be in [{low}, {high}]")
-        return value
-    return parse
-
-
-def number(low: float = 0.0, low_open: bool = False, high: float | None = None):
-    """An argparse type: a finite float >= ``low`` (> ``low`` when
-    ``low_open``) and <= ``high``: NaN and infinity would train NaN weights
-    or draw blank pictures."""
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if (not math.isfinite(value) or (value <= low if low_open else value < low)
-                or (high is not None and value > high)):
-            raise argparse.ArgumentTypeError(
-                f"{text} is out of range: must be a finite number {'>' if low_open else '>='} "
-                f"{low:g}" + ("" if high is None else f" and <= {high:g}"))
-        return value
-    return parse
+from dce.cli.options import integer, number
 
 
 def parse_args(argv=None):

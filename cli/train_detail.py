@@ -17,7 +17,7 @@ from pathlib import Path
 
 
 def parse_args(argv=None):
-    from dce.cli.train import integer, number
+    from dce.cli.options import integer, number
     from dce.gan.detail import DetailSettings
     from dce.gan.train import MAX_SEED
 

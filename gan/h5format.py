@@ -660,8 +660,8 @@ def verify(path, require_complete: bool = True) -> dict:
     values 0/1, no empty target mask). Raises PairFileError naming the file,
     and for data errors the dataset and the sample (up to 5 listed when
     several chunks are damaged). Returns validate's summary with
-    ``chunks_read``, the number of chunks read. ``dce-build inspect
-    --verify`` runs this."""
+    ``chunks_read``, the number of chunks read. ``dce-build inspect`` runs
+    this (unless ``--no-verify``)."""
     summary = validate(path, require_complete)
     n = summary["n_samples"]
     prefix = f"{os.fspath(path)}: "

@@ -66,9 +66,11 @@ def _canonical(config: dict) -> str:
 def _filters(compression) -> dict:
     if compression not in COMPRESSIONS:
         raise ValueError(f"compression must be one of {COMPRESSIONS}, got {compression!r}")
+    # fletcher32: a checksum per chunk, so that a damaged uncompressed chunk
+    # is an error on read rather than silently different numbers
     if compression is None:
-        return {}
-    opts = {"compression": compression, "shuffle": True}
+        return {"fletcher32": True}
+    opts = {"compression": compression, "shuffle": True, "fletcher32": True}
     if compression == "gzip":
         opts["compression_opts"] = GZIP_LEVEL
     return opts

@@ -419,3 +419,18 @@ def test_preview_shows_nearer_brighter(tmp_path):
     tile = a[12 + 4 + 12: 12 + 4 + 12 + H, 4: 4 + W]  # coarse depth, first row
     centre, rim = tile[11, 15], tile[11, 15 + 9]
     assert tile[mask].max() == centre and centre > rim + 100
+
+
+@pytest.mark.parametrize("compression", [None, "gzip"])
+def test_a_damaged_chunk_is_an_error_even_uncompressed(tmp_path, compression):
+    """Every chunk carries a Fletcher-32 checksum: without compression a
+    flipped byte would otherwise read back as a different number."""
+    path = tmp_path / "pairs.h5"
+    build(path, all_samples(n_pairs=2, n_poses=1), compression=compression)
+    with h5py.File(path, "r") as f:
+        info = f["target"].id.get_chunk_info_by_coord((1, 0, 0, 0))
+    data = bytearray(path.read_bytes())
+    data[info.byte_offset + info.size // 2] ^= 0x10
+    path.write_bytes(bytes(data))
+    with pytest.raises(fmt.PairFileError, match="target"):
+        fmt.verify(path)
