@@ -31,7 +31,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Optional, Union
+from typing import Union
 
 import h5py
 import numpy as np
