@@ -204,6 +204,21 @@ def check_state_dict(saved, module: torch.nn.Module, path, name: str) -> None:
                               f"in {bad[:3]}{' ...' if len(bad) > 3 else ''}")
 
 
+def check_optimizer_state(saved, module: torch.nn.Module, path, name: str) -> None:
+    """CheckpointError naming ``path`` unless ``saved`` holds finite values
+    and loads into an Adam over ``module``'s parameters (a throwaway one:
+    checking changes no weight and no optimizer of the run)."""
+    bad = nonfinite(saved)
+    if bad:
+        raise CheckpointError(f"{path}: {name!r} holds non-finite values in {bad[:3]}")
+    probe = torch.optim.Adam(module.parameters())
+    try:
+        probe.load_state_dict(saved)
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as error:
+        raise CheckpointError(f"{path}: {name!r} does not fit this run's optimizer "
+                              f"({type(error).__name__}: {error})") from None
+
+
 def rng_state() -> dict:
     """Python, numpy, torch CPU and (when present) every CUDA device's RNG."""
     state = {"python": random.getstate(), "numpy": np.random.get_state(),

@@ -464,16 +464,7 @@ class DetailTrainer:
             pairs.append(("D", self.D, "opt_d", self.opt_d))
         for name, net, opt_name, opt in pairs:
             ckpt.check_state_dict(state[name], net, path, name)
-            bad = ckpt.nonfinite(state[opt_name])
-            if bad:
-                raise ckpt.CheckpointError(f"{path}: {opt_name!r} holds non-finite values in "
-                                           f"{bad[:3]}")
-            probe = torch.optim.Adam(net.parameters())  # loading into it changes no weight
-            try:
-                probe.load_state_dict(state[opt_name])
-            except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as error:
-                raise ckpt.CheckpointError(f"{path}: {opt_name!r} does not fit this run's "
-                                           f"optimizer ({type(error).__name__}: {error})") from None
+            ckpt.check_optimizer_state(state[opt_name], net, path, opt_name)
         ckpt.set_rng_state(state["rng"], path)
         for name, net, opt_name, opt in pairs:
             net.load_state_dict(state[name])

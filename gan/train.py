@@ -404,16 +404,7 @@ class Trainer:
         ckpt.check_state_dict(state["G"], self.G, path, "G")
         ckpt.check_state_dict(state["D"], self.D, path, "D")
         for name, net in (("opt_g", self.G), ("opt_d", self.D)):
-            bad = ckpt.nonfinite(state[name])
-            if bad:
-                raise ckpt.CheckpointError(f"{path}: {name!r} holds non-finite values in "
-                                           f"{bad[:3]}")
-            probe = torch.optim.Adam(net.parameters())  # loading into it changes no weight
-            try:
-                probe.load_state_dict(state[name])
-            except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as error:
-                raise ckpt.CheckpointError(f"{path}: {name!r} does not fit this run's optimizer "
-                                           f"({type(error).__name__}: {error})") from None
+            ckpt.check_optimizer_state(state[name], net, path, name)
         ckpt.set_rng_state(state["rng"], path)
         try:
             self.scaler.load_state_dict(state["scaler"])

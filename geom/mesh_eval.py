@@ -385,6 +385,14 @@ def read_ground_truth(path: Path) -> tuple:
         raise FormatError(f"{pts_path}: {error}") from None
 
 
+def _landmarks_xyz(landmarks, error, what: str) -> np.ndarray:
+    """``landmarks`` as (7 or 68, 3) finite float64, else ``error`` naming ``what``."""
+    L = np.asarray(landmarks, dtype=np.float64)
+    if L.ndim != 2 or L.shape[1] != 3 or len(L) not in (7, 68) or not np.isfinite(L).all():
+        raise error(f"{what} must be 7 or 68 finite x y z points, got shape {L.shape}")
+    return L
+
+
 def write_prediction(folder, stem: str, mesh, landmarks: np.ndarray) -> Path:
     """Write a prediction in the layout :func:`evaluate_folders` reads:
     ``folder/<stem>.ply`` (``mesh``, a :class:`~dce.geom.io.Mesh`) and
@@ -392,10 +400,7 @@ def write_prediction(folder, stem: str, mesh, landmarks: np.ndarray) -> Path:
     line), each written atomically; returns the mesh's path."""
     from .io import Landmarks, save_mesh, write_landmarks
 
-    L = np.asarray(landmarks, dtype=np.float64)
-    if L.ndim != 2 or L.shape[1] != 3 or len(L) not in (7, 68) or not np.isfinite(L).all():
-        raise AlignmentError(f"{stem}: predicted landmarks must be 7 or 68 finite x y z points, "
-                             f"got shape {L.shape}")
+    L = _landmarks_xyz(landmarks, AlignmentError, f"{stem}: predicted landmarks")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{stem}.ply"
@@ -416,10 +421,7 @@ def write_ground_truth(folder, stem: str, scan, landmarks: np.ndarray) -> Path:
     split = _split_name(scan, _SCAN_EXTENSIONS) or _split_name(scan, tuple(_MESH_READERS))
     if split is None or not scan.is_file():
         raise FormatError(f"{scan}: not a ground-truth mesh or range scan file")
-    L = np.asarray(landmarks, dtype=np.float64)
-    if L.ndim != 2 or L.shape[1] != 3 or len(L) not in (7, 68) or not np.isfinite(L).all():
-        raise FormatError(f"{scan}: its landmarks must be 7 or 68 finite x y z points, got "
-                          f"shape {L.shape}")
+    L = _landmarks_xyz(landmarks, FormatError, f"{scan}: its landmarks")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / (stem + split[1])
