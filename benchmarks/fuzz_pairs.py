@@ -48,7 +48,7 @@ from test_fuzz_pairs import (CHECKPOINT_EDITS, SEMANTIC, checkpoint_campaign,  #
 
 from dce.gan.checkpoint import load_checkpoint  # noqa: E402
 
-CLASSES = ("refused", "same", "text", "wrong", "uncaught", "hang")
+CLASSES = ("refused", "same", "warned", "text", "wrong", "uncaught", "hang")
 
 
 def _probe_worker(conn, reference, text) -> None:
@@ -262,21 +262,23 @@ def main(argv=None) -> int:
         "Classes: *refused* = the project's error (PairFileError, CheckpointError, or "
         "ValueError for a settings mismatch) naming the file; *same* = accepted and every "
         "number the readers deliver equals the original's bit for bit (most byte mutants "
-        "of a small HDF5 file land in space reserved for chunk-index nodes); *text* = as "
-        "*same*, but a text field no number depends on (provenance, config, created_by, a "
-        "sample id) reads differently: format v1 has no checksum over its text; *wrong* = "
+        "of a small HDF5 file land in space reserved for chunk-index nodes); *warned* = as "
+        "*text*, with the warning that the file has no text checksum to verify (the "
+        "mutation hit that attribute's name); *text* = as *same*, but a text field no "
+        "number depends on (provenance, config, created_by, a sample id) reads "
+        "differently, unnoticed; *wrong* = "
         "accepted with different numbers (a silently wrong read); *uncaught* = any other "
         "exception; *hang* = no answer within 120 s (the probe runs in a child process).",
         "",
-        "| campaign | mutants | refused | same | text | wrong | uncaught | hang | note |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| campaign | mutants | refused | same | warned | text | wrong | uncaught | hang | note |",
+        "|---|---|---|---|---|---|---|---|---|---|",
         row("pair file (gzip, 32 px), byte mutants", pair_counts["bytes"],
             "bit flips, random bytes, zeroed runs, cuts, appended bytes"),
         row("pair file, semantic mutants", pair_counts["semantic"],
             f"{len(SEMANTIC)} defects: NaN/inf/zero metadata, empty or non-0/1 masks, "
             "versions, undecodable text, a chunk missing from the index, ..."),
         row("pair file *uncompressed*, byte mutants", plain,
-            "for the record: no checksum covers uncompressed data in format v1"),
+            "Fletcher-32 per chunk covers uncompressed data too"),
         row("checkpoint, byte mutants", ckpt_counts["bytes"],
             "SHA-256 of the payload; *same* = the mutation left the bytes unchanged"),
         row("checkpoint, semantic mutants", ckpt_counts["semantic"],

@@ -31,6 +31,9 @@ Root attributes
 ``test_fraction``
 ``shard``          ``"K/N"`` in a file built as shard K of N (absent in a
                    whole or merged build)
+``text_sha256``    hex SHA-256 of the file's text (:func:`text_digest`):
+                   the text root attributes and the string datasets,
+                   which no chunk checksum covers
 =================  =====================================================
 
 Per-sample datasets, first axis N, in ascending ``sample_id`` order
@@ -100,9 +103,11 @@ subjects, which makes the merged file equal to a single build.
 from __future__ import annotations
 
 import glob
+import hashlib
 import itertools
 import json
 import os
+import warnings
 
 import h5py
 import numpy as np
@@ -142,6 +147,69 @@ UNITS = {"depth": "mm", "curvature": "1/mm", "elevation": "rad", "r": "", "g": "
 class PairFileError(ValueError):
     """A file that is not a usable DCE pair file; the message names the file
     and the problem."""
+
+
+class LegacyPairFileWarning(UserWarning):
+    """A pair file from before text checksums: read, but its text (sample
+    ids, subjects, provenance, config) is unverified."""
+
+
+# The root attributes that hold text, in the order they are hashed.
+TEXT_ATTRIBUTES = ("format", "channels", "created_by", "config", "shard")
+TEXT_DIGEST = "text_sha256"
+
+
+def _utf8(value) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode("utf-8")
+
+
+def text_digest(attrs, strings: dict) -> str:
+    """Hex SHA-256 of a pair file's text: the :data:`TEXT_ATTRIBUTES` present
+    in ``attrs`` (a mapping) and the values of each of
+    :data:`STRING_DATASETS` in ``strings`` (name -> sequence of str or
+    bytes, in row order). The variable-length strings live in HDF5's global
+    heap, which no chunk checksum covers: this digest is what detects a
+    changed sample id or provenance. Every field is length-prefixed, so no
+    two different texts hash alike by shifting a boundary."""
+    h = hashlib.sha256()
+
+    def put(data: bytes) -> None:
+        h.update(len(data).to_bytes(8, "little"))
+        h.update(data)
+
+    for name in TEXT_ATTRIBUTES:
+        if name in attrs:
+            put(name.encode())
+            put(_utf8(attrs[name]))
+    for name in STRING_DATASETS:
+        values = strings[name]
+        put(name.encode())
+        h.update(len(values).to_bytes(8, "little"))
+        for value in values:
+            put(_utf8(value))
+    return h.hexdigest()
+
+
+def write_text_digest(f: h5py.File, n: int) -> None:
+    """Store :func:`text_digest` of the first ``n`` rows of ``f``'s string
+    datasets and its text attributes, as a fixed-length attribute (kept out of
+    the global heap it guards). Call after the last text is written."""
+    strings = {name: f[name][:n] for name in STRING_DATASETS}
+    f.attrs[TEXT_DIGEST] = np.bytes_(text_digest(f.attrs, strings))
+
+
+def _check_text_digest(path, f: h5py.File, ds: dict, n: int) -> None:
+    if TEXT_DIGEST not in f.attrs:
+        warnings.warn(f"{os.fspath(path)}: pair file written before dce stored a text checksum;"
+                      " its sample ids, subjects, provenance and config cannot be verified "
+                      "(rebuild it to add one)", LegacyPairFileWarning, stacklevel=4)
+        return
+    stored = f.attrs[TEXT_DIGEST]
+    stored = stored.decode("ascii", "replace") if isinstance(stored, bytes) else str(stored)
+    actual = text_digest(f.attrs, {name: ds[name][:n] for name in STRING_DATASETS})
+    if stored != actual:
+        _fail(path, "damaged text: the SHA-256 of its sample ids, subjects, provenance and "
+                    "text attributes differs from the one stored when it was written")
 
 
 def sample_shape(name: str, channels: int, height: int, width: int) -> tuple:
@@ -364,6 +432,7 @@ def _check(path, f: h5py.File, require_complete: bool) -> dict:
         "size_bytes": os.path.getsize(path),
     }
     _strings(path, ds, "provenance", n)  # readable text, as the others
+    _check_text_digest(path, f, ds, n)
     if complete:
         split = ds[SPLIT][()]
         if split.size and split.max() > TEST:
@@ -525,7 +594,9 @@ def validate(path, require_complete: bool = True) -> dict:
     version, complete flag (unless ``require_complete`` is False), every
     dataset's shape and dtype, quantization, unique sample ids, finite
     offsets, scales, cameras and poses with non-zero scales (the first bad
-    sample is named), readable UTF-8 text and an identity-disjoint split.
+    sample is named), readable UTF-8 text that matches its SHA-256
+    (:func:`text_digest`; a file without one is read with a
+    :class:`LegacyPairFileWarning`) and an identity-disjoint split.
     Reads the root attributes and the small per-sample datasets, not the
     images or masks (:func:`verify` reads everything). Returns a summary dict
     (``n_samples``, ``channels``, ``height``, ``width``, ``n_pairs``,

@@ -182,6 +182,7 @@ def _write_pairs(path: str, rows: list, channels, H: int, W: int, config: dict, 
             d = _create(g, name, len(rows), len(channels), H, W, compression)
             values = [r[name] for r in rows]
             d[...] = values if fmt.SAMPLE_DATASETS[name][0] == "str" else np.stack(values)
+        fmt.write_text_digest(g, len(rows))
 
 
 class EmptyBuildError(ValueError):
@@ -428,6 +429,7 @@ def _assemble(paths, out_path: str, channels, H: int, W: int, config: dict, comp
         if N:
             split[...] = np.array([which[x] for x in subjects], dtype=np.uint8)
         g.attrs.update({"seed": int(seed), "test_fraction": float(test_fraction)})
+        fmt.write_text_digest(g, N)
         g.attrs["complete"] = True
     _fsync(tmp)  # on disk before the rename makes it visible
     os.replace(tmp, out_path)

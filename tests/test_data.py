@@ -58,6 +58,7 @@ def write_pairs(path, channels=DCE, complete=True):
         for name, values in (("sample_id", ids), ("pair_id", SUBJECTS), ("subject", SUBJECTS),
                              ("provenance", ["{}"] * N)):
             f.create_dataset(name, data=values, dtype=strings)
+        fmt.write_text_digest(f, N)
         if complete:
             f["split"] = np.array(SPLIT, np.uint8)
     return path

@@ -1,7 +1,8 @@
 """Seeded mutation test of the pair file and of checkpoints (issue 12).
 
-Pair files: a small file in dce-build's storage layout (gzip + shuffle,
-one sample per image chunk, ``libver="earliest"``) is written here with
+Pair files: a small file in dce-build's storage layout (gzip + shuffle +
+Fletcher-32, one sample per image chunk, ``libver="earliest"``, the text
+checksum) is written here with
 plain h5py, then mutated: bytes flipped, replaced, zeroed, cut or appended,
 and semantic edits made through h5py (NaN metadata, empty masks, bad
 versions, undecodable text, a chunk missing from the index, ...). Each
@@ -12,10 +13,11 @@ classed:
 * ``refused``: a PairFileError naming the file;
 * ``same``: accepted, and everything the readers deliver (images, masks,
   offsets, scales, pixel sizes, split) equals the original bit for bit;
+* ``warned``: as ``text``, but read with the LegacyPairFileWarning that
+  the file has no text checksum (the mutation hit that attribute's name);
 * ``text``: as ``same``, but a text field no number depends on
   (``provenance``, ``config``, ``created_by``, a sample id) reads
-  differently. Format v1 has no checksum over its text, so such a change is
-  undetectable; counted, not failed;
+  differently, unnoticed: a failure since the text checksum;
 * ``wrong``: accepted with different data: a silently wrong read;
 * ``uncaught``: any other exception.
 
@@ -26,7 +28,7 @@ a valid checksum so that ``Trainer.resume`` and the Refiner must find the
 problem themselves; classed ``refused`` (CheckpointError or ValueError
 naming the file), ``same`` (the bytes did not change), ``uncaught``.
 
-The test asserts 0 ``wrong`` and 0 ``uncaught`` in a few hundred mutants;
+The test asserts 0 ``text``, 0 ``wrong`` and 0 ``uncaught`` in a few hundred mutants;
 ``benchmarks/fuzz_pairs.py`` runs the same campaign at length.
 """
 from __future__ import annotations
@@ -36,6 +38,7 @@ import json
 import os
 import random
 import shutil
+import warnings
 from pathlib import Path
 
 import h5py
@@ -86,7 +89,10 @@ def write_pairs_file(path, subjects: int = 3, poses: int = 2, size: int = 16,
     offset = np.tile(np.r_[1000.0, np.zeros(C - 1)], (N, 1))
     scale = np.tile(np.r_[-50.0, 0.1 * np.ones(C - 1)], (N, 1))
     split = fmt.split_subjects([s for _, s in rows], seed)
-    opts = {} if compression is None else {"compression": compression, "shuffle": True}
+    # As dce-build writes them: a Fletcher-32 checksum on every numeric chunk.
+    opts = {"fletcher32": True}
+    if compression is not None:
+        opts.update(compression=compression, shuffle=True)
     if compression == "gzip":
         opts["compression_opts"] = 4
     data = {"coarse": fmt.quantize(coarse), "target": fmt.quantize(target),
@@ -115,8 +121,9 @@ def write_pairs_file(path, subjects: int = 3, poses: int = 2, size: int = 16,
             d[...] = values
             if name in fmt.IMAGE_DATASETS:
                 d.attrs["quantization"] = fmt.QUANTIZATION
-        f.attrs.update({"seed": seed, "test_fraction": fmt.DEFAULT_TEST_FRACTION,
-                        "complete": True})
+        f.attrs.update({"seed": seed, "test_fraction": fmt.DEFAULT_TEST_FRACTION})
+        fmt.write_text_digest(f, N)
+        f.attrs["complete"] = True
     return Path(path)
 
 
@@ -159,7 +166,9 @@ def classify(path, reference: dict, reference_text: dict, run=read_all) -> tuple
     """(class, detail) of the pair file at ``path`` against the original's
     ``reference`` (read_all) and ``reference_text`` (read_text)."""
     try:
-        got = run(path)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            got = run(path)
     except fmt.PairFileError as error:
         if os.fspath(path) not in str(error):
             return "uncaught", f"PairFileError without the file name: {error}"
@@ -174,7 +183,11 @@ def classify(path, reference: dict, reference_text: dict, run=read_all) -> tuple
         text = read_text(path)
     except Exception:  # noqa: BLE001 - the readers accepted it; h5py may still not decode it
         return "text", "text unreadable by plain h5py"
-    return ("same", "") if text == reference_text else ("text", "text changed")
+    if text == reference_text:
+        return "same", ""
+    if any(issubclass(w.category, fmt.LegacyPairFileWarning) for w in caught):
+        return "warned", "text changed, read with a warning that it is unverified"
+    return "text", "text changed"
 
 
 def byte_mutant(data: bytes, rng: random.Random) -> tuple:
@@ -234,6 +247,17 @@ def _mask_value(f, rng):
     x = d[1]
     x[x.shape[0] // 2, x.shape[1] // 2] = 2
     d[1] = x
+
+
+def _edit_strings(name, row, value):
+    """Rewrite string dataset ``name`` with row ``row`` replaced: valid
+    UTF-8 text that only the text checksum can tell from the original."""
+    def edit(f, rng):
+        values = [bytes(v) for v in f[name][()]]
+        values[row] = value
+        del f[name]
+        f.create_dataset(name, data=np.array(values, dtype=object), dtype=STRING)
+    return edit
 
 
 def _bad_utf8_id(f, rng):
@@ -321,6 +345,11 @@ SEMANTIC = {
     "split not identity-disjoint": _split_both,
     "float target": _float_images,
     "no quantization": lambda f, rng: f["coarse"].attrs.__delitem__("quantization"),
+    "sample_id renamed": _edit_strings("sample_id", 2, b"9999/pose0"),
+    "provenance edited": _edit_strings("provenance", 1, b'{"scan": "/elsewhere.abs"}'),
+    "config edited": _attr("config", json.dumps({"size": 16, "seed": 99}, sort_keys=True)),
+    "created_by edited": _attr("created_by", "dce 0.0"),
+    "text_sha256 edited": _attr(fmt.TEXT_DIGEST, np.bytes_(b"0" * 64)),
 }
 
 
@@ -353,7 +382,7 @@ def pair_campaign(folder: Path, n_bytes: int, seed: int, size: int = 16,
         path.write_bytes(mutated)
         kind, detail = probe(path)
         counts["bytes"][kind] += 1
-        if kind not in ("refused", "same", "text"):
+        if kind not in ("refused", "same", "warned"):
             failures.append((kind, what, detail))
     if compression == "gzip":
         for name in SEMANTIC:
@@ -500,6 +529,28 @@ def test_every_semantic_pair_defect_is_refused_naming_the_file(tmp_path, name):
     semantic_mutant(source, mutant, name, random.Random(0))
     kind, detail = classify(mutant, reference, text)
     assert kind == "refused", (name, kind, detail)
+
+
+def test_a_pair_file_without_text_checksum_reads_with_a_warning(tmp_path):
+    """A file from before text checksums: the same numbers, and a warning
+    that names the file and says its text is unverified."""
+    source = write_pairs_file(tmp_path / "p.h5")
+    reference = read_all(source)
+    with h5py.File(source, "r+") as f:
+        del f.attrs[fmt.TEXT_DIGEST]
+    with pytest.warns(fmt.LegacyPairFileWarning, match=str(source)):
+        got = read_all(source)
+    assert same_arrays(got, reference)
+
+
+def test_text_digest_separates_fields():
+    """Length-prefixed fields: moving text across a boundary changes the digest."""
+    strings = {name: ["a"] for name in fmt.STRING_DATASETS}
+    moved = dict(strings, sample_id=["ab"], pair_id=["a"])  # "a" + "ba" == "ab" + "a"
+    strings = dict(strings, pair_id=["ba"])
+    assert fmt.text_digest({}, strings) != fmt.text_digest({}, moved)
+    assert fmt.text_digest({"config": "x"}, strings) != fmt.text_digest({"config": "y"}, strings)
+    assert fmt.text_digest({"config": "x"}, strings) == fmt.text_digest({"config": b"x"}, strings)
 
 
 def test_seeded_byte_mutants_of_a_pair_file(tmp_path):
