@@ -76,21 +76,26 @@ def parse_args(argv=None):
                    help="the mesh's 68 landmarks: vertex indices (.txt one a line, .npy, .npz) "
                         "or x y z points in mm (.txt); required with --landmarks/--photo "
                         "(default: none)")
-    p.add_argument("--size", type=integer(16, MAX_SIZE), default=256,
+    # The rendering options default to the normalization the checkpoint
+    # carries (that of the pair file it was trained on); a checkpoint from
+    # before dce stored one gets the build's defaults.
+    p.add_argument("--size", type=integer(16, MAX_SIZE), default=None,
                    help="with --mesh: DCE image size in px, a multiple of the checkpoint's "
-                        "resolution (default: 256)")
-    p.add_argument("--margin", type=number(0.0), default=_BUILD.margin,
+                        f"resolution (default: the checkpoint's training images', else "
+                        f"{_BUILD.size})")
+    p.add_argument("--margin", type=number(0.0), default=None,
                    help="with --landmarks/--photo: face box margin around the landmarks, as in "
-                        f"dce-build (default: {_BUILD.margin})")
-    p.add_argument("--depth-scale", type=number(0.0, low_open=True), default=_BUILD.depth_scale,
-                   help="with --mesh: mm of depth per unit of the normalized depth channel; "
-                        f"use the pair file's value (default: {_BUILD.depth_scale})")
-    p.add_argument("--curvature-scale", type=number(0.0, low_open=True),
-                   default=_BUILD.curvature_scale,
+                        f"dce-build (default: the checkpoint's, else {_BUILD.margin})")
+    p.add_argument("--depth-scale", type=number(0.0, low_open=True), default=None,
+                   help="with --mesh: mm of depth per unit of the normalized depth channel; a "
+                        "value other than the checkpoint's is refused (default: the "
+                        f"checkpoint's, else {_BUILD.depth_scale})")
+    p.add_argument("--curvature-scale", type=number(0.0, low_open=True), default=None,
                    help="with --mesh: 1/mm of mean curvature per unit of the curvature channel "
-                        f"(default: {_BUILD.curvature_scale})")
-    p.add_argument("--curvature", default=_BUILD.curvature, choices=["mean", "absolute"],
-                   help=f"with --mesh: curvature channel kind (default: {_BUILD.curvature})")
+                        f"(default: the checkpoint's, else {_BUILD.curvature_scale})")
+    p.add_argument("--curvature", default=None, choices=["mean", "absolute"],
+                   help="with --mesh: curvature channel kind (default: the checkpoint's, else "
+                        f"{_BUILD.curvature})")
     p.add_argument("--max-jump-mm", type=number(0.0, low_open=True), default=None,
                    help="depth spread in mm above which a triangle of the refined grid spans a "
                         "discontinuity and is dropped (default: 5 pixel pitches of the image)")
@@ -137,6 +142,37 @@ def parse_args(argv=None):
 
 # ----------------------------------------------------------------- inputs
 
+# The --mesh options that hold a build setting, by normalization key.
+RENDER_OPTIONS = {"depth_scale": "--depth-scale", "curvature_scale": "--curvature-scale",
+                  "curvature": "--curvature", "margin": "--margin"}
+
+
+def resolve_normalization(args, normalization) -> None:
+    """Fill the rendering options left unset (None) from the checkpoint's
+    ``normalization`` (None: a checkpoint from before dce stored it, which
+    gets the build's defaults, said on stdout). A given option whose value
+    differs from the checkpoint's is refused (NormalizationMismatch naming
+    both): the network would read the image in the wrong units."""
+    from dce.gan.h5format import check_normalization
+
+    given = {key: getattr(args, key) for key in RENDER_OPTIONS if getattr(args, key) is not None}
+    check_normalization(normalization, given, args.checkpoint,
+                        "the command line (" + ", ".join(f"{RENDER_OPTIONS[k]} {v}"
+                                                         for k, v in given.items()) + ")")
+    known = dict(normalization or {})
+    if "size" in known:
+        known["size"] = known["size"][0]
+    unset = [key for key in (*RENDER_OPTIONS, "size") if getattr(args, key) is None]
+    for key in unset:
+        setattr(args, key, known.get(key, getattr(_BUILD, key)))
+    defaulted = [key for key in unset if key not in known]
+    if defaulted and args.mesh is not None:
+        print(f"{args.checkpoint} does not record how its training images were made (trained "
+              "before dce stored it); using the build defaults: "
+              + ", ".join(f"{key} {getattr(args, key)}" for key in defaulted))
+    args.crop_radius = known.get("crop_radius", _BUILD.crop_radius)
+
+
 
 def read_mesh_inputs(args) -> tuple:
     """The --mesh inputs read and checked before the network loads: (the
@@ -167,7 +203,7 @@ def read_mesh_inputs(args) -> tuple:
         landmarks_2d = lm.points
     try:
         return (*dataset.prepare_view(mesh, landmarks_3d, camera, landmarks_2d, photo, args.size,
-                                      args.curvature, args.margin, radius=_BUILD.crop_radius),
+                                      args.curvature, args.margin, radius=args.crop_radius),
                 mesh)
     except ValueError as error:
         raise FormatError(f"{args.mesh}: {error}") from None
@@ -198,6 +234,10 @@ def coarse_inputs(args, inputs, refiner) -> tuple:
               + (" after cropping" if side.landmarks_3d is not None else "")
               + f", rendered at {args.size} px")
         return side.mesh, image, None, rgb
+    from dce.gan.h5format import check_normalization, normalization, validate
+
+    check_normalization(refiner.normalization, normalization(validate(args.pairs)),
+                        args.checkpoint, args.pairs)
     source = f"{args.pairs} (for {args.checkpoint}, {refiner.settings.config})"
     for side in (inputs.coarse, inputs.target):  # the missing channels, named with the file
         channel_indices(channels, side.channels, source)
@@ -337,8 +377,9 @@ def main(argv=None) -> int:
         if args.landmarks_out is not None:
             check_output(args.landmarks_out, [args.landmarks, args.landmarks_3d, args.mesh],
                          replaceable=lambda p: p.suffix.lower() == ".txt")
-        inputs = read_sample(args.pairs, args.sample) if args.pairs else read_mesh_inputs(args)
         refiner = Refiner(args.checkpoint, args.device)
+        resolve_normalization(args, refiner.normalization)
+        inputs = read_sample(args.pairs, args.sample) if args.pairs else read_mesh_inputs(args)
         coarse_mesh, coarse_image, target, rgb = coarse_inputs(args, inputs, refiner)
         topology = topology_inputs(args, inputs, coarse_mesh)
         try:

@@ -205,7 +205,7 @@ class PairDataset(Dataset):
                  augment: bool = True, crop_pad: int = 16, seed: int = 0,
                  cache_resolution: int | None = 64, cache_mb: float = 512):
         self.path = os.fspath(path)
-        summary = h5format.validate(self.path)
+        self.summary = summary = h5format.validate(self.path)
         if split not in SPLITS:
             raise ValueError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
         if crop_pad < 0:

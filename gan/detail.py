@@ -381,6 +381,9 @@ class DetailTrainer:
         self.refiner = global_refiner(settings.global_checkpoint, self.device)
         require_finite_networks(self.refiner, settings.global_checkpoint)
         summary = h5format.validate(settings.data)
+        self.normalization = h5format.normalization(summary)
+        h5format.check_normalization(self.refiner.normalization, self.normalization,
+                                     settings.global_checkpoint, settings.data)
         channels, self.image_size = summary["channels"], int(summary["height"])
         missing = [c for c in self.refiner.input_channels if c not in channels]
         if missing:
@@ -410,7 +413,7 @@ class DetailTrainer:
                 "opt_d": None if self.opt_d is None else self.opt_d.state_dict(),
                 "global": self.refiner.checkpoint_state, "image_size": self.image_size,
                 "depth_mm_per_unit": self.depth_mm_per_unit,
-                "rng": ckpt.rng_state()}
+                "normalization": self.normalization, "rng": ckpt.rng_state()}
 
     def save(self) -> Path:
         """Write OUT/last.pt; non-finite weights or optimizer states are never
@@ -455,6 +458,8 @@ class DetailTrainer:
             if theirs.get(key) != getattr(self.s, key):
                 raise ValueError(f"{path}: trained with {key}={theirs.get(key)!r}, now "
                                  f"{getattr(self.s, key)!r}; start a new run folder to change it")
+        h5format.check_normalization(state.get("normalization"), self.normalization, path,
+                                     self.s.data)
         iteration = state["iteration"]
         if not 0 <= iteration <= self.s.iterations:
             raise ckpt.CheckpointError(f"{path}: iteration {iteration} is outside 0 .. "

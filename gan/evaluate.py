@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from .data import FOREGROUND_ABOVE, PairDataset
+from . import h5format
 from .h5format import PairFileError
 from .metrics import depth_normals, detail_corr, normal_error_deg
 
@@ -119,6 +120,8 @@ def evaluate(checkpoint, data, split: str = "test", batch_size: int = 8, device:
     except PairFileError as error:
         raise PairFileError(f"{error} (checkpoint {checkpoint} reads "
                             f"{list(refiner.input_channels)})") from None
+    h5format.check_normalization(refiner.normalization, h5format.normalization(dataset.summary),
+                                 checkpoint, data)
     r = dataset.resolution
     pixel_mm = torch.from_numpy(pixel_sizes(data, dataset.indices) * (dataset.height / r))
     depth_in = refiner.input_channels.index("depth")

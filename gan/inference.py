@@ -67,6 +67,9 @@ class Refiner:
     def __init__(self, checkpoint, device: str = "cpu", detail: bool = True):
         state = load_checkpoint(checkpoint, map_location=device)
         self.enhancer = None
+        # How the images it was trained on were made (h5format.normalization);
+        # None in a checkpoint from before dce stored it.
+        self.normalization = state.get("normalization") if isinstance(state, dict) else None
         if isinstance(state, dict) and state.get("format") == detail_stage.FORMAT:
             (enhancer, self.detail_settings, self.detail_size,
              self.depth_mm_per_unit) = detail_stage.load_enhancer(state, checkpoint, device)
@@ -77,6 +80,7 @@ class Refiner:
             state, checkpoint, device)
         # What a detail stage embeds of its global network (checked by generator_from_state).
         self.checkpoint_state = {k: state[k] for k in ("settings", "G", "iteration")}
+        self.normalization = self.normalization or state.get("normalization")
         self.config = get_config(self.settings.config)
         self.input_channels = tuple(self.config.generator_in)
         self.output_channels = tuple(self.config.generator_out)

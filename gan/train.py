@@ -35,6 +35,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from . import checkpoint as ckpt
+from . import h5format
 from .configs import get_config, kappa
 from .data import PairDataset, downsample, downsample_mask, seed_worker, worker_error
 from .h5format import PairFileError
@@ -298,6 +299,8 @@ class Trainer:
         self.data = PairDataset(settings.data, "train", self.cfg.generator_in,
                                 self.cfg.generator_out, augment=settings.crop_pad > 0,
                                 crop_pad=settings.crop_pad, seed=settings.seed)
+        # Travels with every checkpoint, so that inference needs no retyped scale.
+        self.normalization = h5format.normalization(self.data.summary)
         self.sampler = EpochSampler(len(self.data), settings.seed, self.rank, self.world)
         if self.sampler.per_rank < settings.batch_size:
             raise ValueError(f"{settings.data}: {len(self.data)} training samples, fewer than "
@@ -350,7 +353,8 @@ class Trainer:
                 "resolution": self.schedule[stage].resolution,
                 "settings": asdict(self.s), "G": self.G.state_dict(), "D": self.D.state_dict(),
                 "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
-                "scaler": self.scaler.state_dict(), "rng": ckpt.rng_state()}
+                "scaler": self.scaler.state_dict(), "rng": ckpt.rng_state(),
+                "normalization": self.normalization}
 
     def save(self, name: str = "last.pt") -> Path:
         """Rank 0 writes; every rank holds the same weights under DDP.
@@ -397,6 +401,8 @@ class Trainer:
             if mine[key] != theirs.get(key):
                 raise ValueError(f"{path}: trained with {key}={theirs.get(key)!r}, now "
                                  f"{mine[key]!r}; start a new run folder to change it")
+        h5format.check_normalization(state.get("normalization"), self.normalization, path,
+                                     self.s.data)
         iteration = int(state["iteration"])
         if not 0 <= iteration <= self.total:
             raise ckpt.CheckpointError(f"{path}: iteration {iteration} is outside this run's "

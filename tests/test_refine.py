@@ -172,10 +172,10 @@ def bumpy(mesh):
     return Mesh(V + 4.0 * u * (np.sin(V[:, :1] / 6.0) * np.cos(V[:, 1:2] / 7.0)), mesh.faces)
 
 
-def write_pairs(path, channels, size=32):
+def write_pairs(path, channels, size=32, config=None):
     from dce.geom.store import PairWriter
 
-    with PairWriter(path, channels, size, size, {"test": "analytic heads"},
+    with PairWriter(path, channels, size, size, config or {"test": "analytic heads"},
                     compression=None) as writer:
         for k in range(3):
             coarse = head(k)
@@ -236,6 +236,63 @@ def test_refine_pair_sample_with_an_identity_checkpoint(setup, tmp_path, capsys)
     assert side.shape == (256, 3 * 260, 3) and side.max() > 0  # coarse | refined | target
     assert np.asarray(Image.open(out / "refined_dce.png")).shape[0] == 3 * 32
     assert json.loads((out / "camera.json").read_text())["scale"] == pytest.approx(32 / 200)
+
+
+def test_the_normalization_travels_with_the_checkpoint(tmp_path, capsys):
+    """A checkpoint knows how its training images were made: dce-refine
+    --mesh renders with it unasked, and a different --depth-scale, or a pair
+    file built with another, is refused with both values named."""
+    import h5py
+
+    from dce.gan import h5format
+    from dce.gan.evaluate import evaluate
+    from dce.gan.inference import Refiner
+    from dce.gan.train import Trainer, TrainSettings
+
+    built = {"depth_scale": 50.0, "curvature_scale": 0.1, "curvature": "mean", "margin": 0.25}
+    pairs = write_pairs(tmp_path / "pairs.h5", ("depth", "curvature", "elevation"), 32, built)
+    checkpoint = Trainer(TrainSettings(data=str(pairs), out=str(tmp_path / "run"), preset="cpu",
+                                       max_resolution=16, workers=0, batch_size=2),
+                         log=lambda *a: None).save()
+    assert Refiner(checkpoint).normalization == {
+        **built, "channels": ["depth", "curvature", "elevation"], "size": [32, 32]}
+
+    save_mesh(tmp_path / "head.ply", head(1))
+    camera = posed_camera(np.zeros(3), 32 / 200.0, 32, yaw=-20)
+    (tmp_path / "cam.json").write_text(json.dumps(camera.to_dict()))
+    mesh_args = [str(checkpoint), "--mesh", str(tmp_path / "head.ply"), "--camera",
+                 str(tmp_path / "cam.json")]
+    assert refine.main(mesh_args + ["-o", str(tmp_path / "out")]) == 0
+    assert "does not record" not in capsys.readouterr().out
+    # No --size: the checkpoint's 32 px training images (coarse and refined rows).
+    assert np.asarray(Image.open(tmp_path / "out" / "refined_dce.png")).shape[0] == 2 * 32
+
+    assert refine.main(mesh_args + ["--depth-scale", "30", "-o", str(tmp_path / "o2")]) == 2
+    err = capsys.readouterr().err
+    assert "depth_scale=30.0" in err and "depth_scale=50.0" in err and str(checkpoint) in err
+
+    other = tmp_path / "other.h5"
+    other.write_bytes(pairs.read_bytes())
+    with h5py.File(other, "r+") as f:
+        f.attrs["config"] = json.dumps({**built, "depth_scale": 30.0}, sort_keys=True)
+        h5format.write_text_digest(f, int(f.attrs["n_samples"]))
+    with pytest.raises(h5format.NormalizationMismatch, match=r"depth_scale=30\.0.*50\.0"):
+        evaluate(checkpoint, other)
+    assert refine.main([str(checkpoint), "--pairs", str(other), "-o", str(tmp_path / "o3")]) == 2
+    assert str(other) in capsys.readouterr().err
+
+
+def test_a_checkpoint_without_normalization_gets_the_build_defaults(setup, tmp_path, capsys):
+    """The module's checkpoint was trained on a file whose config records no
+    normalization: --mesh says so and uses the build's defaults."""
+    save_mesh(tmp_path / "head.ply", head(0))
+    camera = posed_camera(np.zeros(3), 64 / 200.0, 64)
+    (tmp_path / "cam.json").write_text(json.dumps(camera.to_dict()))
+    assert refine.main([str(setup["checkpoint"]), "--mesh", str(tmp_path / "head.ply"),
+                        "--camera", str(tmp_path / "cam.json"), "--size", "64",
+                        "-o", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out
+    assert "does not record" in printed and "depth_scale 50.0" in printed
 
 
 def test_refine_mesh_with_a_camera_writes_obj(setup, tmp_path):
