@@ -167,7 +167,7 @@ def mean_se(x: torch.Tensor) -> tuple:
 
 
 def main():
-    from dce.gan.data import FOREGROUND_ABOVE
+    from dce.gan.h5format import FOREGROUND_ABOVE
     from dce.gan.metrics import DETAIL_BAND_MM, band_pass, detail_corr, normal_error_deg
 
     p = argparse.ArgumentParser(description=__doc__,

@@ -161,7 +161,7 @@ def evaluate_3d(out: Path, pairs: Path, model: Path, world: Path, limit: int,
     with its surface); scored against the world's raw range scan with the
     exact scanner-frame landmarks of world.json, by dce-eval-mesh --metric's
     protocol. {"faces", "table", "png", "folders"}."""
-    from dce.gan.data import FOREGROUND_ABOVE
+    from dce.gan.h5format import FOREGROUND_ABOVE
     from dce.gan.inference import Refiner
     from dce.geom.io import load_mesh
     from dce.geom.mesh_eval import (comparison_markdown, evaluate_folders, plot_cumulative,

@@ -259,7 +259,7 @@ def coarse_inputs(args, inputs, refiner) -> tuple:
 def refine_image(refiner, coarse):
     """The refined DCEImage: the network's output channels, in the coarse
     image's normalization and camera; background where the output is."""
-    from dce.gan.data import FOREGROUND_ABOVE
+    from dce.gan.h5format import FOREGROUND_ABOVE
     from dce.geom.refined_mesh import refine_dce_image
 
     return refine_dce_image(refiner, coarse, FOREGROUND_ABOVE)
@@ -271,7 +271,7 @@ def depth_mae(coarse, refined, target) -> tuple:
     number of those pixels."""
     import torch
 
-    from dce.gan.data import FOREGROUND_ABOVE
+    from dce.gan.h5format import FOREGROUND_ABOVE
     from dce.gan.evaluate import image_mae
 
     depth = [torch.from_numpy(d.image[None, ..., d.channels.index("depth")])

@@ -47,14 +47,10 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from . import h5format
-from .h5format import PairFileError
+from .h5format import BACKGROUND, PairFileError
 
 DCE = ("depth", "curvature", "elevation")
 SPLITS = {"train": h5format.TRAIN, "test": h5format.TEST, "all": None}
-BACKGROUND = -1.0  # value of images outside the surface; masks use 0
-# The paper's images are 8-bit with background 0, so a pixel is surface when it
-# is at least one 8-bit step above the background value.
-FOREGROUND_ABOVE = BACKGROUND + 2.0 / 255.0
 
 
 def _block(H: int, W: int, resolution: int) -> int:

@@ -52,8 +52,8 @@ from torch import nn
 from . import checkpoint as ckpt
 from . import h5format
 from .configs import get_config
-from .data import FOREGROUND_ABOVE, PairDataset
-from .h5format import PairFileError
+from .data import PairDataset
+from .h5format import FOREGROUND_ABOVE, PairFileError
 from .losses import gradient_penalty
 from .metrics import gaussian_blur_masked
 from .networks import LRELU_SLOPE

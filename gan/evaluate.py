@@ -39,9 +39,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import FOREGROUND_ABOVE, PairDataset
+from .data import PairDataset
 from . import h5format
-from .h5format import PairFileError
+from .h5format import FOREGROUND_ABOVE, PairFileError
 from .metrics import depth_normals, detail_corr, normal_error_deg
 
 COLUMNS = ("model", "resolution", "images", "eq4_mae", "eq4_mae_mm", "face_mae_mm",

@@ -141,6 +141,10 @@ SAMPLE_DATASETS = {
 IMAGE_DATASETS = ("coarse", "target")
 MASK_DATASETS = ("coarse_mask", "target_mask")
 STRING_DATASETS = ("sample_id", "pair_id", "subject", "provenance")
+BACKGROUND = -1.0  # value of images outside the surface; masks use 0
+# The paper's images are 8-bit with background 0, so a pixel is surface when it
+# is at least one 8-bit step above the background value.
+FOREGROUND_ABOVE = BACKGROUND + 2.0 / 255.0
 UNITS = {"depth": "mm", "curvature": "1/mm", "elevation": "rad", "r": "", "g": "", "b": ""}
 
 

@@ -19,9 +19,10 @@ import torch.nn.functional as F
 from . import detail as detail_stage
 from .checkpoint import CheckpointError, load_checkpoint
 from .configs import get_config
-from .data import BACKGROUND, FOREGROUND_ABOVE, downsample, downsample_mask
-from .networks import stage_at
-from .train import TrainSettings, build_networks, generate
+from .data import downsample, downsample_mask
+from .h5format import BACKGROUND, FOREGROUND_ABOVE
+from .networks import build_networks, generate, stage_at
+from .train import TrainSettings
 
 
 def generator_from_state(state: dict, source, device="cpu") -> tuple:

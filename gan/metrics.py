@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .data import FOREGROUND_ABOVE
+from .h5format import FOREGROUND_ABOVE
 
 # A difference of Gaussians of sigma 1 mm and 5 mm keeps creases and folds
 # 1-5 mm wide (forehead lines, lids, lips, nasolabial folds) and drops both

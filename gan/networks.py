@@ -54,7 +54,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import BACKGROUND, FOREGROUND_ABOVE
+from .h5format import BACKGROUND, FOREGROUND_ABOVE
+from .pix2pix import PatchDiscriminator, UnetGenerator, init_weights
 
 RESOLUTIONS = (4, 8, 16, 32, 64, 128, 256)
 LRELU_SLOPE = 0.2
@@ -417,3 +418,30 @@ def parameter_counts(generator: Generator, discriminator: Discriminator) -> dict
             "decoder": count_parameters(generator.decoder.blocks),
             "discriminator": count_parameters(discriminator.encoder.blocks)
             + count_parameters(discriminator.fc)}
+
+
+def build_networks(settings, cfg, resolution: int) -> tuple:
+    """(generator, discriminator) of ``settings.model`` (a
+    ``dce.gan.train.TrainSettings``) for the channels of ``cfg`` and images up
+    to ``resolution``."""
+    if settings.model == "pix2pix":
+        downs = int(round(math.log2(resolution)))
+        if 2 ** downs != resolution or downs < 5:
+            raise ValueError(f"pix2pix needs a power-of-two resolution >= 32, got {resolution}")
+        G = UnetGenerator(len(cfg.generator_in), len(cfg.generator_out), num_downs=downs)
+        D = PatchDiscriminator(cfg.discriminator_channels)
+        init_weights(G)
+        init_weights(D)
+        return G, D
+    residual = settings.uses_residual()
+    skip = [(o, cfg.generator_in.index(name)) for o, name in enumerate(cfg.generator_out)
+            if name in cfg.generator_in] if residual else []
+    return (Generator(len(cfg.generator_in), len(cfg.generator_out), resolution,
+                      settings.equalized_lr, skip,
+                      cfg.generator_in.index("depth") if residual else None),
+            Discriminator(cfg.discriminator_channels, resolution, settings.equalized_lr))
+
+
+def generate(G, model: str, x, resolution: int, alpha: float):
+    """The generator's output for (N, C, r, r) inputs, either model."""
+    return G(x) if model == "pix2pix" else G(x, resolution, alpha)

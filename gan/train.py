@@ -40,10 +40,9 @@ from .configs import get_config, kappa
 from .data import PairDataset, downsample, downsample_mask, seed_worker, worker_error
 from .h5format import PairFileError
 from .losses import discriminator_loss, generator_loss, gradient_penalty
-from .networks import (RESOLUTIONS, Discriminator, Generator, Stage, fade_reals,
+from .networks import (RESOLUTIONS, Stage, build_networks, fade_reals, generate,
                        paper_schedule, stage_at)
-from .pix2pix import (PatchDiscriminator, UnetGenerator, init_weights, pix2pix_discriminator_loss,
-                      pix2pix_generator_loss)
+from .pix2pix import pix2pix_discriminator_loss, pix2pix_generator_loss
 
 MODELS = ("progressive", "pix2pix")
 # Optimizer defaults: the paper's for the progressive GAN, pix2pix's own.
@@ -649,29 +648,3 @@ class Trainer:
             self.log(f"interrupted at iteration {self.iteration}; checkpoint "
                      f"{self.out / 'last.pt'} — rerun with --resume to continue")
         return record
-
-
-def build_networks(settings: TrainSettings, cfg, resolution: int) -> tuple:
-    """(generator, discriminator) of ``settings.model`` for images up to
-    ``resolution``."""
-    if settings.model == "pix2pix":
-        downs = int(round(math.log2(resolution)))
-        if 2 ** downs != resolution or downs < 5:
-            raise ValueError(f"pix2pix needs a power-of-two resolution >= 32, got {resolution}")
-        G = UnetGenerator(len(cfg.generator_in), len(cfg.generator_out), num_downs=downs)
-        D = PatchDiscriminator(cfg.discriminator_channels)
-        init_weights(G)
-        init_weights(D)
-        return G, D
-    residual = settings.uses_residual()
-    skip = [(o, cfg.generator_in.index(name)) for o, name in enumerate(cfg.generator_out)
-            if name in cfg.generator_in] if residual else []
-    return (Generator(len(cfg.generator_in), len(cfg.generator_out), resolution,
-                      settings.equalized_lr, skip,
-                      cfg.generator_in.index("depth") if residual else None),
-            Discriminator(cfg.discriminator_channels, resolution, settings.equalized_lr))
-
-
-def generate(G, model: str, x, resolution: int, alpha: float):
-    """The generator's output for (N, C, r, r) inputs, either model."""
-    return G(x) if model == "pix2pix" else G(x, resolution, alpha)

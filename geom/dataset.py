@@ -21,7 +21,8 @@ from .dce import DCEImage, SurfaceGeometry, render_dce, surface_geometry
 from .dce import resolve_channels, sample_image_bilinear
 from .io import IBUG68_NOSE_TIP, FormatError, Mesh, RangeScan, read_landmarks
 from .landmarks import landmarks_to_3d
-from .projection import OrthographicCamera, crop_camera, fit_orthographic, rotation_from_euler
+from .projection import (OrthographicCamera, camera_array, crop_camera, fit_orthographic,
+                         rotation_from_euler)
 from .sources import read_vertex_indices
 
 
@@ -276,16 +277,6 @@ class Sample:
     coarse_camera: np.ndarray
     target_camera: np.ndarray
     source: dict = field(default_factory=dict)
-
-
-def camera_array(camera: OrthographicCamera) -> np.ndarray:
-    """(4, 3): the rotation's rows, then (scale, tx, ty)."""
-    return np.vstack([camera.rotation, [camera.scale, *camera.translation]])
-
-
-def camera_from_array(a: np.ndarray) -> OrthographicCamera:
-    """Inverse of :func:`camera_array`: (4, 3) -> camera."""
-    return OrthographicCamera(a[3, 0], a[:3], a[3, 1:])
 
 
 def random_poses(pair_id: str, config: BuildConfig) -> np.ndarray:

@@ -70,6 +70,16 @@ class OrthographicCamera:
         return cls(d["scale"], np.array(d["rotation"]), np.array(d["translation"]))
 
 
+def camera_array(camera: OrthographicCamera) -> np.ndarray:
+    """(4, 3): the rotation's rows, then (scale, tx, ty)."""
+    return np.vstack([camera.rotation, [camera.scale, *camera.translation]])
+
+
+def camera_from_array(a: np.ndarray) -> OrthographicCamera:
+    """Inverse of :func:`camera_array`: (4, 3) -> camera."""
+    return OrthographicCamera(a[3, 0], a[:3], a[3, 1:])
+
+
 def read_camera(path) -> OrthographicCamera:
     """A camera from a JSON file ``{scale, rotation, translation}`` (as
     :func:`write_camera` writes it); :class:`FormatError` naming the file

@@ -34,7 +34,7 @@ def refine_dce_image(refiner, coarse: DCEImage, foreground_above: float) -> DCEI
     one and names its ``output_channels``; the output is read in the coarse
     image's normalization and camera, and a pixel is surface where its
     depth is at least ``foreground_above`` (the network's background
-    threshold, ``dce.gan.data.FOREGROUND_ABOVE``)."""
+    threshold, ``dce.gan.h5format.FOREGROUND_ABOVE``)."""
     out = np.asarray(refiner(coarse.image.transpose(2, 0, 1))).transpose(1, 2, 0)
     channels = tuple(refiner.output_channels)
     like = coarse.select(channels)

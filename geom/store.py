@@ -38,7 +38,7 @@ import numpy as np
 
 from dce.gan import h5format as fmt
 
-from .dataset import camera_from_array
+from .projection import camera_from_array
 from .dce import DCEImage
 
 try:
@@ -290,8 +290,8 @@ class PairWriter:
             os.remove(tmp)  # a segment cut short before its rename
         for seg in sorted(glob.glob(os.path.join(self.partial, SEGMENT_GLOB))):
             try:
-                with fmt._open(seg) as f:
-                    n = fmt._check(seg, f, require_complete=False)["n_samples"]
+                with fmt.open_pairs(seg, require_complete=False) as f:
+                    n = int(f.attrs["n_samples"])
                     self._segments[seg] = set(f["sample_id"].asstr()[:n])
             except (fmt.PairFileError, OSError, RuntimeError) as e:
                 # Only a power loss between write and rename's flush gets here.
@@ -564,7 +564,7 @@ def preview_pairs(path, k: int, out_png, seed: int = 0) -> str:
         labels = [f"{side} {name}", f"{side[0]} {name}", f"{side[0]} {name[0].upper()}"]
         label = next((s for s in labels if draw.textlength(s) <= W), labels[-1])
         draw.text((P + t * (W + P), 0), label, fill=(255, 255, 0))
-    with fmt._open(path) as f:
+    with fmt.open_pairs(path, require_complete=False) as f:
         split = f[fmt.SPLIT] if fmt.SPLIT in f else None
         for r, i in enumerate(picks):
             y = L + r * (P + L + H) + P

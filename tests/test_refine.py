@@ -9,11 +9,11 @@ from analytic import sphere
 from PIL import Image
 
 from dce.cli import refine
-from dce.geom.dataset import Sample, camera_array
+from dce.geom.dataset import Sample
 from dce.geom.dce import render_dce
 from dce.geom.io import Mesh, load_mesh, save_mesh
 from dce.geom.normals import face_normals
-from dce.geom.projection import FRONTAL, OrthographicCamera, posed_camera
+from dce.geom.projection import FRONTAL, OrthographicCamera, camera_array, posed_camera
 from dce.geom.reconstruct import depth_image_mesh, merge_with_coarse
 
 SIZE = 128
@@ -376,7 +376,7 @@ def test_bad_inputs_give_clean_messages(setup, tmp_path, capsys):
 
 
 def test_camera_array_round_trip():
-    from dce.geom.dataset import camera_from_array
+    from dce.geom.projection import camera_from_array
 
     hand = camera_array(OrthographicCamera(2.0, FRONTAL, [3.0, 4.0]))
     np.testing.assert_array_equal(hand, [[1, 0, 0], [0, -1, 0], [0, 0, -1], [2, 3, 4]])
