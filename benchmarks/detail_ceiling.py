@@ -21,6 +21,11 @@ on held fixed, and everything else drawn again from its distribution:
   of what those coarse images leave open. Holding the true pose and
   expression, and conditioning on both scans, tells a predictor more than a
   coarse image does, so this is still an upper bound.
+- ``--redraw posterior+noise``: as ``posterior``, and the scanner's noise
+  too (``ScanPlan.noise_seed``: sensor noise, spikes, the pixels lost in
+  the brows and hair, the photo's noise). With the seeds held, every copy
+  holds the same noise and the same filled holes, which no coarse image
+  predicts but ``posterior`` counts as shared, i.e. predictable.
 
 With copy 0 the world itself and copies 1..K redrawn, per held-out image
 over the face pixels: m = mean_k d_k estimates the predictable part
@@ -32,7 +37,7 @@ mean of the K redrawn copies' (target - coarse) (each pixel over the copies
 that have surface there), scored against copy 0; with K copies it keeps 1/K
 of the unpredictable variance, so it falls a little below the ceiling.
 
-    python benchmarks/detail_ceiling.py [--redraw posterior|detail] [--copies 3]
+    python benchmarks/detail_ceiling.py [--redraw posterior|posterior+noise|detail] [--copies 3]
                                         [--out out/ceiling]
 
 About 3.5 minutes per copy on 2 cores (world, build); finished copies are
@@ -110,7 +115,7 @@ def build_copy(out: Path, copy: int, redraw: str) -> Path:
         own = draw(world_, seed, index)
         rng = np.random.default_rng(np.random.SeedSequence(10_000 + copy, spawn_key=(index,)))
         identity = dataclasses.replace(own, detail=synthetic.draw_detail(rng))
-        if redraw == "posterior":
+        if redraw.startswith("posterior"):
             identity = dataclasses.replace(
                 identity, coefficients=posterior_coefficients(world_, own, seed, copy))
         return identity
@@ -119,8 +124,12 @@ def build_copy(out: Path, copy: int, redraw: str) -> Path:
         # The landmark files and the world's coarse fit must not move: keep
         # the landmarks of the world's own identity, so that only the
         # surface differs (and every coarse image stays the same).
-        scan = render(world_, identity, plan)
         own = render(world_, draw(world_, SEED, identity.index), plan)
+        if redraw == "posterior+noise":
+            rng = np.random.default_rng(np.random.SeedSequence(
+                30_000 + copy, spawn_key=(identity.index, plan.shot)))
+            plan = dataclasses.replace(plan, noise_seed=int(rng.integers(2 ** 31)))
+        scan = render(world_, identity, plan)
         return dataclasses.replace(scan, landmarks_3d=own.landmarks_3d,
                                    landmarks_2d=own.landmarks_2d)
 
@@ -172,7 +181,8 @@ def main():
 
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--redraw", choices=["posterior", "detail"], default="posterior",
+    p.add_argument("--redraw", choices=["posterior", "posterior+noise", "detail"],
+                   default="posterior",
                    help="what the copies draw again (default: posterior)")
     p.add_argument("--copies", type=int, default=3,
                    help="K, the redrawn copies besides the world itself (default: 3)")

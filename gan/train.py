@@ -138,7 +138,7 @@ class TrainSettings:
     iters_per_resolution: Optional[int] = None  # overrides the preset
     max_resolution: Optional[int] = None        # overrides the preset
     batch_size: int = 4
-    lr: Optional[float] = None      # None: DEFAULT_LR of the model
+    lr: Optional[float] = None      # None: see uses_lr()
     betas: Optional[tuple] = None
     gp_lambda: float = 10.0
     drift: float = 0.0
@@ -211,6 +211,15 @@ class TrainSettings:
         """Whether the pixel loss covers the ground truth's surface only."""
         return (PRESET_MASKED_LOSS[self.preset] if self.masked_loss is None
                 else bool(self.masked_loss))
+
+    def uses_lr(self) -> float:
+        """The Adam step: ``lr`` when given, else the preset's (progressive
+        model), else the model's default."""
+        if self.lr is not None:
+            return self.lr
+        if self.model == "progressive" and self.preset in PRESET_LR:
+            return PRESET_LR[self.preset]
+        return DEFAULT_LR[self.model]
 
 
 def pick_device(name: str) -> torch.device:
@@ -325,8 +334,7 @@ class Trainer:
             torch.backends.cudnn.benchmark = True
             self.G = self.G.to(memory_format=torch.channels_last)
             self.D = self.D.to(memory_format=torch.channels_last)
-        lr = settings.lr or (PRESET_LR.get(settings.preset) if settings.model == "progressive"
-                             else None) or DEFAULT_LR[settings.model]
+        lr = settings.uses_lr()
         betas = tuple(settings.betas or DEFAULT_BETAS[settings.model])
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr, betas=betas)
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr, betas=betas)

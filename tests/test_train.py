@@ -199,3 +199,13 @@ def test_tensorboard_scalars_and_images(pairs, tmp_path):
     assert "g_pixel" in events.Tags()["scalars"] and "d_gp" in events.Tags()["scalars"]
     assert [e.step for e in events.Scalars("g_pixel")] == [1, 2, 3, 4]
     assert len(events.Images("coarse|refined|target")) == 2  # one grid per stage
+
+
+def test_learning_rate_precedence():
+    """An explicit lr wins; else the cpu preset's larger step for the
+    progressive network; else the model's published default (the paper's
+    1e-5 for the progressive GAN, pix2pix's 2e-4)."""
+    assert TrainSettings(data="p.h5", out="run", preset="cpu", lr=3e-3).uses_lr() == 3e-3
+    assert TrainSettings(data="p.h5", out="run", preset="cpu").uses_lr() == 5e-4
+    assert TrainSettings(data="p.h5", out="run", preset="paper").uses_lr() == 1e-5
+    assert TrainSettings(data="p.h5", out="run", preset="cpu", model="pix2pix").uses_lr() == 2e-4
