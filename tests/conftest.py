@@ -17,9 +17,11 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(scope="session")
-def artifacts_dir() -> Path:
-    """Where tests write PNGs for a person to look at."""
-    out = Path(os.environ.get("DCE_TEST_ARTIFACTS",
-                              Path(__file__).resolve().parents[1] / "out" / "test-artifacts"))
+def artifacts_dir(tmp_path_factory) -> Path:
+    """Where tests write PNGs and tables for a person to look at:
+    $DCE_TEST_ARTIFACTS when set, else a temporary folder (tests never write
+    into the checkout)."""
+    given = os.environ.get("DCE_TEST_ARTIFACTS")
+    out = Path(given) if given else tmp_path_factory.mktemp("test-artifacts")
     out.mkdir(parents=True, exist_ok=True)
     return out
