@@ -52,8 +52,10 @@ from scipy.spatial import cKDTree
 
 from .alignment import (NOW_RADIUS_FACTOR, AlignmentError, IcpResult, Similarity, crop_sphere,
                         icp, inside_sphere, now_landmarks, procrustes)
-from .io import _MESH_READERS, FormatError, _atomic_write, load_mesh, read_abs, read_bnt, \
-    read_landmarks
+from .landmark_formats import read_landmarks, write_landmarks
+from .mesh_formats import _MESH_READERS, load_mesh, save_mesh
+from .records import FormatError, Landmarks, _atomic_write
+from .scan_formats import read_abs, read_bnt
 
 REGIONS = ("forehead", "nose", "eyes", "cheeks", "mouth", "chin")
 _SEEDS = {
@@ -398,8 +400,6 @@ def write_prediction(folder, stem: str, mesh, landmarks: np.ndarray) -> Path:
     ``folder/<stem>.ply`` (``mesh``, a :class:`~dce.geom.io.Mesh`) and
     ``folder/<stem>.landmarks.txt`` (``landmarks`` (7 or 68, 3) mm, x y z a
     line), each written atomically; returns the mesh's path."""
-    from .io import Landmarks, save_mesh, write_landmarks
-
     L = _landmarks_xyz(landmarks, AlignmentError, f"{stem}: predicted landmarks")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -415,8 +415,6 @@ def write_ground_truth(folder, stem: str, scan, landmarks: np.ndarray) -> Path:
     extension, a relative symbolic link (a copy where links cannot be made),
     with its exact 3D ``landmarks`` (7 or 68, 3) mm in the scan's frame as
     ``<stem>.landmarks.txt``; returns the placed file's path."""
-    from .io import Landmarks, write_landmarks
-
     scan = Path(scan)
     split = _split_name(scan, _SCAN_EXTENSIONS) or _split_name(scan, tuple(_MESH_READERS))
     if split is None or not scan.is_file():

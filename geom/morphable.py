@@ -122,15 +122,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence
 
 import numpy as np
 from numba import njit
 
-from .io import IBUG68_CHIN as CHIN, IBUG68_JAW, FormatError, Mesh, _existing_file
 from .projection import OrthographicCamera, _rodrigues, fit_orthographic
-
-PathLike = Union[str, os.PathLike]
+from .records import IBUG68_CHIN as CHIN
+from .records import IBUG68_JAW, FormatError, Mesh, PathLike, _existing_file
 
 FORMAT = "dce-morphable/1"
 CONTOURS = ("fixed", "sliding")
