@@ -164,11 +164,11 @@ def evaluate_3d(out: Path, pairs: Path, model: Path, world: Path, limit: int,
     from dce.gan.h5format import FOREGROUND_ABOVE
     from dce.gan.inference import Refiner
     from dce.geom.io import load_mesh
+    from dce.geom.landmark_formats import read_vertex_indices
     from dce.geom.mesh_eval import (comparison_markdown, evaluate_folders, plot_cumulative,
                                     write_ground_truth, write_prediction)
     from dce.geom.reconstruct import depth_image_mesh
     from dce.geom.refined_mesh import refine_dce_image, refine_meshes
-    from dce.geom.sources import read_vertex_indices
     from dce.geom.store import read_sample
     from dce.geom.synthetic import load_world
 

@@ -17,13 +17,13 @@ from typing import Optional
 import numpy as np
 
 from . import crop, filters
-from .dce import DCEImage, SurfaceGeometry, render_dce, surface_geometry
-from .dce import resolve_channels, sample_image_bilinear
-from .io import IBUG68_NOSE_TIP, FormatError, Mesh, RangeScan, read_landmarks
+from .dce import DCEImage, SurfaceGeometry, render_dce, resolve_channels, surface_geometry
+from .landmark_formats import read_landmarks, read_vertex_indices
 from .landmarks import landmarks_to_3d
 from .projection import (OrthographicCamera, camera_array, crop_camera, fit_orthographic,
                          rotation_from_euler)
-from .sources import read_vertex_indices
+from .records import IBUG68_NOSE_TIP, FormatError, Mesh, RangeScan
+from .sampling import sample_image_bilinear
 
 
 @dataclass
@@ -90,7 +90,7 @@ def prepare_coarse(mesh: Mesh, landmark_vertices: np.ndarray, landmarks_2d: np.n
 def read_mesh_landmarks(path, mesh: Mesh) -> np.ndarray:
     """(68, 3) landmarks in mm of ``mesh`` from ``path``: 68 vertex indices
     (``.npy``, ``.npz``, or a ``.txt`` of integers; see
-    ``sources.read_vertex_indices``) or 68 x y z points (any landmark file
+    ``landmark_formats.read_vertex_indices``) or 68 x y z points (any landmark file
     ``io.read_landmarks`` reads). :class:`FormatError` naming the file."""
     if str(path).lower().endswith((".npy", ".npz")):
         return mesh.vertices[read_vertex_indices(path, mesh.n_vertices)]

@@ -13,7 +13,8 @@ gives the public names of the modules that hold them:
   :func:`write_abs`) and Bosphorus ``.bnt`` (:func:`read_bnt`,
   :func:`write_bnt`);
 - :mod:`dce.geom.landmark_formats`: :func:`read_landmarks`,
-  :func:`write_landmarks` (.lm2, .lm3, .pts, .txt, .csv).
+  :func:`write_landmarks` (.lm2, .lm3, .pts, .txt, .csv) and
+  :func:`read_vertex_indices`.
 
 Every reader reports bad input as :class:`FormatError` naming the file (the
 rules: "Input checks" in the README, held by ``tests/test_fuzz_readers.py``);
@@ -21,7 +22,7 @@ every writer writes a temporary file next to the target and renames it, so a
 reader never sees a half-written file. Algorithms import the records from
 :mod:`dce.geom.records`, not from here.
 """
-from .landmark_formats import read_landmarks, write_landmarks
+from .landmark_formats import read_landmarks, read_vertex_indices, write_landmarks
 from .mesh_formats import load_mesh, save_mesh
 from .records import (BOSPHORUS_NOSE_TIP, IBUG68_BROWS, IBUG68_CHIN, IBUG68_EYES, IBUG68_GROUPS,
                       IBUG68_INNER_LIPS, IBUG68_JAW, IBUG68_LEFT_BROW, IBUG68_LEFT_EYE,
@@ -44,7 +45,7 @@ __all__ = [
     # range scans
     "read_abs", "write_abs", "read_bnt", "write_bnt",
     # landmarks
-    "read_landmarks", "write_landmarks",
+    "read_landmarks", "write_landmarks", "read_vertex_indices",
     "nose_tip", "jaw_contour", "BOSPHORUS_NOSE_TIP",
     "IBUG68_JAW", "IBUG68_CHIN", "IBUG68_RIGHT_BROW", "IBUG68_LEFT_BROW", "IBUG68_BROWS",
     "IBUG68_NOSE_BRIDGE", "IBUG68_NOSTRILS", "IBUG68_NOSE", "IBUG68_NOSE_TIP",

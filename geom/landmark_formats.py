@@ -1,5 +1,6 @@
 """Landmark files: Bosphorus ``.lm2``/``.lm3``, iBUG ``.pts``, plain
-``.txt``/``.csv`` (:func:`read_landmarks`, :func:`write_landmarks`).
+``.txt``/``.csv`` (:func:`read_landmarks`, :func:`write_landmarks`), and the
+files of 68 landmark vertex indices of a mesh (:func:`read_vertex_indices`).
 
 Points come back as a :class:`~dce.geom.records.Landmarks`; what the 68
 iBUG points mean (index groups, :func:`~dce.geom.records.nose_tip`) lives
@@ -206,3 +207,44 @@ def write_landmarks(path: PathLike, landmarks: Landmarks) -> None:
     else:
         out = rows
     _atomic_write(path, ("\n".join(out) + "\n").encode("utf-8"))
+
+
+def read_vertex_indices(path: PathLike, n_vertices: Optional[int] = None) -> np.ndarray:
+    """68 landmark vertex indices (68,) int64 from ``.txt`` (whitespace or
+    comma separated integers, '#' comments), ``.npy`` or ``.npz`` (key
+    ``landmarks_68``). ``n_vertices``: the mesh size they must fit. Raises
+    :class:`FormatError` naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FormatError(f"{path}: no such file (68 landmark vertex indices)")
+    ext = path.suffix.lower()
+    try:
+        if ext == ".npy":
+            values = np.load(path, allow_pickle=False)
+        elif ext == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                if "landmarks_68" not in z.files:
+                    raise FormatError(f"{path}: no 'landmarks_68' array (has: "
+                                      f"{', '.join(z.files)})")
+                values = z["landmarks_68"]
+        else:
+            text = re.sub(r"#[^\n]*", "", path.read_text(errors="replace"))
+            values = np.array(text.replace(",", " ").split(), dtype=np.float64)
+    except FormatError:
+        raise
+    except (OSError, ValueError) as e:
+        raise FormatError(f"{path}: cannot read landmark vertex indices ({e})") from None
+    return _checked_indices(values, str(path), n_vertices)
+
+
+def _checked_indices(values, src: str, n_vertices: Optional[int]) -> np.ndarray:
+    values = np.asarray(values).ravel()
+    if values.shape != (68,) or not np.issubdtype(values.dtype, np.number) \
+            or not np.all(values == np.round(values)):
+        raise FormatError(f"{src}: expected 68 integer landmark vertex indices, got "
+                          f"{values.size} values of type {values.dtype}")
+    values = values.astype(np.int64)
+    if n_vertices is not None and (values.min() < 0 or values.max() >= n_vertices):
+        raise FormatError(f"{src}: landmark vertex indices span [{values.min()}, "
+                          f"{values.max()}] but the coarse mesh has {n_vertices} vertices")
+    return values

@@ -94,14 +94,14 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from .io import (IBUG68_NOSE_TIP, FormatError, Mesh, RangeScan, load_mesh, read_abs, read_bnt,
-                 read_landmarks)
+from .landmark_formats import _checked_indices, read_landmarks, read_vertex_indices
 from .landmarks import WEIGHTS_ENV, WEIGHTS_FLAG, MissingWeightsError, detect_landmarks, load_image
+from .mesh_formats import load_mesh
 from .morphable import (EXPRESSION_STIFFNESS, LANDMARK_NOISE, FitGate, FitRejected,
                         fit_to_landmarks, load_model)
 from .projection import posed_camera
-
-PathLike = Union[str, os.PathLike]
+from .records import IBUG68_NOSE_TIP, FormatError, Mesh, PathLike, RangeScan
+from .scan_formats import read_abs, read_bnt
 
 #: Side (px) of the synthesized frontal view's landmark box (mesh targets).
 FACE_PX = 256.0
@@ -287,47 +287,6 @@ def _walk(root: PathLike, patterns: Sequence[str], what: str) -> tuple:
     if not found:
         raise FileNotFoundError(f"{root}: no {' or '.join(patterns)} files below this folder")
     return root, found
-
-
-def read_vertex_indices(path: PathLike, n_vertices: Optional[int] = None) -> np.ndarray:
-    """68 landmark vertex indices (68,) int64 from ``.txt`` (whitespace or
-    comma separated integers, '#' comments), ``.npy`` or ``.npz`` (key
-    ``landmarks_68``). ``n_vertices``: the mesh size they must fit. Raises
-    :class:`FormatError` naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FormatError(f"{path}: no such file (68 landmark vertex indices)")
-    ext = path.suffix.lower()
-    try:
-        if ext == ".npy":
-            values = np.load(path, allow_pickle=False)
-        elif ext == ".npz":
-            with np.load(path, allow_pickle=False) as z:
-                if "landmarks_68" not in z.files:
-                    raise FormatError(f"{path}: no 'landmarks_68' array (has: "
-                                      f"{', '.join(z.files)})")
-                values = z["landmarks_68"]
-        else:
-            text = re.sub(r"#[^\n]*", "", path.read_text(errors="replace"))
-            values = np.array(text.replace(",", " ").split(), dtype=np.float64)
-    except FormatError:
-        raise
-    except (OSError, ValueError) as e:
-        raise FormatError(f"{path}: cannot read landmark vertex indices ({e})") from None
-    return _checked_indices(values, str(path), n_vertices)
-
-
-def _checked_indices(values, src: str, n_vertices: Optional[int]) -> np.ndarray:
-    values = np.asarray(values).ravel()
-    if values.shape != (68,) or not np.issubdtype(values.dtype, np.number) \
-            or not np.all(values == np.round(values)):
-        raise FormatError(f"{src}: expected 68 integer landmark vertex indices, got "
-                          f"{values.size} values of type {values.dtype}")
-    values = values.astype(np.int64)
-    if n_vertices is not None and (values.min() < 0 or values.max() >= n_vertices):
-        raise FormatError(f"{src}: landmark vertex indices span [{values.min()}, "
-                          f"{values.max()}] but the coarse mesh has {n_vertices} vertices")
-    return values
 
 
 # -------------------------------------------------------------- enumerators
