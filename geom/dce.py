@@ -32,9 +32,9 @@ import numpy as np
 
 from . import curvature as curvature_mod
 from . import normals as normals_mod
-from .io import Mesh
 from .projection import OrthographicCamera, crop_camera
 from .raster import rasterize
+from .records import Mesh
 from .sampling import sample_image_bilinear
 
 CHANNEL_SETS = {

@@ -40,14 +40,12 @@ import tempfile
 import threading
 import urllib.error
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence
 
 import numpy as np
 from scipy.spatial import cKDTree
 
-from .io import FormatError, RangeScan
-
-PathLike = Union[str, os.PathLike]
+from .records import FormatError, PathLike, RangeScan
 
 FAN_FILE = "2DFAN4-11f355bf06.pth.tar"
 S3FD_FILE = "s3fd-619a316812.pth"

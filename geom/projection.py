@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import FormatError
+from .records import FormatError
 
 FRONTAL = np.diag([1.0, -1.0, -1.0])
 

@@ -32,10 +32,10 @@ from typing import Optional
 
 import numpy as np
 
-from .io import Mesh
 from .normals import face_normals, vertex_normals
 from .projection import OrthographicCamera
 from .raster import rasterize
+from .records import Mesh
 
 # Default discontinuity threshold, in pixel pitches (1 / camera.scale mm): a
 # triangle whose three depths spread over more than 5 pitches is steeper than

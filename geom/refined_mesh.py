@@ -23,9 +23,9 @@ from typing import Optional
 import numpy as np
 
 from .dce import DCEImage
-from .io import Mesh
 from .reconstruct import depth_image_mesh, displace_along_view, merge_with_coarse, \
     move_with_surface
+from .records import Mesh
 
 
 def refine_dce_image(refiner, coarse: DCEImage, foreground_above: float) -> DCEImage:
