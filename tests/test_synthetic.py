@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from scipy.ndimage import gaussian_filter
 
+from dce.geom import face_anatomy, scanner
 from dce.geom import synthetic as S
 from dce.geom.io import load_mesh, read_abs, read_landmarks
 from dce.geom.morphable import load_model
@@ -127,7 +128,7 @@ def test_scan_holes_noise_and_spikes(world_dir, world, scans):
         assert eyes.sum() >= 20 and not scan.valid[eyes].any()
         # part of the brows is missing (hair), the cheeks are whole
         brow = np.zeros_like(hit)
-        brow[hit] = S._brow_weight(u, v) > 0.9
+        brow[hit] = scanner._brow_weight(u, v) > 0.9
         assert 0.05 < 1 - scan.valid[brow].mean() < 0.9
         cheek = np.zeros_like(hit)
         cheek[hit] = np.hypot(np.abs(u) - 45, v + 5) < 8
@@ -243,7 +244,7 @@ def test_model_shapes_are_exact_and_detail_is_not_representable(world):
     assert np.linalg.norm(kept) > 0.9 * np.linalg.norm(smooth)
     # most of the detail is orthogonal to the model's modes
     D = S.detail_field(identity.detail, w, world.fine_u, world.fine_v, SETTINGS.fine_spacing)
-    detail = _coarse_nodes(world, S._radial(D, world.fine_u[None, :]))
+    detail = _coarse_nodes(world, face_anatomy._radial(D, world.fine_u[None, :]))
     explained = detail - _project_out(model, model.mean + detail)
     assert np.linalg.norm(explained) < 0.3 * np.linalg.norm(detail)
 
