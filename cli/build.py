@@ -12,19 +12,17 @@ reported and skipped. `dce-build inspect FILE` prints what a file holds.
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import shutil
 import os
 import sys
-import time
-import traceback
-from collections import defaultdict
 from pathlib import Path
 
 from dce.cli.options import SEED_MAX, OutputError, check_output, integer, number
+from dce.gan.h5format import DEFAULT_TEST_FRACTION
+from dce.geom.dataset import BuildConfig
 from dce.geom.morphable import EXPRESSION_STIFFNESS, LANDMARK_NOISE, FitGate
 
-
+BUILD = BuildConfig()  # the defaults of every build option
 GATE = FitGate()
 MAX_SIZE = 2048         # px: a 2048^2 sample is 100 MB in memory per side already
 MAX_POSES = 100
@@ -44,20 +42,22 @@ def _common(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("build options")
     g.add_argument("-o", "--out", type=Path, default=Path("dce_pairs.h5"),
                    help="output HDF5 file (default: dce_pairs.h5)")
-    g.add_argument("--size", type=integer(16, MAX_SIZE), default=256,
-                   help=f"image side in pixels, 16 .. {MAX_SIZE} (default: 256)")
-    g.add_argument("--channels", default="DCE", choices=["D", "DCE", "DCE+RGB"],
-                   help="channels rendered for both sides (default: DCE)")
-    g.add_argument("--poses", type=integer(0, MAX_POSES), default=5,
-                   help="extra random poses per pair: yaw +-45, pitch +-20, roll +-20 degrees, "
-                        f"0 .. {MAX_POSES} (default: 5, as the paper)")
-    g.add_argument("--seed", type=_seed, default=0,
-                   help="seed of the poses and the identity split, 0 .. 2^32 - 1 (default: 0)")
-    g.add_argument("--test-fraction", type=_fraction, default=1 / 3,
+    g.add_argument("--size", type=integer(16, MAX_SIZE), default=BUILD.size,
+                   help=f"image side in pixels, 16 .. {MAX_SIZE} (default: {BUILD.size})")
+    g.add_argument("--channels", default=BUILD.channels, choices=["D", "DCE", "DCE+RGB"],
+                   help=f"channels rendered for both sides (default: {BUILD.channels})")
+    g.add_argument("--poses", type=integer(0, MAX_POSES), default=BUILD.poses,
+                   help=f"extra random poses per pair: yaw +-{BUILD.max_yaw:g}, pitch "
+                        f"+-{BUILD.max_pitch:g}, roll +-{BUILD.max_roll:g} degrees, "
+                        f"0 .. {MAX_POSES} (default: {BUILD.poses}, as the paper)")
+    g.add_argument("--seed", type=_seed, default=BUILD.seed,
+                   help="seed of the poses and the identity split, 0 .. 2^32 - 1 "
+                        f"(default: {BUILD.seed})")
+    g.add_argument("--test-fraction", type=_fraction, default=DEFAULT_TEST_FRACTION,
                    help="fraction of identities in the test split, 0 <= F < 1 (default: 1/3)")
-    g.add_argument("--curvature", default="mean", choices=["mean", "absolute"],
+    g.add_argument("--curvature", default=BUILD.curvature, choices=["mean", "absolute"],
                    help="curvature channel: mean curvature (paper) or the authors' demo "
-                        "|k1|+|k2| (default: mean)")
+                        f"|k1|+|k2| (default: {BUILD.curvature})")
     g.add_argument("--workers", type=integer(1, MAX_WORKERS), default=os.cpu_count(),
                    help=f"worker processes, 1 .. {MAX_WORKERS} (default: all cores, "
                         f"{os.cpu_count()})")
@@ -73,10 +73,10 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="folder of coarse meshes made elsewhere, matched by name")
     g.add_argument("--landmark-weights", type=Path, default=None, metavar="DIR",
                    help="face-alignment weights, for photos without landmark files")
-    g.add_argument("--max-gap", type=_positive_float, default=3.0, metavar="STEPS",
+    g.add_argument("--max-gap", type=_positive_float, default=BUILD.max_gap, metavar="STEPS",
                    help="how far (scan grid steps) a photo landmark may lie from the scan's "
                         "valid points before the pair is refused; raise it for tight crops "
-                        "that put jaw points at the scan's edge (default: 3)")
+                        f"that put jaw points at the scan's edge (default: {BUILD.max_gap:g})")
     g.add_argument("--photo-size", type=_positive_int, nargs=2, default=None,
                    metavar=("H", "W"),
                    help="height and width of the photos the 2D landmarks refer to, for "
@@ -218,59 +218,19 @@ def _build_inputs(args) -> list:
     return [args.root, args.landmarks_dir]
 
 
-def build_pair(job):
-    """Worker: load, prepare and render one pair. Returns (pair_id, samples,
-    timings) or (pair_id, None, error text)."""
-    from dce.geom import dataset, sources
-
-    spec, coarse, config = job
-    try:
-        t0 = time.perf_counter()
-        pair = sources.load(spec, coarse)
-        t1 = time.perf_counter()
-        prepared = dataset.prepare_pair(pair, config)
-        t2 = time.perf_counter()
-        samples = dataset.pair_samples(pair.pair_id, pair.subject, *prepared, pair.landmarks_2d,
-                                       config, pair.source)
-        t3 = time.perf_counter()
-        return spec.pair_id, samples, {"load": t1 - t0, "geometry": t2 - t1, "render": t3 - t2}
-    except Exception as error:  # reported per sample; the build goes on
-        detail = str(error) or error.__class__.__name__
-        if not isinstance(error, (ValueError, OSError)):
-            detail += "\n" + traceback.format_exc(limit=3)
-        return spec.pair_id, None, detail
-
-
-def _init_worker():
-    # One BLAS thread per worker: the workers already use every core.
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-
-
 def run_build(args) -> int:
-    from tqdm import tqdm
-
     from dce.geom import store
-    from dce.geom.dataset import BuildConfig
-    from dce.geom.dce import resolve_channels
-
-    from dce.gan.h5format import PairFileError, validate
+    from dce.geom.build import BuildInterrupted, build, shard_path
 
     try:
         shard = store.parse_shard(args.shard) if args.shard else None
-        out = args.out if not shard else args.out.with_name(
-            f"{args.out.stem}.shard{shard[0]}-of-{shard[1]}{args.out.suffix}")
+        out = shard_path(args.out, shard)
         check_output(out, _build_inputs(args), replaceable=_is_pair_file)
         if args.command == "synthetic":
             for part in ("scans", "coarse"):
                 if out.resolve().is_relative_to((args.world / part).resolve()):
                     raise OutputError(f"output {out} is inside the world's {part} folder; "
                                       f"refusing to write among its inputs")
-    except (ValueError, OSError) as error:
-        print(f"dce-build: {error}", file=sys.stderr)
-        return 2
-    t_start = time.perf_counter()
-    try:
         config = BuildConfig(size=args.size, channels=args.channels, poses=args.poses,
                              seed=args.seed, curvature=args.curvature, max_gap=args.max_gap,
                              photo_size=args.photo_size)
@@ -278,95 +238,38 @@ def run_build(args) -> int:
     except (ValueError, OSError) as error:
         print(f"dce-build: {error}", file=sys.stderr)
         return 2
-    if shard:
-        specs = [s for s in specs if store.shard_of(s.pair_id, *shard)]
-    record = {**config.to_dict(), "command": args.command}
-    if coarse.model_path is not None:  # the fit decides the coarse side's pixels
-        record["coarse_fit"] = {
-            "model": coarse.model_path, "n_identity": coarse.n_identity,
-            "n_expression": coarse.n_expression, "landmark_noise": coarse.landmark_noise,
-            "expression_stiffness": coarse.expression_stiffness, "contour": coarse.contour,
-            "gate": None if coarse.gate is None else [
-                coarse.gate.max_residual, coarse.gate.max_coefficient,
-                list(coarse.gate.eye_distance_mm)],
-            "on_gate_failure": coarse.on_gate_failure}
-    if out.exists() and not Path(store.partial_path(out)).exists():
-        try:
-            if validate(out)["config"] == record:
-                print(f"dce-build: {out} is already built with this configuration; nothing to do")
-                return 0
-        except PairFileError:
-            pass  # not a finished file of ours: rebuilt below, replaced only at the end
-    channels = resolve_channels(config.channels)
-    writer = store.PairWriter(out, channels, config.size, config.size, record, shard=shard)
-    failures, flagged, stage_time, written = [], [], defaultdict(float), 0
-    with writer:
-        done = writer.done_ids()
-        todo = [s for s in specs
-                if any(f"{s.pair_id}/pose{k}" not in done for k in range(config.poses + 1))]
-        print(f"dce-build: {len(specs)} pairs, {len(specs) - len(todo)} already built, "
-              f"{len(todo)} to build with {args.workers} worker(s) -> {out}")
-        jobs = [(s, coarse, config) for s in todo]
-        bar = tqdm(total=len(jobs), unit="pair", dynamic_ncols=True, file=sys.stdout)
-        try:
-            if args.workers > 1 and len(jobs) > 1:
-                context = multiprocessing.get_context("spawn")
-                with context.Pool(args.workers, initializer=_init_worker) as pool:
-                    results = pool.imap_unordered(build_pair, jobs)
-                    written += _consume(results, writer, failures, flagged, stage_time, bar)
-            else:
-                written += _consume(map(build_pair, jobs), writer, failures, flagged, stage_time, bar)
-        except KeyboardInterrupt:
-            bar.close()
-            print(f"\ninterrupted: {written} new samples kept in {writer.partial}; rerun the "
-                  "same command to resume", file=sys.stderr)
-            return 130
-        bar.close()
-        try:
-            summary = writer.finalize(seed=args.seed, test_fraction=args.test_fraction)
-        except store.EmptyBuildError as error:
-            for pair_id, reason in failures:
-                print(f"FAILED {pair_id}: {reason}", file=sys.stderr)
-            print(f"dce-build: {error} ({len(failures)} pair(s) failed)", file=sys.stderr)
-            return 1
-    elapsed = time.perf_counter() - t_start
-    print(f"done: {written} new samples, {summary['n_samples']} in the file "
+    try:
+        report = build(specs, args.out, config, coarse, command=args.command,
+                       workers=args.workers, shard=shard, test_fraction=args.test_fraction)
+    except BuildInterrupted as error:
+        print(f"\n{error}", file=sys.stderr)
+        return 130
+    except store.EmptyBuildError as error:
+        for pair_id, reason in error.failures:
+            print(f"FAILED {pair_id}: {reason}", file=sys.stderr)
+        print(f"dce-build: {error} ({len(error.failures)} pair(s) failed)", file=sys.stderr)
+        return 1
+    if report.up_to_date:
+        print(f"dce-build: {out} is already built with this configuration; nothing to do")
+        return 0
+    summary = report.summary
+    print(f"done: {report.written} new samples, {summary['n_samples']} in the file "
           f"({summary['n_train']} train / {summary['n_test']} test), "
-          f"{len(failures)} pair(s) failed, {len(flagged)} flagged, {elapsed:.1f} s -> {out}")
-    if stage_time:
-        total = sum(stage_time.values())
+          f"{len(report.failures)} pair(s) failed, {len(report.flagged)} flagged, "
+          f"{report.seconds:.1f} s -> {out}")
+    if report.stage_seconds:
+        total = sum(report.stage_seconds.values())
         print("time per stage (summed over workers): " + ", ".join(
-            f"{k} {v:.1f} s ({100 * v / total:.0f} %)" for k, v in stage_time.items()))
-    for pair_id, reason in failures:
+            f"{k} {v:.1f} s ({100 * v / total:.0f} %)" for k, v in report.stage_seconds.items()))
+    for pair_id, reason in report.failures:
         print(f"FAILED {pair_id}: {reason}", file=sys.stderr)
-    for pair_id, reason in flagged:
+    for pair_id, reason in report.flagged:
         print(f"FLAGGED {pair_id} (kept): the coarse fit fails the gate: {reason}",
               file=sys.stderr)
     if args.preview and shard is None:
         png = store.preview_pairs(out, args.preview, out.with_suffix(".png"), seed=args.seed)
         print(f"preview: {png}")
-    return 1 if failures else 0
-
-
-def _consume(results, writer, failures, flagged, stage_time, bar) -> int:
-    written = 0
-    for pair_id, samples, info in results:
-        if samples is None:
-            failures.append((pair_id, info))
-        else:
-            gate = samples[0].source.get("fit_gate", "") if samples else ""
-            if gate.startswith("FAILED"):
-                flagged.append((pair_id, gate[len("FAILED: "):]))
-            for sample in samples:
-                if not writer.has(sample.sample_id):
-                    writer.append(sample)
-                    written += 1
-            writer.commit()
-            for k, v in info.items():
-                stage_time[k] += v
-        bar.update(1)
-        bar.set_postfix(failed=len(failures))
-    return written
+    return 1 if report.failures else 0
 
 
 def main(argv=None) -> int:

@@ -2,7 +2,7 @@
 coarse input, a detailed scan as the ground truth, and their depth MAE.
 
 The pair goes through exactly what ``dce-build manifest --model ICT`` runs on
-each pair (``cli/build.py: build_pair``): a one-row manifest
+each pair (``dce.geom.build.build_pair``): a one-row manifest
 (:func:`sources.manifest`), :func:`sources.load` (the scan's 2D landmarks
 synthesized from its 3D ones by a frontal camera, the ICT model fitted to
 them), :func:`dataset.prepare_pair` (median filter, crop, curvature, normals,

@@ -4,6 +4,7 @@ here: a tiny synthetic world, converted into an FRGC tree (.abs / .abs.gz,
 larger photo, .png, .pts, .lm2/.lm3), plus CSV/JSON manifests. The world's
 manifest records the exact 3D landmarks of every scan, an independent
 reference for what the loaded pairs give."""
+import dataclasses
 import gzip
 import json
 import pickle
@@ -416,11 +417,12 @@ def test_build_frgc_and_bosphorus_folders(world, frgc, bosphorus, tmp_path):
 def test_build_resumes_after_an_interrupt_and_shards_merge_to_the_same_file(
         world, tmp_path, monkeypatch):
     from dce.cli import build
+    from dce.geom import build as library
 
     wroot, _ = world
     assert _build("synthetic", "--world", wroot, "-o", tmp_path / "whole.h5") == 0
 
-    real, calls = build.build_pair, []
+    real, calls = library.build_pair, []
 
     def interrupted(job):
         calls.append(job)
@@ -428,10 +430,10 @@ def test_build_resumes_after_an_interrupt_and_shards_merge_to_the_same_file(
             raise KeyboardInterrupt
         return real(job)
 
-    monkeypatch.setattr(build, "build_pair", interrupted)
+    monkeypatch.setattr(library, "build_pair", interrupted)
     assert _build("synthetic", "--world", wroot, "-o", tmp_path / "resumed.h5") == 130
     assert not (tmp_path / "resumed.h5").exists()  # nothing that looks complete
-    monkeypatch.setattr(build, "build_pair", real)
+    monkeypatch.setattr(library, "build_pair", real)
     assert _build("synthetic", "--world", wroot, "-o", tmp_path / "resumed.h5") == 0
     _assert_same_file(tmp_path / "whole.h5", tmp_path / "resumed.h5")
 
@@ -442,6 +444,33 @@ def test_build_resumes_after_an_interrupt_and_shards_merge_to_the_same_file(
     assert len(shards) == 2
     assert build.main(["merge", str(tmp_path / "merged.h5"), *map(str, shards)]) == 0
     _assert_same_file(tmp_path / "whole.h5", tmp_path / "merged.h5")
+
+
+def test_library_build_equals_the_command_and_knows_when_it_is_done(world, tmp_path):
+    """dce.geom.build.build, the library entry point, writes the file the
+    command writes; a second call finds it up to date; a build whose every
+    pair fails raises EmptyBuildError listing them."""
+    from dce.geom import build, sources, store
+    from dce.geom.dataset import BuildConfig
+
+    wroot, _ = world
+    assert _build("synthetic", "--world", wroot, "-o", tmp_path / "cli.h5") == 0
+    specs = sources.synthetic_world(wroot)
+    config = BuildConfig(size=64, poses=1)
+    report = build.build(specs, tmp_path / "lib.h5", config, command="synthetic",
+                         progress=False, log=lambda *a: None)
+    assert (report.pairs, report.written, report.failures) == (2, 4, [])
+    assert report.summary["n_samples"] == 4 and not report.up_to_date
+    _assert_same_file(tmp_path / "cli.h5", tmp_path / "lib.h5")
+    again = build.build(specs, tmp_path / "lib.h5", config, command="synthetic",
+                        progress=False, log=lambda *a: None)
+    assert again.up_to_date and again.written == 0
+
+    missing = [dataclasses.replace(s, target=str(tmp_path / "gone.abs")) for s in specs]
+    with pytest.raises(store.EmptyBuildError) as caught:
+        build.build(missing, tmp_path / "none.h5", config, progress=False, log=lambda *a: None)
+    assert sorted(p for p, _ in caught.value.failures) == sorted(s.pair_id for s in specs)
+    assert not (tmp_path / "none.h5").exists()
 
 
 def test_build_reports_and_skips_a_corrupt_scan(frgc, world, tmp_path, capsys):
