@@ -28,6 +28,7 @@ from common import best_and_median  # noqa: E402
 from dce.geom import synthetic as S
 from dce.geom.io import Landmarks, RangeScan, save_mesh, write_abs, write_landmarks
 from dce.geom.morphable import fit_to_landmarks
+from dce.geom.records import atomic_write
 
 TARGET_S = 60.0
 
@@ -59,7 +60,7 @@ def step_table(repeats: int) -> None:
         ("fit_to_landmarks (17 id + 5 expr)", lambda: fit_to_landmarks(
             world.model, noisy, n_expression=None, regularization=4.0)),
         (f"write_abs ({ext})", lambda: write_abs(tmp / f"x{ext}", RangeScan(scan.xyz, scan.valid))),
-        ("write .ppm", lambda: S._write_bytes(tmp / "x.ppm", S._ppm_bytes(scan.photo))),
+        ("write .ppm", lambda: atomic_write(tmp / "x.ppm", S._ppm_bytes(scan.photo))),
         ("write .pts", lambda: write_landmarks(tmp / "x.pts", Landmarks(scan.landmarks_2d))),
         ("save_mesh coarse .ply", lambda: save_mesh(tmp / "x.ply", fit.mesh)),
         ("make_scan (one whole scan)", lambda: S.make_scan(world, tmp, 0, identity, 2)),

@@ -51,6 +51,28 @@ class LegacyCheckpointWarning(UserWarning):
     """A checkpoint from before checksums: loaded, but its integrity is unverified."""
 
 
+@contextmanager
+def atomic_path(path, suffix: str = "", durable: bool = False):
+    """gan's one way to write a file whole (gan never imports geom, which has
+    its own): yields a temporary path beside ``path`` to write, renamed over
+    ``path`` when the block ends, removed when it raises; no reader ever
+    sees a partial file. ``suffix`` ends the temporary name, for writers
+    that choose the format by extension; ``durable`` flushes the data to
+    disk before the rename, and the rename after it (checkpoints, logs)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp{suffix}")
+    try:
+        yield tmp
+        if durable:
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        if durable:
+            _fsync_directory(path.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def save_checkpoint(path, state: dict) -> Path:
     """Write ``state`` (torch.save payload behind the checksummed header,
     module docstring) to a temporary file beside ``path``, flush it to disk,
@@ -62,18 +84,9 @@ def save_checkpoint(path, state: dict) -> Path:
     torch.save(state, buffer)
     payload = buffer.getbuffer()
     header = _HEADER.pack(MAGIC, FORMAT_VERSION, len(payload), hashlib.sha256(payload).digest())
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(header)
-            fh.write(payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_directory(path.parent)
+    with atomic_path(path, durable=True) as tmp, open(tmp, "wb") as fh:
+        fh.write(header)
+        fh.write(payload)
     return path
 
 
@@ -281,12 +294,8 @@ def truncate_log(path, iteration: int) -> int:
             else:
                 dropped += 1
     if dropped:
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "w", encoding="utf-8") as fh:
+        with atomic_path(path, durable=True) as tmp, open(tmp, "w", encoding="utf-8") as fh:
             fh.writelines(kept)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
     return dropped
 
 

@@ -43,6 +43,7 @@ from .data import PairDataset
 from . import h5format
 from .h5format import FOREGROUND_ABOVE, PairFileError
 from .metrics import depth_normals, detail_corr, normal_error_deg
+from .report import save_png
 
 COLUMNS = ("model", "resolution", "images", "eq4_mae", "eq4_mae_mm", "face_mae_mm",
            "normal_error_deg", "detail_corr", "roughness")
@@ -271,11 +272,10 @@ def write_heatmaps(kept: list, out_dir, vmax_mm: float = 5.0, vmax_deg: float = 
             rows.append(np.concatenate(tiles, axis=1))
         picture = Image.fromarray(np.concatenate(rows, axis=0))
         picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
-        path = out / f"heatmap_{k:03d}.png"
-        picture.save(path)
+        path = save_png(out / f"heatmap_{k:03d}.png", picture)
         shaded = np.concatenate([np.pad(shade(d, mm, pixel_mm), 2)
                                  for d in (coarse, refined, target)], axis=1)
-        Image.fromarray(shaded).resize((shaded.shape[1] * scale, shaded.shape[0] * scale),
-                                       Image.NEAREST).save(out / f"shaded_{k:03d}.png")
+        save_png(out / f"shaded_{k:03d}.png", Image.fromarray(shaded).resize(
+            (shaded.shape[1] * scale, shaded.shape[0] * scale), Image.NEAREST))
         paths.append(path)
     return paths

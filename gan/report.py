@@ -10,6 +10,23 @@ from pathlib import Path
 
 import numpy as np
 
+
+def save_png(path, picture) -> Path:
+    """Write ``picture`` (a PIL image, or a uint8 (H, W) / (H, W, 3) array)
+    to ``path`` as PNG, whole, creating the folder: gan's one PNG writer."""
+    from PIL import Image
+
+    from .checkpoint import atomic_path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(picture, np.ndarray):
+        picture = Image.fromarray(picture)
+    with atomic_path(path, ".png") as tmp:
+        picture.save(tmp, format="PNG")
+    return path
+
+
 CURVES = (
     ("g_pixel", "generator L1 pixel loss"),
     ("d_wasserstein", "critic Wasserstein estimate"),
@@ -88,7 +105,4 @@ def plot_losses(log_path, png_path, curves=CURVES) -> Path:
             draw.text((4, py - 6), f"{value:.3g}", fill=(60, 60, 60))
         draw.text((left, box[3] + 4), f"iteration {int(x[0])}", fill=(60, 60, 60))
         draw.text((box[2] - 90, box[3] + 4), f"{int(x[-1])}", fill=(60, 60, 60))
-    png_path = Path(png_path)
-    png_path.parent.mkdir(parents=True, exist_ok=True)
-    picture.save(png_path)
-    return png_path
+    return save_png(png_path, picture)

@@ -43,6 +43,7 @@ from .losses import discriminator_loss, generator_loss, gradient_penalty
 from .networks import (RESOLUTIONS, Stage, build_networks, fade_reals, generate,
                        paper_schedule, stage_at)
 from .pix2pix import pix2pix_discriminator_loss, pix2pix_generator_loss
+from .report import save_png
 
 MODELS = ("progressive", "pix2pix")
 # Optimizer defaults: the paper's for the progressive GAN, pix2pix's own.
@@ -577,10 +578,7 @@ class Trainer:
         scale = max(1, 256 // r)
         picture = Image.fromarray(grid.numpy()).resize(
             (grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST)
-        path = self.out / "samples" / f"it{self.iteration:07d}_{r}px.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        picture.save(path)
-        return path
+        return save_png(self.out / "samples" / f"it{self.iteration:07d}_{r}px.png", picture)
 
     def _tensorboard(self):
         """A SummaryWriter in OUT/tensorboard on rank 0, when the optional

@@ -22,16 +22,15 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence
 
 from dce.gan.h5format import DEFAULT_TEST_FRACTION, PairFileError, validate
 
 from . import dataset, sources, store
 from .dataset import BuildConfig
 from .dce import resolve_channels
+from .records import PathLike
 from .sources import CoarseSource, PairSpec
-
-PathLike = Union[str, os.PathLike]
 
 
 class BuildInterrupted(Exception):

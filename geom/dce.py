@@ -34,7 +34,7 @@ from . import curvature as curvature_mod
 from . import normals as normals_mod
 from .projection import OrthographicCamera, crop_camera
 from .raster import rasterize
-from .records import Mesh
+from .records import Mesh, atomic_path
 from .sampling import sample_image_bilinear
 
 CHANNEL_SETS = {
@@ -234,14 +234,18 @@ def preview_image(dce: DCEImage) -> np.ndarray:
     return (strip * 255 + 0.5).astype(np.uint8)
 
 
-def _save_png(path, picture) -> Path:
-    """Write the PIL image ``picture`` to ``path`` whole (via a temporary
-    file and a rename), creating the folder."""
+def save_png(path, picture) -> Path:
+    """Write ``picture`` (a PIL image, or an (H, W) / (H, W, 3) uint8 array)
+    to ``path`` as PNG, whole (:func:`dce.geom.records.atomic_path`),
+    creating the folder: geom's one PNG writer."""
+    from PIL import Image
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    picture.save(tmp, format="PNG")
-    tmp.replace(path)
+    if isinstance(picture, np.ndarray):
+        picture = Image.fromarray(picture)
+    with atomic_path(path, ".png") as tmp:
+        picture.save(tmp, format="PNG")
     return path
 
 
@@ -260,7 +264,7 @@ def save_preview(path, images: Sequence[DCEImage], labels: Optional[Sequence[str
         for r, label in zip(rows, labels):
             draw.text((4, y + 4), str(label), fill=(255, 80, 80))
             y += r.shape[0]
-    return _save_png(path, picture)
+    return save_png(path, picture)
 
 
 def shaded_image(mesh: Mesh, camera: OrthographicCamera, size: int) -> np.ndarray:
@@ -292,4 +296,4 @@ def save_shaded(path, meshes: Sequence[Mesh], cameras: Sequence[OrthographicCame
     draw = ImageDraw.Draw(picture)
     for k, label in enumerate(labels):
         draw.text((4 + k * (preview + 4), 4), label, fill=(255, 80, 80))
-    return _save_png(path, picture)
+    return save_png(path, picture)

@@ -17,7 +17,7 @@ from typing import Optional
 
 import numpy as np
 
-from .records import (MAX_COORDINATE, MAX_PIXEL, FormatError, Landmarks, PathLike, _atomic_write,
+from .records import (MAX_COORDINATE, MAX_PIXEL, FormatError, Landmarks, PathLike, atomic_write,
                       _check_terminated, _existing_file)
 
 
@@ -206,7 +206,7 @@ def write_landmarks(path: PathLike, landmarks: Landmarks) -> None:
                *landmarks.labels, "", "2D Image coordinates:", *rows]
     else:
         out = rows
-    _atomic_write(path, ("\n".join(out) + "\n").encode("utf-8"))
+    atomic_write(path, ("\n".join(out) + "\n").encode("utf-8"))
 
 
 def read_vertex_indices(path: PathLike, n_vertices: Optional[int] = None) -> np.ndarray:

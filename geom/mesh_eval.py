@@ -38,7 +38,6 @@ puts several evaluations of the same ground truths in one table.
 """
 from __future__ import annotations
 
-import io as _bytes_io
 import json
 import os
 import shutil
@@ -54,7 +53,8 @@ from .alignment import (NOW_RADIUS_FACTOR, AlignmentError, IcpResult, Similarity
                         icp, inside_sphere, now_landmarks, procrustes)
 from .landmark_formats import read_landmarks, write_landmarks
 from .mesh_formats import _MESH_READERS, load_mesh, save_mesh
-from .records import FormatError, Landmarks, _atomic_write
+from .dce import save_png
+from .records import FormatError, Landmarks, atomic_path, atomic_write
 from .scan_formats import read_abs, read_bnt
 
 REGIONS = ("forehead", "nose", "eyes", "cheeks", "mouth", "chin")
@@ -244,7 +244,7 @@ def write_scalar_ply(path, V: np.ndarray, F: np.ndarray, scalars: dict,
     header += [f"element face {len(F)}", "property list uchar int vertex_indices",
                "end_header"]
     data = ("\n".join(header) + "\n").encode("ascii") + vertex.tobytes() + face.tobytes()
-    _atomic_write(path, data)
+    atomic_write(path, data)
     return Path(path)
 
 
@@ -288,10 +288,7 @@ def plot_cumulative(path, curves: dict, max_mm: float = CURVE_MAX_MM) -> Path:
         median = error_stats(d).median_mm
         draw.text((box[2] - 230, box[3] - 18 * (len(curves) - k) - 4),
                   f"{label}: median {median:.3f} mm", fill=color)
-    buffer = _bytes_io.BytesIO()
-    picture.save(buffer, format="PNG")
-    _atomic_write(path, buffer.getvalue())
-    return Path(path)
+    return save_png(path, picture)
 
 
 # ------------------------------------------------------------ folders
@@ -423,13 +420,11 @@ def write_ground_truth(folder, stem: str, scan, landmarks: np.ndarray) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / (stem + split[1])
-    tmp = folder / f".{path.name}.{os.getpid()}.tmp"
-    tmp.unlink(missing_ok=True)
-    try:
-        os.symlink(os.path.relpath(scan.resolve(), folder.resolve()), tmp)
-    except OSError:  # no symbolic links here (some Windows set-ups): a copy
-        shutil.copyfile(scan, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path, split[1]) as tmp:
+        try:
+            os.symlink(os.path.relpath(scan.resolve(), folder.resolve()), tmp)
+        except OSError:  # no symbolic links here (some Windows set-ups): a copy
+            shutil.copyfile(scan, tmp)
     write_landmarks(folder / (stem + LANDMARKS_SUFFIX), Landmarks(L))
     return path
 
@@ -491,9 +486,9 @@ def evaluate_folders(pred_dir, gt_dir, out_dir, metric: bool = False, regions: b
         labels = np.concatenate(pooled_regions)
         summary["regions"] = {name: error_stats(distances[labels == k]).to_dict()
                               for k, name in enumerate(REGIONS)}
-    _atomic_write(out / "summary.json", (json.dumps(summary, indent=2, allow_nan=False)
+    atomic_write(out / "summary.json", (json.dumps(summary, indent=2, allow_nan=False)
                                          + "\n").encode("utf-8"))
-    _atomic_write(out / "summary.md", summary_markdown(summary).encode("utf-8"))
+    atomic_write(out / "summary.md", summary_markdown(summary).encode("utf-8"))
     plot_cumulative(out / "cumulative_error.png",
                     {("metric" if metric else "scaled") + " alignment": distances})
     return FolderEvaluation(summary, distances)

@@ -35,7 +35,7 @@ import numpy as np
 
 from .obj_off import _read_obj, _read_off, _write_obj, _write_off
 from .ply import _read_ply, _write_ply
-from .records import FormatError, Mesh, PathLike, _atomic_write, _check_plausible, _existing_file
+from .records import FormatError, Mesh, PathLike, atomic_write, _check_plausible, _existing_file
 from .stl import _read_stl, _write_stl
 from .vrml import _read_wrl, _write_wrl
 
@@ -157,4 +157,4 @@ def save_mesh(path: PathLike, mesh: Mesh) -> None:
         raise FormatError(f"{path}: unknown mesh extension {path.suffix!r} "
                           f"(known: {', '.join(sorted(_MESH_WRITERS))})")
     mesh.validate(f"{path} (mesh to save)")
-    _atomic_write(path, writer(mesh))
+    atomic_write(path, writer(mesh))

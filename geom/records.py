@@ -19,9 +19,10 @@ The file formats live in :mod:`dce.geom.mesh_formats`,
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Iterator, Optional, Sequence, Union
 
 import numpy as np
 
@@ -154,18 +155,27 @@ def _check_terminated(data: bytes, src: str) -> None:
                           f"after it (truncated file? a complete file ends with a newline)")
 
 
-def _atomic_write(path: PathLike, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, then rename it over
-    ``path`` (readers in other processes never see a partial file)."""
+@contextmanager
+def atomic_path(path: PathLike, suffix: str = "") -> Iterator[Path]:
+    """The one way geom writes a file whole: yields a temporary path beside
+    ``path`` to write, renamed over ``path`` when the block ends and removed
+    when it raises, so that no reader (in this or another process) ever sees
+    a partial file. ``suffix`` ends the temporary name, for writers that
+    choose the format by extension (".png", ".gz"); the name always holds
+    ".tmp" before it, so that no folder walk mistakes it for an input."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp{suffix}")
     try:
-        with open(tmp, "xb") as f:
-            f.write(data)
+        yield tmp
         os.replace(tmp, path)
-    except BaseException:
+    finally:
         tmp.unlink(missing_ok=True)
-        raise
+
+
+def atomic_write(path: PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` whole (:func:`atomic_path`)."""
+    with atomic_path(path) as tmp, open(tmp, "xb") as f:
+        f.write(data)
 
 
 # ------------------------------------------------------------- range scans

@@ -20,7 +20,7 @@ import numpy as np
 from numba import njit
 
 from .records import (MAX_COORDINATE, MIN_SCAN_POINTS, FormatError, PathLike, RangeScan,
-                      _atomic_write, _check_terminated, _existing_file)
+                      atomic_write, _check_terminated, _existing_file)
 
 # The largest .abs grid read (FRGC: 480 x 640). It also bounds what an
 # .abs.gz may decompress to, together with MAX_ABS_BYTES_PER_PIXEL.
@@ -232,7 +232,7 @@ def write_abs(path: PathLike, scan: RangeScan) -> None:
     if path.name.lower().endswith(".gz"):
         # mtime=0 keeps the bytes a pure function of the scan (reproducible builds).
         data = gzip.compress(data, compresslevel=6, mtime=0)
-    _atomic_write(path, data)
+    atomic_write(path, data)
 
 
 @njit(cache=True)
@@ -367,5 +367,5 @@ def write_bnt(path: PathLike, scan: RangeScan, zmin: float = -1e9) -> None:
     name = (scan.texture_path.name if scan.texture_path is not None
             else path.stem + ".png").encode("ascii")
     data = np.ascontiguousarray(np.moveaxis(cols, -1, 0), dtype="<f8")
-    _atomic_write(path, struct.pack("<HHdH", H, W, zmin, len(name)) + name
+    atomic_write(path, struct.pack("<HHdH", H, W, zmin, len(name)) + name
                   + struct.pack("<I", data.size) + data.tobytes())

@@ -39,7 +39,8 @@ import numpy as np
 from dce.gan import h5format as fmt
 
 from .projection import camera_from_array
-from .dce import DCEImage
+from .records import atomic_write
+from .dce import DCEImage, save_png
 
 try:
     import fcntl
@@ -245,10 +246,8 @@ class PairWriter:
                 shutil.rmtree(self.partial)
             os.makedirs(self.partial)
             self._take_lock()
-            tmp = os.path.join(self.partial, SETTINGS + ".tmp")
-            with open(tmp, "w", encoding="utf-8") as fh:
-                json.dump(settings, fh, sort_keys=True, indent=1)
-            os.replace(tmp, os.path.join(self.partial, SETTINGS))
+            atomic_write(os.path.join(self.partial, SETTINGS),
+                         json.dumps(settings, sort_keys=True, indent=1).encode("utf-8"))
         self._ids = set().union(*self._segments.values())
 
     def _take_lock(self) -> None:
@@ -586,6 +585,4 @@ def preview_pairs(path, k: int, out_png, seed: int = 0) -> str:
                         col = np.clip((x[side][g] + 1.0) * 127.5, 0, 255).transpose(1, 2, 0)
                         img = Image.fromarray((col * m[side][..., None]).astype(np.uint8), "RGB")
                     canvas.paste(img, (P + (si * len(groups) + gi) * (W + P), y + L))
-    out_png = os.fspath(out_png)
-    canvas.save(out_png)
-    return out_png
+    return os.fspath(save_png(out_png, canvas))

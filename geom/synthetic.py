@@ -41,18 +41,20 @@ import os
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence
 
 import numpy as np
 
 from .face_anatomy import (EXPRESSION_NAMES, IDENTITY_FACTORS, LANDMARK_UV, eye_opening,
                            identity_fields, mean_surface)
 from .face_detail import detail_field, draw_detail
+from .dce import save_png
 from .io import (Landmarks, Mesh, RangeScan, load_mesh, read_abs, save_mesh, write_abs,
                  write_landmarks)
 from .morphable import fit_to_landmarks
 from .projection import FRONTAL, OrthographicCamera
 from .raster import rasterize
+from .records import PathLike, atomic_write
 from .scanner import _grid_normals, render_scan, scanner_camera
 from .synthetic_world import (SUBJECT_BASE, FaceWorld, Identity, WorldSettings, _rng,
                               build_world, draw_identity, draw_scan, grid_faces,
@@ -68,42 +70,12 @@ __all__ = [
     "SUBJECT_BASE", "FaceWorld", "Identity", "WorldSettings", "build_world", "draw_identity",
     "draw_scan", "grid_faces", "ground_truth_surface", "model_shape", "param_axes",
     # private helpers that benchmarks/ reach through this module
-    "_rng", "_write_bytes", "_ppm_bytes",
+    "_rng", "_ppm_bytes",
 ]
-
-PathLike = Union[str, os.PathLike]
 
 FORMAT = "dce-synthetic-world/1"
 
 # ------------------------------------------------------------------ files
-
-def _write_bytes(path: Path, data: bytes) -> None:
-    """Write through a temporary file renamed over ``path``."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _write_range(path: Path, scan: RangeScan) -> None:
-    """:func:`dce.geom.io.write_abs` through a temporary name renamed over
-    ``path``. A gzip header holds the time of writing (bytes 4-7, MTIME, not
-    covered by any checksum); it is set to 0, "no time", so that the same
-    scan gives the same bytes."""
-    tmp = path.with_name(f".{os.getpid()}.{os.urandom(4).hex()}.{path.name}")
-    try:
-        write_abs(tmp, scan)
-        if path.name.lower().endswith(".gz"):
-            with open(tmp, "r+b") as fh:
-                if fh.read(2) == b"\x1f\x8b":
-                    fh.seek(4)
-                    fh.write(b"\0\0\0\0")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
 
 def _json_bytes(obj) -> bytes:
     return (json.dumps(obj, indent=1) + "\n").encode("utf-8")
@@ -156,12 +128,13 @@ def make_scan(world: FaceWorld, out_dir: PathLike, seed: int, identity: Identity
         0.0, s.landmark_noise_px, (68, 2))
     fit = fit_to_landmarks(world.model, noisy, n_expression=None,
                            regularization=max(s.landmark_noise_px, 0.5) ** 2)
-    _write_range(out / files["range"], RangeScan(scan.xyz, scan.valid))
-    _write_bytes(out / files["photo"], _ppm_bytes(scan.photo))
+    # write_abs is atomic and leaves no time in a gzip header: the same scan, the same bytes.
+    write_abs(out / files["range"], RangeScan(scan.xyz, scan.valid))
+    atomic_write(out / files["photo"], _ppm_bytes(scan.photo))
     write_landmarks(out / files["landmarks"], Landmarks(scan.landmarks_2d))
     save_mesh(out / files["coarse_mesh"],
               Mesh(model_shape(world.model, fit.identity, fit.expression), world.model.faces))
-    _write_bytes(out / files["coarse_camera"], _json_bytes(fit.camera.to_dict()))
+    atomic_write(out / files["coarse_camera"], _json_bytes(fit.camera.to_dict()))
     record = {
         "stem": stem, "subject": identity.subject, "shot": shot, "key": world_key(seed, s),
         "identity_index": identity.index, "identity": _floats(identity.coefficients),
@@ -177,7 +150,7 @@ def make_scan(world: FaceWorld, out_dir: PathLike, seed: int, identity: Identity
         "detail": identity.detail.summary(),
         "valid_pixels": int(scan.valid.sum()), "spike_pixels": int(scan.spikes.sum()),
     }
-    _write_bytes(out / files["record"], _json_bytes(record))
+    atomic_write(out / files["record"], _json_bytes(record))
     return record
 
 
@@ -313,7 +286,7 @@ def generate_world(out_dir: PathLike, identities: int = 60, seed: int = 0,
         "scans": [records[index, shot] for index in range(identities) for shot in shots],
     }
     data = _json_bytes(manifest)
-    _write_bytes(out / "world.json", data)
+    atomic_write(out / "world.json", data)
     return json.loads(data)  # as load_world reads it (lists, not tuples)
 
 
@@ -408,16 +381,8 @@ def preview_world(out_dir: PathLike, n: int = 4, size: int = 512) -> list:
                             dtype=np.float64) / 255.0 for p in crops]
         grey = [np.repeat(g[..., None], 3, axis=2) for g in (gt_depth, gt_head, c_depth, c_head)]
         row = (np.concatenate(grey + crops, axis=1) * 255 + 0.5).astype(np.uint8)
-        path = out / "previews" / f"{record['stem']}.png"
-        tmp = path.with_name(f".{path.name}.tmp.png")
-        Image.fromarray(row).save(tmp)
-        os.replace(tmp, path)
-        paths.append(path)
+        paths.append(save_png(out / "previews" / f"{record['stem']}.png", row))
         rows.append(row)
     if rows:
-        path = out / "previews" / "world.png"
-        tmp = path.with_name(".world.png.tmp.png")
-        Image.fromarray(np.concatenate(rows, axis=0)).save(tmp)
-        os.replace(tmp, path)
-        paths.append(path)
+        paths.append(save_png(out / "previews" / "world.png", np.concatenate(rows, axis=0)))
     return paths
