@@ -310,7 +310,7 @@ def test_bounded_solver_matches_scipy_bvls():
     columns, some bounded columns, Tikhonov terms)."""
     from scipy.optimize import lsq_linear
 
-    from dce.geom.morphable import _regularized_lstsq
+    from dce.geom.bounded_lsq import regularized_lstsq
 
     rng = np.random.default_rng(18)
     for trial in range(5):
@@ -320,7 +320,7 @@ def test_bounded_solver_matches_scipy_bvls():
         reg = np.where(np.arange(n) < 34, rng.uniform(0, 4), 0.0)
         lo, hi = np.full(n, -np.inf), np.full(n, np.inf)
         lo[10:30], hi[10:30] = 0.0, 1.0
-        ours = _regularized_lstsq(A, b, reg, (lo, hi))
+        ours = regularized_lstsq(A, b, reg, (lo, hi))
         stacked = np.vstack([A, np.diag(np.sqrt(reg))])
         ref = lsq_linear(stacked, np.r_[b, np.zeros(n)], bounds=(lo, hi), method="bvls",
                          tol=1e-14).x
