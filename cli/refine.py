@@ -39,8 +39,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from dce.cli.build import MAX_SIZE
 from dce.cli.options import check_output, integer, number
 from dce.geom.dataset import BuildConfig
@@ -147,41 +145,36 @@ RENDER_OPTIONS = {"depth_scale": "--depth-scale", "curvature_scale": "--curvatur
                   "curvature": "--curvature", "margin": "--margin"}
 
 
-def resolve_normalization(args, normalization) -> None:
-    """Fill the rendering options left unset (None) from the checkpoint's
-    ``normalization`` (None: a checkpoint from before dce stored it, which
-    gets the build's defaults, said on stdout). A given option whose value
-    differs from the checkpoint's is refused (NormalizationMismatch naming
-    both): the network would read the image in the wrong units."""
-    from dce.gan.h5format import check_normalization
+def resolve_settings(args, normalization):
+    """The rendering settings (``dce.geom.refine.ViewSettings``): the options
+    given, the rest from the checkpoint's ``normalization`` (None: a
+    checkpoint from before dce stored it, which gets the build's defaults,
+    said on stdout with --mesh). A given option whose value differs from
+    the checkpoint's is refused (NormalizationMismatch naming both): the
+    network would read the image in the wrong units."""
+    from dce.geom.refine import view_settings
 
     given = {key: getattr(args, key) for key in RENDER_OPTIONS if getattr(args, key) is not None}
-    check_normalization(normalization, given, args.checkpoint,
-                        "the command line (" + ", ".join(f"{RENDER_OPTIONS[k]} {v}"
-                                                         for k, v in given.items()) + ")")
-    known = dict(normalization or {})
-    if "size" in known:
-        known["size"] = known["size"][0]
-    unset = [key for key in (*RENDER_OPTIONS, "size") if getattr(args, key) is None]
-    for key in unset:
-        setattr(args, key, known.get(key, getattr(_BUILD, key)))
-    defaulted = [key for key in unset if key not in known]
-    if defaulted and args.mesh is not None:
+    settings = view_settings(normalization, args.size, model_name=args.checkpoint,
+                             given_name="the command line (" + ", ".join(
+                                 f"{RENDER_OPTIONS[k]} {v}" for k, v in given.items()) + ")",
+                             **given)
+    if settings.defaulted and args.mesh is not None:
         print(f"{args.checkpoint} does not record how its training images were made (trained "
               "before dce stored it); using the build defaults: "
-              + ", ".join(f"{key} {getattr(args, key)}" for key in defaulted))
-    args.crop_radius = known.get("crop_radius", _BUILD.crop_radius)
+              + ", ".join(f"{key} {getattr(settings, key)}" for key in settings.defaulted))
+    return settings
 
 
-
-def read_mesh_inputs(args) -> tuple:
-    """The --mesh inputs read and checked before the network loads: (the
-    coarse side as a ``dataset.PreparedMesh`` (cropped when its landmarks
-    are known), the DCE image's camera, the whole input mesh)."""
+def mesh_coarse(args, refiner, settings):
+    """The --mesh inputs read and checked, and the coarse side rendered from
+    them (``dce.geom.refine.CoarseFace``; cropped when its landmarks are
+    known)."""
     from dce.geom import dataset
     from dce.geom.io import FormatError, load_mesh, read_landmarks
     from dce.geom.landmarks import NoFaceError, detect_landmarks, load_image
     from dce.geom.projection import read_camera
+    from dce.geom.refine import coarse_from_mesh
 
     mesh = load_mesh(args.mesh)
     landmarks_3d = camera = landmarks_2d = photo = None
@@ -201,165 +194,28 @@ def read_mesh_inputs(args) -> tuple:
             raise FormatError(f"{args.landmarks}: holds 3D points; --landmarks needs 68 photo "
                               "landmarks x y in pixels")
         landmarks_2d = lm.points
-    try:
-        return (*dataset.prepare_view(mesh, landmarks_3d, camera, landmarks_2d, photo, args.size,
-                                      args.curvature, args.margin, radius=args.crop_radius),
-                mesh)
+    if settings.size % refiner.resolution:
+        raise ValueError(f"--size {settings.size} is not a multiple of the resolution of "
+                         f"{args.checkpoint} ({refiner.resolution} px)")
+    try:  # e.g. landmarks that do not fit, or RGB channels of a mesh without colours
+        return coarse_from_mesh(mesh, refiner, settings, camera=camera,
+                                landmarks_2d=landmarks_2d, photo=photo,
+                                landmarks_3d=landmarks_3d, model_name=args.checkpoint)
     except ValueError as error:
         raise FormatError(f"{args.mesh}: {error}") from None
 
 
-def coarse_inputs(args, inputs, refiner) -> tuple:
-    """(coarse mesh, coarse DCEImage with the checkpoint's input channels,
-    target DCEImage or None, colour image or None)."""
-    from dce.gan.configs import channel_indices
-    from dce.gan.h5format import PairFileError
-    from dce.geom.dataset import render_view
-    from dce.geom.io import FormatError
-    from dce.geom.reconstruct import depth_image_mesh
-
-    channels = refiner.input_channels
-    if args.mesh is not None:
-        if args.size % refiner.resolution:
-            raise ValueError(f"--size {args.size} is not a multiple of the resolution of "
-                             f"{args.checkpoint} ({refiner.resolution} px)")
-        side, camera, _ = inputs
-        try:
-            image, rgb = render_view(side, camera, args.size, channels,
-                                     depth_scale=args.depth_scale,
-                                     curvature_scale=args.curvature_scale)
-        except ValueError as error:  # e.g. RGB channels of a mesh without colours
-            raise FormatError(f"{args.mesh}: {error}") from None
-        print(f"{args.mesh}: {side.mesh.n_vertices} vertices"
-              + (" after cropping" if side.landmarks_3d is not None else "")
-              + f", rendered at {args.size} px")
-        return side.mesh, image, None, rgb
-    from dce.gan.h5format import check_normalization, normalization, validate
-
-    check_normalization(refiner.normalization, normalization(validate(args.pairs)),
-                        args.checkpoint, args.pairs)
-    source = f"{args.pairs} (for {args.checkpoint}, {refiner.settings.config})"
-    for side in (inputs.coarse, inputs.target):  # the missing channels, named with the file
-        channel_indices(channels, side.channels, source)
-    image, target = inputs.coarse.select(channels), inputs.target.select(channels)
-    rgb = inputs.coarse.rgb()  # from all the file's channels
-    mesh, _ = depth_image_mesh(image.physical("depth"), image.mask, image.camera,
-                               args.max_jump_mm, rgb)
-    if mesh.n_faces == 0:
-        raise PairFileError(f"{args.pairs}: sample {inputs.sample_id} has no coarse surface "
-                            "to refine (empty depth image)")
-    print(f"{args.pairs}: sample {inputs.sample_id} (subject {inputs.subject}, "
-          f"{inputs.split} split), {image.mask.shape[0]} px")
-    return mesh, image, target, rgb
-
-
-# ----------------------------------------------------------------- outputs
-
-
-def refine_image(refiner, coarse):
-    """The refined DCEImage: the network's output channels, in the coarse
-    image's normalization and camera; background where the output is."""
-    from dce.gan.h5format import FOREGROUND_ABOVE
-    from dce.geom.refined_mesh import refine_dce_image
-
-    return refine_dce_image(refiner, coarse, FOREGROUND_ABOVE)
-
-
-def depth_mae(coarse, refined, target) -> tuple:
-    """Depth MAE in mm over the target's face pixels (dce-eval's face MAE at
-    the image's full size) of the coarse and the refined image, and the
-    number of those pixels."""
-    import torch
-
-    from dce.gan.h5format import FOREGROUND_ABOVE
-    from dce.gan.evaluate import image_mae
-
-    depth = [torch.from_numpy(d.image[None, ..., d.channels.index("depth")])
-             for d in (coarse, refined, target)]
-    mm = abs(float(target.scale[target.channels.index("depth")]))
-    maes = [float(image_mae(x, depth[2], face_only=True)[0]) * mm for x in depth[:2]]
-    return maes[0], maes[1], int((depth[2] >= FOREGROUND_ABOVE).sum())
-
-
-def topology_inputs(args, inputs, coarse_mesh) -> tuple:
-    """(the mesh --keep-topology moves: the whole input mesh, or the coarse
-    depth grid of a pair file; which of its vertices were rendered (None:
-    all); the coarse mesh's 68 landmarks (68, 3) mm or None)."""
-    if args.mesh is None:
-        return coarse_mesh, None, None
-    side, _, whole = inputs
-    index = getattr(side.mesh, "vertex_index", None)  # set when the view was cropped
-    movable = None
-    if index is not None:
-        movable = np.zeros(whole.n_vertices, dtype=bool)
-        movable[index] = True
-    return whole, movable, side.landmarks_3d
-
-
-def refined_meshes(args, coarse_mesh, coarse_image, refined_image, rgb, topology):
-    """The refined mesh (``dce.geom.refined_mesh.RefinedMeshes``): a new mesh
-    from the refined depth pixels, or with --keep-topology the coarse
-    topology moved; landmarks moved with the surface."""
-    from dce.geom.refined_mesh import refine_meshes
-
-    base, movable, landmarks = topology
-    return refine_meshes(coarse_mesh, coarse_image, refined_image, rgb, landmarks,
-                         args.keep_topology, base, movable, args.max_jump_mm, args.blend_mm)
-
-
-def write_outputs(args, coarse_mesh, coarse_image, refined_image, target, rgb,
-                  topology) -> None:
-    """Reconstruct the refined mesh and write the meshes, landmarks, camera and PNGs."""
-    from dce.geom.dce import save_preview, save_shaded
-    from dce.geom.io import Landmarks, save_mesh, write_landmarks
-    from dce.geom.mesh_eval import signed_colors, write_scalar_ply
-    from dce.geom.projection import write_camera
-    from dce.geom.reconstruct import depth_image_mesh
-
-    camera = coarse_image.camera
-    built = refined_meshes(args, coarse_mesh, coarse_image, refined_image, rgb, topology)
-    refined_mesh, coarse_out = built.refined, built.coarse
-
-    out = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    refined_path, coarse_path = out / f"refined.{args.format}", out / f"coarse.{args.format}"
-    save_mesh(refined_path, refined_mesh)
-    save_mesh(coarse_path, coarse_out)
-    written = []
-    if built.coarse_landmarks is not None:
-        landmark_paths = (out / "coarse.landmarks.txt",
-                          args.landmarks_out or out / "refined.landmarks.txt")
-        landmark_paths[1].parent.mkdir(parents=True, exist_ok=True)
-        for path, points in zip(landmark_paths, (built.coarse_landmarks,
-                                                 built.refined_landmarks)):
-            write_landmarks(path, Landmarks(points))
-        written += landmark_paths
-    if args.displacement_ply:
-        d = built.displacement
-        written.append(write_scalar_ply(out / "displacement.ply", refined_mesh.vertices,
-                                        refined_mesh.faces, {"displacement_mm": d},
-                                        signed_colors(d)))
-    camera_path = write_camera(out / "camera.json", camera)
-    rows, labels = [coarse_image, refined_image], ["coarse", "refined"]
-    meshes, cameras = [coarse_out, refined_mesh], [camera, camera]
-    if target is not None:
-        rows.append(target)
-        labels.append("target")
-        meshes.append(depth_image_mesh(target.physical("depth"), target.mask, target.camera,
-                                       args.max_jump_mm)[0])
-        cameras.append(target.camera)
-    dce_png = save_preview(out / "refined_dce.png", rows, labels)
-    side_png = save_shaded(out / "side_by_side.png", meshes, cameras, labels,
-                           coarse_image.mask.shape[0])
-
-    if target is not None:
-        coarse_mae, refined_mae, n = depth_mae(coarse_image, refined_image, target)
-        print(f"depth MAE over the target's {n} face pixels: coarse {coarse_mae:.3f} mm, "
-              f"refined {refined_mae:.3f} mm")
-    print(f"wrote {refined_path}: {refined_mesh.n_vertices} vertices, {refined_mesh.n_faces} "
-          f"faces ({built.how})")
-    print(f"wrote {coarse_path}: {coarse_out.n_vertices} vertices, {coarse_out.n_faces} faces")
-    print(f"wrote {', '.join(map(str, written + [dce_png, side_png, camera_path]))}")
+def report(result, files) -> None:
+    """The lines dce-refine prints on a refinement written to ``files``:
+    the depth MAE against the target (when known) and the files."""
+    refined, coarse = result.meshes.refined, result.meshes.coarse
+    if result.target is not None:
+        print(f"depth MAE over the target's {result.face_pixels} face pixels: coarse "
+              f"{result.coarse_mae_mm:.3f} mm, refined {result.refined_mae_mm:.3f} mm")
+    print(f"wrote {files.refined}: {refined.n_vertices} vertices, {refined.n_faces} "
+          f"faces ({result.meshes.how})")
+    print(f"wrote {files.coarse}: {coarse.n_vertices} vertices, {coarse.n_faces} faces")
+    print(f"wrote {', '.join(map(str, files.others))}")
 
 
 def main(argv=None) -> int:
@@ -369,7 +225,7 @@ def main(argv=None) -> int:
     from dce.gan.inference import Refiner
     from dce.geom.io import FormatError
     from dce.geom.landmarks import MissingWeightsError
-    from dce.geom.store import read_sample
+    from dce.geom.refine import coarse_from_pairs, refine, save_refinement
 
     try:
         check_output(args.out, [args.checkpoint, args.pairs, args.mesh, args.camera,
@@ -378,14 +234,21 @@ def main(argv=None) -> int:
             check_output(args.landmarks_out, [args.landmarks, args.landmarks_3d, args.mesh],
                          replaceable=lambda p: p.suffix.lower() == ".txt")
         refiner = Refiner(args.checkpoint, args.device)
-        resolve_normalization(args, refiner.normalization)
-        inputs = read_sample(args.pairs, args.sample) if args.pairs else read_mesh_inputs(args)
-        coarse_mesh, coarse_image, target, rgb = coarse_inputs(args, inputs, refiner)
-        topology = topology_inputs(args, inputs, coarse_mesh)
-        try:
-            refined_image = refine_image(refiner, coarse_image)
-        except ValueError as error:
-            raise ValueError(f"{args.checkpoint}: {error}") from None
+        settings = resolve_settings(args, refiner.normalization)
+        if args.pairs is not None:
+            coarse = coarse_from_pairs(args.pairs, refiner, args.sample,
+                                       max_jump_mm=args.max_jump_mm, model_name=args.checkpoint)
+            sample = coarse.sample
+            print(f"{args.pairs}: sample {sample.sample_id} (subject {sample.subject}, "
+                  f"{sample.split} split), {coarse.image.mask.shape[0]} px")
+        else:
+            coarse = mesh_coarse(args, refiner, settings)
+            print(f"{args.mesh}: {coarse.mesh.n_vertices} vertices"
+                  + (" after cropping" if coarse.landmarks is not None else "")
+                  + f", rendered at {settings.size} px")
+        result = refine(refiner, coarse, keep_topology=args.keep_topology,
+                        max_jump_mm=args.max_jump_mm, blend_mm=args.blend_mm,
+                        model_name=args.checkpoint)
     except (CheckpointError, PairFileError, FormatError, MissingWeightsError, ValueError,
             OSError) as error:
         print(f"dce-refine: {error}", file=sys.stderr)
@@ -393,10 +256,13 @@ def main(argv=None) -> int:
     print(f"refined with {args.checkpoint} ({refiner.settings.config}, network at "
           f"{refiner.resolution} px)")
     try:
-        write_outputs(args, coarse_mesh, coarse_image, refined_image, target, rgb, topology)
+        files = save_refinement(args.out, result, args.format, landmarks_out=args.landmarks_out,
+                                displacement_ply=args.displacement_ply,
+                                max_jump_mm=args.max_jump_mm)
     except OSError as error:
         print(f"dce-refine: cannot write the results to {args.out}: {error}", file=sys.stderr)
         return 2
+    report(result, files)
     return 0
 
 

@@ -638,3 +638,92 @@ def test_refine_keep_topology_options_need_each_other(setup, tmp_path, capsys):
         with pytest.raises(SystemExit) as stop:
             refine.main(base + extra)
         assert stop.value.code == 2 and message in capsys.readouterr().err
+
+
+# --------------------------------------------- the library side (dce.geom.refine)
+
+
+def test_view_settings_come_from_the_checkpoint_the_caller_or_the_build():
+    from dce.gan.h5format import NormalizationMismatch
+    from dce.geom.refine import view_settings
+
+    trained = {"channels": ["depth"], "size": [128, 128], "depth_scale": 40.0,
+               "curvature": "absolute", "crop_radius": 100.0}
+    s = view_settings(trained)
+    assert (s.size, s.depth_scale, s.curvature, s.crop_radius) == (128, 40.0, "absolute", 100.0)
+    # Not recorded: dce-build's defaults (0.1 1/mm per unit, a quarter of the box's side).
+    assert (s.curvature_scale, s.margin) == (0.1, 0.25)
+    assert s.defaulted == ("curvature_scale", "margin")
+    s = view_settings(trained, 64, depth_scale=40.0, margin=0.5)
+    assert (s.size, s.depth_scale, s.margin, s.defaulted) == (64, 40.0, 0.5, ("curvature_scale",))
+    old = view_settings(None)  # a checkpoint from before dce stored its normalization
+    assert (old.size, old.depth_scale, old.curvature, old.crop_radius) == (256, 50.0, "mean", 125.0)
+    assert old.defaulted == ("depth_scale", "curvature_scale", "curvature", "margin", "size")
+    with pytest.raises(NormalizationMismatch, match=r"opts has depth_scale=30\.0.*m\.pt.*40\.0"):
+        view_settings(trained, depth_scale=30.0, model_name="m.pt", given_name="opts")
+    with pytest.raises(TypeError, match="depth_scal"):
+        view_settings(trained, depth_scal=40.0)
+
+
+def test_refine_a_pair_sample_with_the_library(setup, tmp_path):
+    """coarse_from_pairs + refine + save_refinement, as dce-refine --pairs:
+    the identity checkpoint gives back the coarse image, so both MAEs equal
+    the coarse image's mean depth error over the target's mask, computed
+    here from the two images."""
+    from dce.gan.inference import Refiner
+    from dce.geom.projection import read_camera
+    from dce.geom.refine import coarse_from_pairs, refine, save_refinement
+
+    refiner = Refiner(setup["checkpoint"])
+    coarse = coarse_from_pairs(setup["pairs"], refiner, "s1/pose1")
+    assert coarse.sample.sample_id == "s1/pose1" and coarse.sample.subject == "s1"
+    assert coarse.image.channels == coarse.target.channels == refiner.input_channels
+    assert distance_to_mesh(coarse.mesh.vertices, head(1)).max() < 1e-3
+    result = refine(refiner, coarse)
+    # Where the coarse image has no surface its depth is the background -1.
+    d = coarse.target.channels.index("depth")
+    face, mm = coarse.target.mask, abs(coarse.target.scale[d])
+    error = np.abs(coarse.image.image[..., d] - coarse.target.image[..., d])[face] * mm
+    assert result.face_pixels == face.sum()
+    assert result.coarse_mae_mm == pytest.approx(error.mean(), rel=1e-5)
+    assert result.refined_mae_mm == pytest.approx(result.coarse_mae_mm, abs=1e-12)
+    np.testing.assert_allclose(result.meshes.refined.vertices, coarse.mesh.vertices, atol=1e-12)
+
+    files = save_refinement(tmp_path / "out", result, "obj")
+    assert files.refined == tmp_path / "out" / "refined.obj"
+    assert [p.name for p in files.others] == ["refined_dce.png", "side_by_side.png",
+                                              "camera.json"]
+    written = load_mesh(files.refined)
+    np.testing.assert_allclose(written.vertices, result.meshes.refined.vertices, atol=1e-6)
+    np.testing.assert_array_equal(written.faces, result.meshes.refined.faces)
+    assert read_camera(files.others[2]).to_dict() == pytest.approx(result.camera.to_dict())
+    with pytest.raises(ValueError, match="keep-topology"):
+        save_refinement(tmp_path / "o2", result, displacement_ply=True)
+
+
+def test_refine_a_mesh_with_the_library_keeping_its_topology(setup, tmp_path):
+    """coarse_from_mesh crops the mesh on its landmarks and marks the
+    cropped vertices movable in the whole mesh; the identity refinement
+    then gives back the whole mesh and its landmarks exactly."""
+    from dce.gan.inference import Refiner
+    from dce.geom.refine import coarse_from_mesh, refine, view_settings
+
+    mesh, index = face_with_landmark_indices(tmp_path)
+    refiner = Refiner(setup["checkpoint"])
+    camera = posed_camera(mesh.vertices[index[30]], 64 / 220.0, 64, yaw=-15)
+    landmarks = mesh.vertices[index]
+    coarse = coarse_from_mesh(mesh, refiner, view_settings(refiner.normalization, 64),
+                              camera=camera, landmarks_3d=landmarks)
+    assert coarse.base is mesh and coarse.target is None
+    assert coarse.mesh.n_vertices < mesh.n_vertices  # cropped
+    assert coarse.movable.shape == (mesh.n_vertices,)
+    assert coarse.movable.sum() == coarse.mesh.n_vertices
+    assert coarse.image.mask.shape == (64, 64) and coarse.image.camera is camera
+    result = refine(refiner, coarse, keep_topology=True)
+    np.testing.assert_array_equal(result.meshes.refined.vertices, mesh.vertices)
+    np.testing.assert_array_equal(result.meshes.refined_landmarks, landmarks)
+    assert not result.meshes.displacement.any() and result.coarse_mae_mm is None
+    odd = 3 * refiner.resolution + 1
+    with pytest.raises(ValueError, match=rf"size {odd} px is not a multiple .* "
+                                         rf"\({refiner.resolution} px\)"):
+        coarse_from_mesh(mesh, refiner, view_settings(refiner.normalization, odd), camera=camera)
