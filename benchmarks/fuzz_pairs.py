@@ -48,7 +48,7 @@ from test_fuzz_pairs import (CHECKPOINT_EDITS, SEMANTIC, checkpoint_campaign,  #
 
 from dce.gan.checkpoint import load_checkpoint  # noqa: E402
 
-CLASSES = ("refused", "same", "warned", "text", "wrong", "uncaught", "hang")
+CLASSES = ("refused", "same", "warned", "text", "wrong", "uncaught", "hang", "crash")
 
 
 def _probe_worker(conn, reference, text) -> None:
@@ -61,14 +61,17 @@ def _probe_worker(conn, reference, text) -> None:
 
 class Prober:
     """Classes mutants in a child process, so that a mutant on which HDF5
-    hangs is counted (``hang``) rather than stopping the campaign: after
-    ``timeout`` seconds the child is killed and a new one started."""
+    hangs or crashes the interpreter is counted (``hang``: no answer within
+    ``timeout`` seconds, the child is killed; ``crash``: the child died)
+    rather than stopping the campaign; a new child takes over. A crashing
+    mutant is kept in ``out/fuzz-crashes/``, for the record."""
 
     def __init__(self, reference, text, timeout: float = 120.0):
         import multiprocessing
 
         self.context = multiprocessing.get_context("spawn")  # no fork of torch's threads
         self.args, self.timeout = (reference, text), timeout
+        self.crashes = 0
         self._start()
 
     def _start(self):
@@ -79,12 +82,20 @@ class Prober:
 
     def __call__(self, path) -> tuple:
         self.conn.send(str(path))
-        if self.conn.poll(self.timeout):
-            return self.conn.recv()
+        try:
+            if self.conn.poll(self.timeout):
+                return self.conn.recv()
+            kind, detail = "hang", f"no answer within {self.timeout:.0f} s"
+        except EOFError:
+            self.crashes += 1
+            kept = ROOT / "out" / "fuzz-crashes" / f"{os.getpid()}-{self.crashes}.h5"
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            kept.write_bytes(Path(path).read_bytes())
+            kind, detail = "crash", f"the reading process died; mutant kept as {kept}"
         self.process.kill()
         self.process.join()
         self._start()
-        return "hang", f"no answer within {self.timeout:.0f} s"
+        return kind, detail
 
     def close(self):
         self.conn.send(None)
@@ -268,10 +279,12 @@ def main(argv=None) -> int:
         "number depends on (provenance, config, created_by, a sample id) reads "
         "differently, unnoticed; *wrong* = "
         "accepted with different numbers (a silently wrong read); *uncaught* = any other "
-        "exception; *hang* = no answer within 120 s (the probe runs in a child process).",
+        "exception; *hang* = no answer within 120 s; *crash* = the reading process died (the "
+        "probe runs in a child process).",
         "",
-        "| campaign | mutants | refused | same | warned | text | wrong | uncaught | hang | note |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| campaign | mutants | refused | same | warned | text | wrong | uncaught | hang | crash "
+        "| note |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
         row("pair file (gzip, 32 px), byte mutants", pair_counts["bytes"],
             "bit flips, random bytes, zeroed runs, cuts, appended bytes"),
         row("pair file, semantic mutants", pair_counts["semantic"],

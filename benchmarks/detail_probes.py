@@ -1,0 +1,260 @@
+"""What the missing detail band is made of, on the built-in world: three
+predictors that need no training, scored with dce-eval's ``detail_corr``
+on the held-out images of a pair file built from the world
+(``dce-build synthetic``). They tell which information a refinement would
+need to come near the ceiling of ``benchmarks/detail_ceiling.py``.
+
+1. *Template mean band*: every coarse mesh of the world is its 3DMM
+   (same vertices), so each pixel of a coarse image has template
+   coordinates: the model's mean face at that vertex, (x, y) mm, rendered
+   with the sample's coarse camera. The missing band BP(target - coarse)
+   of the training images is averaged per 0.5 mm template bin (smoothed by
+   one bin); the predictor adds that mean band at each held-out pixel's
+   template coordinates. It knows where anatomy puts detail on average
+   (mouth slit, nostrils, alar and lid creases, nasolabial folds), and
+   nothing about the person, the expression or the pose.
+2. *Fine fields of the coarse fit*: the coarse mesh's own coefficients
+   (exact least squares: a coarse mesh lies in its model's span) evaluated
+   on the world's 0.5 mm ground-truth grid without detail: what the 2.5 mm
+   mesh loses by its spacing alone.
+3. *Posterior shape*: the identity's posterior-mean coefficients given the
+   noisy landmarks of (a) this scan, (b) both scans of the identity, with
+   the true expression, on the fine grid without detail: what the
+   landmarks tell of the shape, finer than the coarse fit keeps.
+
+With ``--checkpoint``, the detail stage's own refinement is scored too,
+alone and with the template mean band added (one weight, no training).
+
+    python benchmarks/detail_probes.py --data pairs.h5 --world world [--checkpoint det/last.pt]
+
+Writes ``benchmarks/results/detail_probes.md``. About 5 minutes on 2 cores
+for the default world's 240 held-out images.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from scipy.ndimage import gaussian_filter
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT  # noqa: E402
+
+from dce.gan import h5format as fmt  # noqa: E402
+from dce.gan.metrics import band_pass, detail_band_px, detail_corr  # noqa: E402
+from dce.geom import synthetic as S  # noqa: E402
+from dce.geom.io import load_mesh  # noqa: E402
+from dce.geom.projection import camera_from_array  # noqa: E402
+from dce.geom.raster import rasterize  # noqa: E402
+from dce.geom.synthetic_world import _combine  # noqa: E402
+
+BIN_MM = 0.5
+TEMPLATE_BOX = (-90.0, -110.0, 180.0, 220.0)  # x0, y0, width, height of the template, mm
+
+
+class Pairs:
+    """The depth channel, masks, cameras and scales of a pair file, per row."""
+
+    def __init__(self, path: Path):
+        self.f = h5py.File(path, "r")
+        self.split = self.f["split"][()]
+        self.ids = list(self.f["sample_id"].asstr()[()])
+        self.provenance = [json.loads(s) for s in self.f["provenance"].asstr()[()]]
+        self.cameras = self.f["coarse_camera"][()]
+
+    def row(self, i: int) -> dict:
+        f = self.f
+        return {"coarse": fmt.dequantize(f["coarse"][i, 0]),
+                "target": fmt.dequantize(f["target"][i, 0]),
+                "coarse_mask": f["coarse_mask"][i] > 0, "face": f["target_mask"][i] > 0,
+                "offset": f["coarse_offset"][i, 0], "scale": f["coarse_scale"][i, 0],
+                "mm": abs(f["target_scale"][i, 0]), "pixel_mm": 1.0 / f["target_camera"][i, 3, 0]}
+
+
+def score(refined_depth: np.ndarray, r: dict) -> float:
+    """dce-eval's detail_corr of one refined depth image (file units)."""
+    R, C, T = (torch.from_numpy(np.ascontiguousarray(a, np.float32))[None]
+               for a in (refined_depth, r["coarse"], r["target"]))
+    return float(detail_corr(R, C, T, torch.from_numpy(r["face"])[None], r["pixel_mm"])[0])
+
+
+def rendered_depth(P: np.ndarray, faces: np.ndarray, camera, r: dict) -> np.ndarray:
+    """Coarse image with the surface P (model frame) where both have surface."""
+    Q = camera.project(P)
+    image, mask = rasterize(Q, faces, Q[:, 2], *r["coarse"].shape)
+    return np.where(r["coarse_mask"] & mask, (image[..., 0] - r["offset"]) / r["scale"],
+                    r["coarse"])
+
+
+def coarse_mesh_path(pairs: Pairs, world: Path, i: int) -> Path:
+    """The world's coarse mesh of row ``i`` (``<world>/coarse/<stem>.ply``)."""
+    return world / "coarse" / Path(pairs.provenance[i]["coarse"]).name
+
+
+def template_images(pairs: Pairs, world: Path, mean: np.ndarray) -> tuple:
+    """(N, 2, H, W) template (x, y) mm of each pixel's coarse surface, and
+    (N, H, W) where it is drawn."""
+    N, H, W = len(pairs.ids), *pairs.f["coarse_mask"].shape[1:]
+    uv, drawn, meshes = np.zeros((N, 2, H, W), np.float32), np.zeros((N, H, W), bool), {}
+    for i in range(N):
+        path = coarse_mesh_path(pairs, world, i)
+        mesh = meshes.get(path) or meshes.setdefault(path, load_mesh(path))
+        P = camera_from_array(pairs.cameras[i]).project(mesh.vertices)
+        image, drawn[i] = rasterize(P, mesh.faces, mean[:, :2], H, W)
+        uv[i] = image.transpose(2, 0, 1)
+    return uv, drawn
+
+
+def template_mean_band(pairs: Pairs, uv, drawn) -> tuple:
+    """(the mean band (ny, nx) mm per template bin over the training images,
+    a function mapping a held-out row to its predicted band (H, W) mm)."""
+    x0, y0, width, height = TEMPLATE_BOX
+    nx, ny = int(width / BIN_MM), int(height / BIN_MM)
+
+    def bins(i, valid):
+        bx = np.clip(((uv[i, 0][valid] - x0) / BIN_MM).astype(int), 0, nx - 1)
+        by = np.clip(((uv[i, 1][valid] - y0) / BIN_MM).astype(int), 0, ny - 1)
+        return by * nx + bx
+
+    total, count = np.zeros(ny * nx), np.zeros(ny * nx)
+    for i in np.flatnonzero(pairs.split == fmt.TRAIN):
+        r = pairs.row(i)
+        valid = r["coarse_mask"] & r["face"] & drawn[i]
+        fine, coarse = detail_band_px(r["pixel_mm"])
+        band = band_pass(torch.from_numpy((r["target"] - r["coarse"]) * r["mm"])[None],
+                         torch.from_numpy(valid)[None], fine, coarse)[0].numpy()
+        b = bins(i, valid)
+        np.add.at(total, b, band[valid])
+        np.add.at(count, b, 1)
+    count = count.reshape(ny, nx)
+    weight = gaussian_filter(count, 1.0)
+    table = gaussian_filter(total.reshape(ny, nx), 1.0) / np.maximum(weight, 1e-6)
+
+    def predict(i, r):
+        valid = r["coarse_mask"] & drawn[i]
+        band = np.zeros_like(r["coarse"])
+        band[valid] = table.ravel()[bins(i, valid)]
+        return band
+    return table, predict
+
+
+def posterior_mean(world, identity, shots, seed: int = 0) -> np.ndarray:
+    """Posterior-mean identity coefficients given the noisy landmarks of
+    ``shots`` (the world's linear-Gaussian model, true pose and expression;
+    as ``detail_ceiling.posterior_coefficients`` without the draw)."""
+    s = world.settings
+    r, c = world.landmark_fine_rc.T
+    base = np.einsum("jk,jlx->klx", world.mixing, world.fine_identity[:, r, c].astype(np.float64))
+    camera = S.scanner_camera(s)
+    precision = np.eye(len(identity.coefficients))
+    rhs = np.zeros(len(identity.coefficients))
+    for shot in shots:
+        plan = S.draw_scan(world, identity, seed, shot)
+        mean = world.fine_mean[r, c].astype(np.float64) + np.tensordot(
+            plan.expression, world.fine_expression[:, r, c].astype(np.float64), 1)
+
+        def pixels(X):
+            return camera.project(X @ plan.rotation.T + plan.translation)[:, :2]
+
+        x0 = pixels(mean)
+        A = np.stack([(pixels(mean + B) - x0).ravel() for B in base], axis=1)
+        exact = pixels(S.ground_truth_surface(world, identity, plan.expression)[r, c])
+        noisy = exact + S._rng(seed, 3, identity.index, shot).normal(
+            0.0, s.landmark_noise_px, (68, 2))
+        precision += A.T @ A / s.landmark_noise_px ** 2
+        rhs += A.T @ (noisy - x0).ravel() / s.landmark_noise_px ** 2
+    return np.linalg.solve(precision, rhs)
+
+
+def fine_surface(world, identity_coefficients, expression) -> np.ndarray:
+    """(n, 3) the world's fine grid, no detail, model frame."""
+    P = _combine(world.fine_mean, world.mixing @ identity_coefficients, world.fine_identity)
+    return _combine(P, expression, world.fine_expression).reshape(-1, 3)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, required=True, help="pair file built from --world")
+    p.add_argument("--world", type=Path, required=True, help="the world's folder")
+    p.add_argument("--checkpoint", type=Path, default=None,
+                   help="a detail-stage checkpoint to score alone and with the mean band")
+    args = p.parse_args()
+    started = time.perf_counter()
+    pairs = Pairs(args.data)
+    manifest = S.load_world(args.world)
+    world = S.build_world(S.settings_of(manifest))
+    model = world.model
+    uv, drawn = template_images(pairs, args.world, model.mean)
+    _, predict_band = template_mean_band(pairs, uv, drawn)
+    basis = np.concatenate([model.identity_basis.reshape(len(model.identity_basis), -1),
+                            model.expression_basis.reshape(len(model.expression_basis), -1)]).T
+    K = len(model.identity_basis)
+    refiner = None
+    if args.checkpoint is not None:
+        from dce.gan.inference import Refiner
+        refiner = Refiner(args.checkpoint)
+
+    names = ["template mean band", "fine fields of the coarse fit",
+             "posterior shape, this scan's landmarks", "posterior shape, both scans' landmarks"]
+    if refiner is not None:
+        names += ["detail stage", "detail stage + template mean band"]
+    scores = {name: [] for name in names}
+    fits, posteriors = {}, {}
+    for i in np.flatnonzero(pairs.split == fmt.TEST):
+        r = pairs.row(i)
+        camera = camera_from_array(pairs.cameras[i])
+        band = predict_band(i, r)
+        scores[names[0]].append(score(np.where(r["coarse_mask"], r["coarse"] + band / r["mm"],
+                                               r["coarse"]), r))
+        path = coarse_mesh_path(pairs, args.world, i)
+        if path not in fits:
+            V = load_mesh(path).vertices
+            c = np.linalg.lstsq(basis, (V - model.mean).ravel(), rcond=None)[0]
+            fits[path] = fine_surface(world, c[:K], c[K:])
+        scores[names[1]].append(score(rendered_depth(fits[path], world.fine_faces, camera, r), r))
+        stem = pairs.ids[i].split("/")[0]
+        index, shot = int(stem[:5]) - S.SUBJECT_BASE, int(stem[-1])
+        if (index, shot) not in posteriors:
+            identity = S.draw_identity(world, manifest.get("seed", 0), index)
+            expression = S.draw_scan(world, identity, manifest.get("seed", 0), shot).expression
+            posteriors[index, shot] = [fine_surface(world, posterior_mean(world, identity, shots),
+                                                    expression) for shots in ((shot,), (1, 2))]
+        for name, P in zip(names[2:4], posteriors[index, shot]):
+            scores[name].append(score(rendered_depth(P, world.fine_faces, camera, r), r))
+        if refiner is not None:
+            x = np.stack([fmt.dequantize(pairs.f["coarse"][i, k])
+                          for k in range(pairs.f["coarse"].shape[1])])
+            channels = json.loads(pairs.f.attrs["channels"])
+            refined = refiner(x[[channels.index(c) for c in refiner.input_channels]])[
+                refiner.output_channels.index("depth")]
+            scores[names[4]].append(score(refined, r))
+            scores[names[5]].append(score(np.where(r["coarse_mask"], refined + band / r["mm"],
+                                                   refined), r))
+    n = len(scores[names[0]])
+    lines = ["# What the missing detail band is made of (built-in world)", "",
+             f"`python benchmarks/detail_probes.py --data {args.data.name} --world "
+             f"{args.world.name}" + (" --checkpoint ..." if refiner is not None else "") + "`: "
+             f"{n} held-out images at {pairs.f['coarse'].shape[-1]} px; predictors without "
+             "training (see the script's docstring), scored with dce-eval's detail_corr.", "",
+             "| predictor | detail_corr, mean ± s.e. |", "|---|---|"]
+    for name, values in scores.items():
+        v = np.asarray(values, float)
+        v = v[np.isfinite(v)]
+        lines.append(f"| {name} | {v.mean():.3f} ± {v.std(ddof=1) / np.sqrt(len(v)):.3f} |")
+    lines += ["", f"{time.perf_counter() - started:.0f} s on the machine that ran it."]
+    out = ROOT / "benchmarks" / "results" / "detail_probes.md"
+    out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print("\n".join(lines))
+    print(f"-> {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
