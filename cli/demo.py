@@ -161,15 +161,12 @@ def evaluate_3d(out: Path, pairs: Path, model: Path, world: Path, limit: int,
     with its surface); scored against the world's raw range scan with the
     exact scanner-frame landmarks of world.json, by dce-eval-mesh --metric's
     protocol. {"faces", "table", "png", "folders"}."""
-    from dce.gan.h5format import FOREGROUND_ABOVE
     from dce.gan.inference import Refiner
     from dce.geom.io import load_mesh
     from dce.geom.landmark_formats import read_vertex_indices
     from dce.geom.mesh_eval import (comparison_markdown, evaluate_folders, plot_cumulative,
                                     write_ground_truth, write_prediction)
-    from dce.geom.reconstruct import depth_image_mesh
-    from dce.geom.refined_mesh import refine_dce_image, refine_meshes
-    from dce.geom.store import read_sample
+    from dce.geom.refine import coarse_from_pairs, refine
     from dce.geom.synthetic import load_world
 
     folder = out / "eval_3d"
@@ -188,13 +185,11 @@ def evaluate_3d(out: Path, pairs: Path, model: Path, world: Path, limit: int,
         if record is None:
             raise ValueError(f"{world / 'world.json'}: no scan {stem!r} (sample {sample_id} of "
                              f"{pairs}): the pair file was built from another world")
-        image = read_sample(pairs, sample_id).coarse
-        rgb = image.rgb()
-        image = image.select(refiner.input_channels)
-        coarse, _ = depth_image_mesh(image.physical("depth"), image.mask, image.camera, None, rgb)
-        fit = load_mesh(world / record["files"]["coarse_mesh"])
-        meshes = refine_meshes(coarse, image, refine_dce_image(refiner, image, FOREGROUND_ABOVE),
-                               rgb, fit.vertices[landmark_vertices])
+        coarse = coarse_from_pairs(pairs, refiner, sample_id, model_name=model)
+        # The fit's own landmark vertices, carried onto the refined mesh.
+        coarse.landmarks = load_mesh(world / record["files"]["coarse_mesh"]).vertices[
+            landmark_vertices]
+        meshes = refine(refiner, coarse, model_name=model).meshes
         write_prediction(folder / "coarse", stem, meshes.coarse, meshes.coarse_landmarks)
         write_prediction(folder / "refined", stem, meshes.refined, meshes.refined_landmarks)
         write_ground_truth(folder / "scans", stem, world / record["files"]["range"],
@@ -237,12 +232,144 @@ class Steps:
         return time.perf_counter() - self.started
 
 
-def _run(command: str, main, argv: list) -> None:
-    print("  $ " + command + " " + " ".join(str(a) for a in argv), flush=True)
-    code = main([str(a) for a in argv])
-    if code != 0:
-        raise SystemExit(f"dce-demo: {command} failed (exit status {code}); fix the cause and "
-                         "rerun dce-demo: finished steps are kept")
+def _failed(what: str, error) -> SystemExit:
+    return SystemExit(f"dce-demo: {what} failed: {error}; fix the cause and rerun dce-demo: "
+                      "finished steps are kept")
+
+
+def build_pairs(world: Path, pairs: Path, identities: int, size: int, poses: int, seed: int,
+                workers: int) -> None:
+    """Step 1, as ``dce-build synthetic`` with a preview of 8 pairs: the
+    synthetic world of ``identities`` (generated when missing) and its pair
+    file; a finished file of these settings is kept, a partial one resumed."""
+    from dce.cli.build import SCAN_BYTES, _check_disk, _is_pair_file
+    from dce.geom import sources, store
+    from dce.geom.build import BuildInterrupted, build
+    from dce.geom.dataset import BuildConfig
+    from dce.geom.synthetic import generate_world
+
+    try:
+        check_output(pairs, [world, world / "world.json", world / "world_model.npz"],
+                     replaceable=_is_pair_file)
+        if not (world / "world.json").is_file():
+            _check_disk(world, 2 * identities * SCAN_BYTES, "the synthetic world")
+            print(f"generating the synthetic world ({identities} identities) in {world}")
+            generate_world(world, identities=identities, seed=seed, workers=workers)
+        report = build(sources.synthetic_world(world), pairs,
+                       BuildConfig(size=size, poses=poses, seed=seed), command="synthetic",
+                       workers=workers)
+    except store.EmptyBuildError as error:
+        for pair_id, reason in error.failures:
+            print(f"FAILED {pair_id}: {reason}", file=sys.stderr)
+        raise _failed("the build", error) from None
+    except (BuildInterrupted, ValueError, OSError) as error:  # PairFileError is a ValueError
+        raise _failed("the build", error) from None
+    if report.up_to_date:
+        print(f"  {pairs} is already built with this configuration; nothing to do")
+        return
+    summary = report.summary
+    print(f"done: {report.written} new samples, {summary['n_samples']} in the file "
+          f"({summary['n_train']} train / {summary['n_test']} test), "
+          f"{len(report.failures)} pair(s) failed, {report.seconds:.1f} s -> {pairs}")
+    for pair_id, reason in report.failures:
+        print(f"FAILED {pair_id}: {reason}", file=sys.stderr)
+    print(f"preview: {store.preview_pairs(pairs, 8, pairs.with_suffix('.png'), seed=seed)}")
+    if report.failures:
+        raise _failed("the build", f"{len(report.failures)} pair(s) failed")
+
+
+def _train(trainer, last: Path, line: str, what: str) -> None:
+    """Resume ``trainer`` from ``last`` when it exists, say ``line``, then
+    train it; an interruption stops the demo (the checkpoint is kept)."""
+    if last.exists():
+        trainer.resume(last)
+        print(f"resumed at iteration {trainer.iteration}")
+    print(line)
+    trainer.train()
+    if trainer.interrupted:
+        raise _failed(what, "interrupted")
+
+
+def train_global(pairs: Path, run: Path, preset: str, iters_per_resolution, seed: int,
+                 device: str, workers: int) -> None:
+    """Step 2, as ``dce-train`` with the preset's settings."""
+    from dce.gan.checkpoint import CheckpointError
+    from dce.gan.h5format import PairFileError
+    from dce.gan.train import Trainer, TrainSettings
+
+    try:
+        settings = TrainSettings(data=str(pairs), out=str(run), preset=preset,
+                                 iters_per_resolution=iters_per_resolution, seed=seed,
+                                 device=device, workers=workers)
+        trainer = Trainer(settings)
+        _train(trainer, run / "last.pt",
+               f"training {settings.config} on {trainer.device} ({len(trainer.data)} samples, "
+               f"{trainer.total} iterations: "
+               + ", ".join(f"{s.resolution}px" for s in trainer.schedule) + ")", "the training")
+    except (PairFileError, CheckpointError, ValueError, RuntimeError, OSError) as error:
+        # RuntimeError includes TrainingDiverged (the last good checkpoint is kept).
+        raise _failed("the training", error) from None
+
+
+def train_detail(pairs: Path, model: Path, detail: Path, iterations: int, crop: int, seed: int,
+                 device: str) -> None:
+    """Step 3, as ``dce-train-detail`` with its default settings."""
+    from dce.gan.checkpoint import CheckpointError
+    from dce.gan.detail import DetailSettings, DetailTrainer
+    from dce.gan.h5format import PairFileError
+
+    try:
+        settings = DetailSettings(data=str(pairs), out=str(detail), global_checkpoint=str(model),
+                                  iterations=iterations, crop=crop, seed=seed, device=device)
+        trainer = DetailTrainer(settings)
+        _train(trainer, detail / "last.pt",
+               f"detail stage on {trainer.device}: {settings.iterations} iterations of "
+               f"{settings.batch_size} crops of {settings.crop} px, over the global network "
+               f"{model}", "the detail stage")
+    except (PairFileError, CheckpointError, ValueError, RuntimeError, OSError) as error:
+        raise _failed("the detail stage", error) from None
+
+
+def evaluate_2d(pairs: Path, model: Path, folder: Path, heatmaps: int, device: str) -> None:
+    """Step 4, as ``dce-eval``: ``model`` on the held-out split at the
+    file's resolution -> ``folder``/mae.md, mae.csv and ``heatmaps`` heat
+    maps."""
+    from dce.gan.checkpoint import CheckpointError
+    from dce.gan.evaluate import evaluate, write_heatmaps, write_table
+    from dce.gan.h5format import PairFileError
+
+    try:
+        scores, kept, info = evaluate(model, pairs, device=device, keep_images=heatmaps)
+        md, csv_path = write_table(scores, folder, info)
+        print(md.read_text(encoding="utf-8"))
+        print(f"table: {md}, {csv_path}")
+        if heatmaps:
+            paths = write_heatmaps(kept, folder / "heatmaps")
+            print(f"{len(paths)} heat maps in {folder / 'heatmaps'}")
+    except (PairFileError, CheckpointError, ValueError, RuntimeError, OSError) as error:
+        raise _failed("the evaluation", error) from None
+
+
+def refine_one(pairs: Path, model: Path, out: Path) -> None:
+    """Step 5, as ``dce-refine --pairs``: the first held-out sample refined
+    by ``model`` to a mesh, the files in ``out``."""
+    from dce.cli.refine import report
+    from dce.gan.checkpoint import CheckpointError
+    from dce.gan.inference import Refiner
+    from dce.geom.refine import coarse_from_pairs, refine, save_refinement
+
+    try:
+        refiner = Refiner(model)  # on the CPU, as dce-refine by default
+        coarse = coarse_from_pairs(pairs, refiner, model_name=model)
+        result = refine(refiner, coarse, model_name=model)
+        files = save_refinement(out, result)
+    except (CheckpointError, ValueError, OSError) as error:  # PairFileError, FormatError
+        raise _failed("the refinement", error) from None
+    sample = coarse.sample
+    print(f"{pairs}: sample {sample.sample_id} (subject {sample.subject}, {sample.split} "
+          f"split) refined with {model} ({refiner.settings.config}, network at "
+          f"{refiner.resolution} px)")
+    report(result, files)
 
 
 def _rel(path: Path, root: Path) -> str:
@@ -324,7 +451,6 @@ def write_report(out: Path, steps: Steps, info: dict) -> Path:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from dce.cli import build, evaluate, refine, train, train_detail
     from dce.gan.h5format import describe
     from dce.gan.report import DETAIL_CURVES, plot_losses
 
@@ -342,27 +468,18 @@ def main(argv=None) -> int:
     evaluation, global_eval = out / "eval", out / "eval_global"
 
     steps.next("dataset: synthetic world -> aligned DCE pairs (dce-build)")
-    _run("dce-build", build.main,
-         ["synthetic", "--world", out / "world", "--identities", args.identities, "-o", pairs,
-          "--size", args.size, "--poses", args.poses, "--seed", args.seed, "--workers", workers,
-          "--preview", 8])
+    build_pairs(out / "world", pairs, args.identities, args.size, args.poses, args.seed, workers)
 
     steps.next(f"training the progressive network, preset {args.preset} (dce-train)")
-    argv = [pairs, "-o", run, "--preset", args.preset, "--device", args.device, "--seed",
-            args.seed, "--workers", min(workers, 2)]
-    if args.iters_per_resolution:
-        argv += ["--iters-per-resolution", args.iters_per_resolution]
-    _run("dce-train", train.main, argv + (["--resume"] if (run / "last.pt").exists() else []))
+    train_global(pairs, run, args.preset, args.iters_per_resolution, args.seed, args.device,
+                 min(workers, 2))
 
     model = run / "last.pt"
     steps.next("training the detail stage at full resolution (dce-train-detail)")
     if args.detail_iterations > 0:
         # Crops of 96 px on the default 256 px images; smaller images, smaller crops.
-        argv = [pairs, model, "-o", detail, "--iterations", args.detail_iterations,
-                "--crop", min(96, args.size // 2 // 2 * 2), "--device", args.device,
-                "--seed", args.seed]
-        _run("dce-train-detail", train_detail.main,
-             argv + (["--resume"] if (detail / "last.pt").exists() else []))
+        train_detail(pairs, model, detail, args.detail_iterations,
+                     min(96, args.size // 2 // 2 * 2), args.seed, args.device)
         model = detail / "last.pt"
     else:
         print("  skipped (--detail-iterations 0)")
@@ -371,14 +488,12 @@ def main(argv=None) -> int:
     for folder in (evaluation, global_eval):
         if folder.exists():
             shutil.rmtree(folder)
-    _run("dce-eval", evaluate.main, [pairs, model, "-o", evaluation, "--heatmaps",
-                                     args.heatmaps, "--device", _torch_device(args)])
+    evaluate_2d(pairs, model, evaluation, args.heatmaps, _torch_device(args))
     if model != run / "last.pt":
-        _run("dce-eval", evaluate.main, [pairs, run / "last.pt", "-o", global_eval,
-                                         "--device", _torch_device(args)])
+        evaluate_2d(pairs, run / "last.pt", global_eval, 0, _torch_device(args))
 
     steps.next("one held-out face refined to a mesh (dce-refine)")
-    _run("dce-refine", refine.main, [model, "--pairs", pairs, "-o", out / "refined"])
+    refine_one(pairs, model, out / "refined")
 
     steps.next("held-out faces in 3D against the world's scans (dce-eval-mesh --metric)")
     eval_3d = {}

@@ -2,6 +2,7 @@
 import re
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from dce.cli import demo
@@ -78,3 +79,14 @@ def test_loss_curves_from_a_resumed_log(tmp_path):
     np.testing.assert_allclose(records["g_pixel"], [1, 0.5, 1 / 3, 0.125])
     picture = Image.open(plot_losses(log, tmp_path / "curves.png"))
     assert picture.size[1] % 180 == 0 and picture.size[1] // 180 == 1  # only g_pixel logged
+
+
+def test_a_demo_step_that_cannot_start_stops_the_demo_with_the_reason(tmp_path):
+    """The demo calls the library: a setting the trainer refuses stops it
+    with one line naming the step and the setting, before any file is made."""
+    with pytest.raises(SystemExit) as stop:
+        demo.train_global(tmp_path / "pairs.h5", tmp_path / "run", "no-such-preset", None, 0,
+                          "cpu", 0)
+    message = str(stop.value.code)
+    assert message.startswith("dce-demo: the training failed: ") and "no-such-preset" in message
+    assert "finished steps are kept" in message and not (tmp_path / "run").exists()
