@@ -20,7 +20,8 @@ import numpy as np
 
 from .normalization import (NORMALIZATION_KEYS, NormalizationMismatch, check_normalization,
                             normalization)
-from .pair_integrity import (check_chunk, check_chunks, check_mask_values, check_masks,
+from .pair_integrity import (check_chunk, check_chunk_index, check_chunks, check_mask_values,
+                             check_masks,
                              check_text_heaps, read_rows, read_sample, skippable_filters)
 from .pair_layout import (BACKGROUND, DEFAULT_TEST_FRACTION, FOREGROUND_ABOVE, FORMAT_NAME,
                           FORMAT_VERSION, IMAGE_DATASETS, MASK_DATASETS, QUANT_MAX,
@@ -37,7 +38,8 @@ __all__ = [
     "LegacyPairFileWarning", "PairFileError", "dequantize", "quantize", "sample_name",
     "sample_shape", "split_subjects", "text_digest", "write_text_digest",
     # HDF5 integrity (pair_integrity)
-    "check_chunk", "check_chunks", "check_mask_values", "check_masks", "check_text_heaps",
+    "check_chunk", "check_chunk_index", "check_chunks", "check_mask_values", "check_masks",
+    "check_text_heaps",
     "read_rows", "read_sample", "skippable_filters",
     # normalization
     "NORMALIZATION_KEYS", "NormalizationMismatch", "check_normalization", "normalization",
@@ -182,6 +184,7 @@ def _check(path, f: h5py.File, require_complete: bool) -> dict:
     height, width = (_integer(path, attrs, k, 1) for k in ("height", "width"))
     C = len(channels)
     names = list(SAMPLE_DATASETS) + ([SPLIT] if complete else [])
+    file_size = os.path.getsize(path)
     ds = {}  # each dataset looked up once: a lookup by name costs more than a check
     for name in names:
         d = f.get(name)
@@ -207,6 +210,7 @@ def _check(path, f: h5py.File, require_complete: bool) -> dict:
             _fail(path, f"dataset {name!r} is stored as a non-standard {kind} type (damaged "
                         "header: its values would be converted)")
         _check_storage(path, name, d, name in IMAGE_DATASETS + MASK_DATASETS)
+        check_chunk_index(path, d, file_size)
     for name in IMAGE_DATASETS:
         q = ds[name].attrs.get("quantization")
         q = q.decode("utf-8", "replace") if isinstance(q, bytes) else q

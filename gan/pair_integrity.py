@@ -165,6 +165,33 @@ def skippable_filters(dataset: h5py.Dataset) -> int:
                if plist.get_filter(i)[0] == h5py.h5z.FILTER_LZF)
 
 
+def check_chunk_index(path, dataset: h5py.Dataset, file_size: int) -> int:
+    """PairFileError naming ``path`` and the dataset unless every chunk that
+    the chunked ``dataset``'s index lists is non-empty and lies inside the
+    file (``file_size`` bytes). Run before any chunk is read: HDF5 crashes
+    the process (a segmentation fault, not an error) when it reads a chunk
+    of a dataset whose index holds an empty one (found by
+    ``benchmarks/fuzz_pairs.py``: one chunk size zeroed). Returns the number
+    of chunks listed (0 for a contiguous dataset)."""
+    if dataset.chunks is None:
+        return 0
+    chunks = []
+    try:
+        if hasattr(dataset.id, "chunk_iter"):  # one pass over the index (HDF5 >= 1.12.3)
+            dataset.id.chunk_iter(chunks.append)
+        else:
+            chunks = [dataset.id.get_chunk_info(i) for i in range(dataset.id.get_num_chunks())]
+    except (OSError, RuntimeError, ValueError) as error:
+        _fail(path, f"dataset {_dataset_name(dataset)!r}: unreadable chunk index (damaged "
+                    f"file: {error})")
+    for info in chunks:
+        if info.size == 0 or info.byte_offset < 0 or info.byte_offset + info.size > file_size:
+            _fail(path, f"dataset {_dataset_name(dataset)!r}: its chunk index lists a chunk of "
+                        f"{info.size} bytes at byte {info.byte_offset} of a {file_size}-byte "
+                        "file (damaged index)")
+    return len(chunks)
+
+
 def check_chunk(path, dataset: h5py.Dataset, coord, ids=None, skippable=None) -> None:
     """PairFileError naming ``path``, the dataset and the sample unless the
     chunk of a chunked ``dataset`` starting at ``coord`` is in the file's

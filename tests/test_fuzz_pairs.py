@@ -553,6 +553,41 @@ def test_text_digest_separates_fields():
     assert fmt.text_digest({"config": "x"}, strings) == fmt.text_digest({"config": b"x"}, strings)
 
 
+def test_an_empty_chunk_in_the_index_is_refused_not_a_crash(tmp_path):
+    """One chunk size zeroed in a B-tree key (found by the long campaign):
+    HDF5 then crashes the process on reading any chunk of that dataset. The
+    readers must refuse the file first. Run in a child process, which a
+    crash would kill."""
+    import struct
+    import subprocess
+    import sys
+
+    source = write_pairs_file(tmp_path / "p.h5", size=32)
+    with h5py.File(source, "r") as f:
+        d = f["target_mask"]
+        info = d.id.get_chunk_info(4)
+    # The v1 B-tree key of that chunk: size, filter mask, then its offsets
+    # (one more than the dataset's rank), little-endian.
+    key = struct.pack("<II", info.size, info.filter_mask) + struct.pack(
+        f"<{len(info.chunk_offset) + 1}Q", *info.chunk_offset, 0)
+    original, mutant = source.read_bytes(), tmp_path / "mutant.h5"
+    at = original.find(key)
+    while at >= 0:  # the same key bytes may index another dataset's chunk too
+        mutant.write_bytes(original[:at] + bytes(4) + original[at + 4:])
+        with h5py.File(mutant, "r") as f:
+            if f["target_mask"].id.get_chunk_info(4).size == 0:
+                break
+        at = original.find(key, at + 1)
+    assert at >= 0, "the chunk's key was not found"
+    code = ("import sys; sys.path.insert(0, sys.argv[2]); "
+            "from test_fuzz_pairs import read_all; read_all(sys.argv[1])")
+    run = subprocess.run([sys.executable, "-c", code, str(mutant), str(Path(__file__).parent)],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 1, (run.returncode, run.stderr[-2000:])
+    assert "PairFileError" in run.stderr and str(mutant) in run.stderr
+    assert "'target_mask': its chunk index lists a chunk of 0 bytes" in run.stderr
+
+
 def test_seeded_byte_mutants_of_a_pair_file(tmp_path):
     """200 byte mutants: none reads silently wrong, none raises anything but
     PairFileError naming the file. (About two thirds of such a small file is
