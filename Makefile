@@ -2,7 +2,7 @@
 # Python environment; a GPU user who installed a CUDA torch keeps it.
 PYTHON ?= python3
 
-.PHONY: install demo test bench
+.PHONY: install demo lint test bench
 
 install:
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install "torch==2.13.0"
@@ -11,7 +11,10 @@ install:
 demo: install
 	dce-demo --out demo
 
-test: install
+lint: install
+	$(PYTHON) -m ruff check .
+
+test: lint
 	$(PYTHON) -m pytest
 
 bench: install

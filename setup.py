@@ -19,7 +19,7 @@ GEOM = [
 ]
 # No exact torch pin: a GPU user installs their CUDA build first and keeps it.
 GAN = ["torch>=2.0", "h5py>=3.8", "numpy>=1.24", "pillow>=9.0"]
-DEV = ["pytest>=7.0", "tensorboard>=2.10"]
+DEV = ["pytest>=7.0", "ruff>=0.5", "tensorboard>=2.10"]
 
 setup(
     name="dce",

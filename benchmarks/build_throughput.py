@@ -22,6 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import best_and_median  # noqa: E402
+
 from dce.geom import crop, dataset, filters, io, morphable, synthetic  # noqa: E402
 from dce.geom.dce import surface_geometry  # noqa: E402
 from dce.geom.landmarks import landmarks_to_3d  # noqa: E402

@@ -25,9 +25,10 @@ import numpy as np
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1] / "tests")]
 
 import analytic  # noqa: E402  (the analytic test surfaces)
+from common import DATA, best_and_median  # noqa: E402
+
 from dce.geom import curvature as C  # noqa: E402
 from dce.geom.io import load_mesh  # noqa: E402
-from common import DATA, best_and_median  # noqa: E402
 
 TARGET_S = 0.3
 

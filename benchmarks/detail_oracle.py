@@ -24,8 +24,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dce.gan.data import PairDataset  # noqa: E402
-from dce.gan.h5format import FOREGROUND_ABOVE  # noqa: E402
 from dce.gan.detail import pixel_sizes  # noqa: E402
+from dce.gan.h5format import FOREGROUND_ABOVE  # noqa: E402
 from dce.gan.metrics import band_pass, detail_corr, gaussian_blur_masked, normal_error_deg  # noqa: E402
 
 

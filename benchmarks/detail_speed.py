@@ -19,6 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import timed  # noqa: E402
+
 from dce.gan.detail import LocalEnhancer, PatchCritic, gradient_term, pixel_term  # noqa: E402
 from dce.gan.losses import gradient_penalty  # noqa: E402
 

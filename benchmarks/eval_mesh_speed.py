@@ -36,8 +36,15 @@ import numpy as np  # noqa: E402
 sys.path[:0] = [str(Path(__file__).resolve().parent)]
 
 from common import ROOT, best_and_median  # noqa: E402
-from dce.geom.alignment import (Similarity, crop_sphere, icp, inside_sphere,  # noqa: E402
-                                now_landmarks, procrustes)
+
+from dce.geom.alignment import (  # noqa: E402
+    Similarity,
+    crop_sphere,
+    icp,
+    inside_sphere,
+    now_landmarks,
+    procrustes,
+)
 from dce.geom.io import Landmarks, Mesh, save_mesh, write_landmarks  # noqa: E402
 from dce.geom.mesh_eval import evaluate_folders, evaluate_mesh  # noqa: E402
 from dce.geom.synthetic import LANDMARK_UV, grid_faces, mean_surface  # noqa: E402

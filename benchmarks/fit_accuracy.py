@@ -33,6 +33,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DATA, ROOT  # noqa: E402
+
 from dce.geom.io import read_landmarks  # noqa: E402
 from dce.geom.morphable import FitGate, fit_to_landmarks, load_model  # noqa: E402
 from dce.geom.projection import rotation_from_euler  # noqa: E402

@@ -18,8 +18,8 @@ loaded machine a harmful one: run with ``OPENBLAS_NUM_THREADS=1`` (or
 from __future__ import annotations
 
 import argparse
-import sys
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -27,6 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DATA, best_and_median  # noqa: E402
+
 from dce.geom.morphable import MorphableModel, fit_to_landmarks, load_model
 from dce.geom.projection import posed_camera
 

@@ -43,8 +43,14 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-from test_fuzz_pairs import (CHECKPOINT_EDITS, SEMANTIC, checkpoint_campaign,  # noqa: E402
-                             classify, pair_campaign, write_pairs_file)
+from test_fuzz_pairs import (  # noqa: E402
+    CHECKPOINT_EDITS,
+    SEMANTIC,
+    checkpoint_campaign,
+    classify,
+    pair_campaign,
+    write_pairs_file,
+)
 
 from dce.gan.checkpoint import load_checkpoint  # noqa: E402
 

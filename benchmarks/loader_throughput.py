@@ -50,11 +50,12 @@ from torch.utils.data import Subset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import timed  # noqa: E402
+from train_throughput import make_step  # noqa: E402
+
 from dce.gan import h5format as fmt  # noqa: E402
 from dce.gan.configs import get_config  # noqa: E402
 from dce.gan.data import DCE, PairDataset, make_loader  # noqa: E402
 from dce.gan.networks import Discriminator, Generator  # noqa: E402
-from train_throughput import make_step  # noqa: E402
 
 RESOLUTIONS = (4, 8, 16, 32, 64, 256)
 

@@ -22,6 +22,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import timed  # noqa: E402
+
 from dce.gan.configs import get_config, kappa  # noqa: E402
 from dce.gan.losses import discriminator_loss, generator_loss, gradient_penalty  # noqa: E402
 from dce.gan.networks import Discriminator, Generator  # noqa: E402

@@ -14,9 +14,9 @@ cost can be attributed. --quick: 8 identities, 3 repeats.
 from __future__ import annotations
 
 import argparse
-import sys
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,6 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import best_and_median  # noqa: E402
+
 from dce.geom import synthetic as S
 from dce.geom.io import Landmarks, RangeScan, save_mesh, write_abs, write_landmarks
 from dce.geom.morphable import fit_to_landmarks

@@ -12,8 +12,8 @@ reported and skipped. `dce-build inspect FILE` prints what a file holds.
 from __future__ import annotations
 
 import argparse
-import shutil
 import os
+import shutil
 import sys
 from pathlib import Path
 

@@ -164,8 +164,13 @@ def evaluate_3d(out: Path, pairs: Path, model: Path, world: Path, limit: int,
     from dce.gan.inference import Refiner
     from dce.geom.io import load_mesh
     from dce.geom.landmark_formats import read_vertex_indices
-    from dce.geom.mesh_eval import (comparison_markdown, evaluate_folders, plot_cumulative,
-                                    write_ground_truth, write_prediction)
+    from dce.geom.mesh_eval import (
+        comparison_markdown,
+        evaluate_folders,
+        plot_cumulative,
+        write_ground_truth,
+        write_prediction,
+    )
     from dce.geom.refine import coarse_from_pairs, refine
     from dce.geom.synthetic import load_world
 

@@ -39,8 +39,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import PairDataset
 from . import h5format
+from .data import PairDataset
 from .h5format import FOREGROUND_ABOVE, PairFileError
 from .metrics import depth_normals, detail_corr, normal_error_deg
 from .report import save_png

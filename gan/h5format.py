@@ -18,17 +18,53 @@ import warnings
 import h5py
 import numpy as np
 
-from .normalization import (NORMALIZATION_KEYS, NormalizationMismatch, check_normalization,
-                            normalization)
-from .pair_integrity import (check_chunk, check_chunk_index, check_chunks, check_mask_values,
-                             check_masks,
-                             check_text_heaps, read_rows, read_sample, skippable_filters)
-from .pair_layout import (BACKGROUND, DEFAULT_TEST_FRACTION, FOREGROUND_ABOVE, FORMAT_NAME,
-                          FORMAT_VERSION, IMAGE_DATASETS, MASK_DATASETS, QUANT_MAX,
-                          QUANTIZATION, SAMPLE_DATASETS, SPLIT, STRING_DATASETS, TEST,
-                          TEXT_ATTRIBUTES, TEXT_DIGEST, TRAIN, UNITS, LegacyPairFileWarning,
-                          PairFileError, _fail, _strings, dequantize, quantize, sample_name,
-                          sample_shape, split_subjects, text_digest, write_text_digest)
+from .normalization import (
+    NORMALIZATION_KEYS,
+    NormalizationMismatch,
+    check_normalization,
+    normalization,
+)
+from .pair_integrity import (
+    check_chunk,
+    check_chunk_index,
+    check_chunks,
+    check_mask_values,
+    check_masks,
+    check_text_heaps,
+    read_rows,
+    read_sample,
+    skippable_filters,
+)
+from .pair_layout import (
+    BACKGROUND,
+    DEFAULT_TEST_FRACTION,
+    FOREGROUND_ABOVE,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    IMAGE_DATASETS,
+    MASK_DATASETS,
+    QUANT_MAX,
+    QUANTIZATION,
+    SAMPLE_DATASETS,
+    SPLIT,
+    STRING_DATASETS,
+    TEST,
+    TEXT_ATTRIBUTES,
+    TEXT_DIGEST,
+    TRAIN,
+    UNITS,
+    LegacyPairFileWarning,
+    PairFileError,
+    _fail,
+    _strings,
+    dequantize,
+    quantize,
+    sample_name,
+    sample_shape,
+    split_subjects,
+    text_digest,
+    write_text_digest,
+)
 
 __all__ = [
     # layout (pair_layout)

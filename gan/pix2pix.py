@@ -11,8 +11,8 @@ channel configuration's discriminator set).
 from __future__ import annotations
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 L1_WEIGHT = 100.0
 INIT_STD = 0.02

@@ -43,9 +43,25 @@ from .losses import discriminator_loss, generator_loss, gradient_penalty
 from .networks import Stage, build_networks, fade_reals, generate, stage_at
 from .pix2pix import pix2pix_discriminator_loss, pix2pix_generator_loss
 from .report import save_png
-from .settings import (AMP_MODES, DEFAULT_BETAS, DEFAULT_LR, MAX_SEED, MAX_WORKERS, MODELS,
-                       PRESET_LR, PRESET_MASKED_LOSS, PRESET_RESIDUAL, PRESETS, TrainSettings,
-                       check_choice, check_flag, check_float, check_int, is_int, is_number)
+from .settings import (
+    AMP_MODES,
+    DEFAULT_BETAS,
+    DEFAULT_LR,
+    MAX_SEED,
+    MAX_WORKERS,
+    MODELS,
+    PRESET_LR,
+    PRESET_MASKED_LOSS,
+    PRESET_RESIDUAL,
+    PRESETS,
+    TrainSettings,
+    check_choice,
+    check_flag,
+    check_float,
+    check_int,
+    is_int,
+    is_number,
+)
 
 __all__ = [
     # the settings (dce.gan.settings), re-exported

@@ -30,8 +30,13 @@ from typing import TYPE_CHECKING, Optional, Union
 
 import numpy as np
 
-from .landmark_fit import (EXPRESSION_STIFFNESS, LANDMARK_NOISE, FitGate, FitRejected,
-                           fit_to_landmarks)
+from .landmark_fit import (
+    EXPRESSION_STIFFNESS,
+    LANDMARK_NOISE,
+    FitGate,
+    FitRejected,
+    fit_to_landmarks,
+)
 from .landmark_formats import _checked_indices, read_vertex_indices
 from .mesh_formats import load_mesh
 from .morphable import load_model

@@ -51,7 +51,6 @@ import igl
 import numpy as np
 from numba import njit
 
-
 # --- input checks -------------------------------------------------------------
 
 def _check_mesh(V, F):

@@ -20,8 +20,13 @@ from . import crop, filters
 from .dce import DCEImage, SurfaceGeometry, render_dce, resolve_channels, surface_geometry
 from .landmark_formats import read_landmarks, read_vertex_indices
 from .landmarks import landmarks_to_3d
-from .projection import (OrthographicCamera, camera_array, crop_camera, fit_orthographic,
-                         rotation_from_euler)
+from .projection import (
+    OrthographicCamera,
+    camera_array,
+    crop_camera,
+    fit_orthographic,
+    rotation_from_euler,
+)
 from .records import IBUG68_NOSE_TIP, FormatError, Mesh, RangeScan
 from .sampling import sample_image_bilinear
 

@@ -18,8 +18,7 @@ from typing import Optional
 
 import numpy as np
 
-from .face_anatomy import (EXPRESSION_NAMES, LANDMARK_UV, _g, _lid_curves, _lip_line,
-                           _step)
+from .face_anatomy import EXPRESSION_NAMES, LANDMARK_UV, _g, _lid_curves, _lip_line, _step
 
 
 @dataclass

@@ -24,14 +24,44 @@ reader never sees a half-written file. Algorithms import the records from
 """
 from .landmark_formats import read_landmarks, read_vertex_indices, write_landmarks
 from .mesh_formats import load_mesh, save_mesh
-from .records import (BOSPHORUS_NOSE_TIP, IBUG68_BROWS, IBUG68_CHIN, IBUG68_EYES, IBUG68_GROUPS,
-                      IBUG68_INNER_LIPS, IBUG68_JAW, IBUG68_LEFT_BROW, IBUG68_LEFT_EYE,
-                      IBUG68_MOUTH, IBUG68_NOSE, IBUG68_NOSE_BRIDGE, IBUG68_NOSE_TIP,
-                      IBUG68_NOSTRILS, IBUG68_OUTER_LIPS, IBUG68_RIGHT_BROW, IBUG68_RIGHT_EYE,
-                      MAX_COORDINATE, MAX_PIXEL, MIN_SCAN_POINTS, FormatError, Landmarks, Mesh,
-                      PathLike, RangeScan, jaw_contour, nose_tip)
-from .scan_formats import (MAX_ABS_BYTES_PER_PIXEL, MAX_GRID_PIXELS, MAX_NAME_BYTES, read_abs,
-                           read_bnt, write_abs, write_bnt)
+from .records import (
+                      BOSPHORUS_NOSE_TIP,
+                      IBUG68_BROWS,
+                      IBUG68_CHIN,
+                      IBUG68_EYES,
+                      IBUG68_GROUPS,
+                      IBUG68_INNER_LIPS,
+                      IBUG68_JAW,
+                      IBUG68_LEFT_BROW,
+                      IBUG68_LEFT_EYE,
+                      IBUG68_MOUTH,
+                      IBUG68_NOSE,
+                      IBUG68_NOSE_BRIDGE,
+                      IBUG68_NOSE_TIP,
+                      IBUG68_NOSTRILS,
+                      IBUG68_OUTER_LIPS,
+                      IBUG68_RIGHT_BROW,
+                      IBUG68_RIGHT_EYE,
+                      MAX_COORDINATE,
+                      MAX_PIXEL,
+                      MIN_SCAN_POINTS,
+                      FormatError,
+                      Landmarks,
+                      Mesh,
+                      PathLike,
+                      RangeScan,
+                      jaw_contour,
+                      nose_tip,
+)
+from .scan_formats import (
+                      MAX_ABS_BYTES_PER_PIXEL,
+                      MAX_GRID_PIXELS,
+                      MAX_NAME_BYTES,
+                      read_abs,
+                      read_bnt,
+                      write_abs,
+                      write_bnt,
+)
 from .vrml import MAX_VRML_TOKEN
 
 __all__ = [

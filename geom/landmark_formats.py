@@ -17,8 +17,16 @@ from typing import Optional
 
 import numpy as np
 
-from .records import (MAX_COORDINATE, MAX_PIXEL, FormatError, Landmarks, PathLike, atomic_write,
-                      _check_terminated, _existing_file)
+from .records import (
+    MAX_COORDINATE,
+    MAX_PIXEL,
+    FormatError,
+    Landmarks,
+    PathLike,
+    _check_terminated,
+    _existing_file,
+    atomic_write,
+)
 
 
 def _text_lines(path: Path):

@@ -49,11 +49,20 @@ import igl
 import numpy as np
 from scipy.spatial import cKDTree
 
-from .alignment import (NOW_RADIUS_FACTOR, AlignmentError, IcpResult, Similarity, crop_sphere,
-                        icp, inside_sphere, now_landmarks, procrustes)
+from .alignment import (
+    NOW_RADIUS_FACTOR,
+    AlignmentError,
+    IcpResult,
+    Similarity,
+    crop_sphere,
+    icp,
+    inside_sphere,
+    now_landmarks,
+    procrustes,
+)
+from .dce import save_png
 from .landmark_formats import read_landmarks, write_landmarks
 from .mesh_formats import _MESH_READERS, load_mesh, save_mesh
-from .dce import save_png
 from .records import FormatError, Landmarks, atomic_path, atomic_write
 from .scan_formats import read_abs, read_bnt
 

@@ -35,10 +35,9 @@ import numpy as np
 
 from .obj_off import _read_obj, _read_off, _write_obj, _write_off
 from .ply import _read_ply, _write_ply
-from .records import FormatError, Mesh, PathLike, atomic_write, _check_plausible, _existing_file
+from .records import FormatError, Mesh, PathLike, _check_plausible, _existing_file, atomic_write
 from .stl import _read_stl, _write_stl
 from .vrml import _read_wrl, _write_wrl
-
 
 _MESH_READERS = {".ply": _read_ply, ".obj": _read_obj, ".off": _read_off,
                  ".stl": _read_stl, ".wrl": _read_wrl}

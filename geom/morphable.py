@@ -67,8 +67,17 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .landmark_fit import (CONTOURS, EXPRESSION_STIFFNESS, LANDMARK_NOISE, SLIDING_ITERATIONS,
-                           Fit, FitGate, FitRejected, fit_in_frame, fit_to_landmarks)
+from .landmark_fit import (
+    CONTOURS,
+    EXPRESSION_STIFFNESS,
+    LANDMARK_NOISE,
+    SLIDING_ITERATIONS,
+    Fit,
+    FitGate,
+    FitRejected,
+    fit_in_frame,
+    fit_to_landmarks,
+)
 from .records import FormatError, Mesh, PathLike, _existing_file
 
 __all__ = [

@@ -17,7 +17,6 @@ import numpy as np
 
 from .records import FormatError, Mesh, _check_terminated
 
-
 # --- text records (OBJ, OFF)
 
 def _scan_records(payload: bytes, corners: bool):

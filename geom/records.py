@@ -28,7 +28,6 @@ import numpy as np
 
 from .sampling import sample_image_bilinear
 
-
 PathLike = Union[str, os.PathLike]
 
 

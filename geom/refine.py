@@ -26,8 +26,13 @@ from typing import Mapping, Optional, Union
 import numpy as np
 
 from dce.gan.configs import channel_indices
-from dce.gan.h5format import (FOREGROUND_ABOVE, PairFileError, check_normalization,
-                              normalization, validate)
+from dce.gan.h5format import (
+    FOREGROUND_ABOVE,
+    PairFileError,
+    check_normalization,
+    normalization,
+    validate,
+)
 
 from . import dataset
 from .dataset import BuildConfig

@@ -23,8 +23,7 @@ from typing import Optional
 import numpy as np
 
 from .dce import DCEImage
-from .reconstruct import depth_image_mesh, displace_along_view, merge_with_coarse, \
-    move_with_surface
+from .reconstruct import depth_image_mesh, displace_along_view, merge_with_coarse, move_with_surface
 from .records import Mesh
 
 

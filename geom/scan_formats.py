@@ -19,8 +19,16 @@ from pathlib import Path
 import numpy as np
 from numba import njit
 
-from .records import (MAX_COORDINATE, MIN_SCAN_POINTS, FormatError, PathLike, RangeScan,
-                      atomic_write, _check_terminated, _existing_file)
+from .records import (
+    MAX_COORDINATE,
+    MIN_SCAN_POINTS,
+    FormatError,
+    PathLike,
+    RangeScan,
+    _check_terminated,
+    _existing_file,
+    atomic_write,
+)
 
 # The largest .abs grid read (FRGC: 480 x 640). It also bounds what an
 # .abs.gz may decompress to, together with MAX_ABS_BYTES_PER_PIXEL.

@@ -26,8 +26,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .face_anatomy import (LANDMARK_UV, _brow_line, _g, _lid_curves, _lip_line, _pair, _step,
-                           eye_opening)
+from .face_anatomy import (
+    LANDMARK_UV,
+    _brow_line,
+    _g,
+    _lid_curves,
+    _lip_line,
+    _pair,
+    _step,
+    eye_opening,
+)
 from .projection import FRONTAL, OrthographicCamera
 from .raster import rasterize
 from .synthetic_world import FaceWorld, Identity, ScanPlan, WorldSettings, ground_truth_surface

@@ -16,7 +16,6 @@ import numpy as np
 from .ply import _ply_numbers
 from .records import FormatError, Mesh
 
-
 _STL_FACET = re.compile(rb"\s*facet\s+normal" + rb"\s+(\S+)" * 3 + rb"\s+outer\s+loop"
                         + (rb"\s+vertex" + rb"\s+(\S+)" * 3) * 3 + rb"\s+endloop\s+endfacet",
                         re.IGNORECASE)

@@ -38,9 +38,9 @@ import numpy as np
 
 from dce.gan import h5format as fmt
 
+from .dce import DCEImage, save_png
 from .projection import camera_from_array
 from .records import atomic_write
-from .dce import DCEImage, save_png
 
 try:
     import fcntl

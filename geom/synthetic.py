@@ -45,20 +45,45 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .face_anatomy import (EXPRESSION_NAMES, IDENTITY_FACTORS, LANDMARK_UV, eye_opening,
-                           identity_fields, mean_surface)
-from .face_detail import detail_field, draw_detail
 from .dce import save_png
-from .io import (Landmarks, Mesh, RangeScan, load_mesh, read_abs, save_mesh, write_abs,
-                 write_landmarks)
+from .face_anatomy import (
+    EXPRESSION_NAMES,
+    IDENTITY_FACTORS,
+    LANDMARK_UV,
+    eye_opening,
+    identity_fields,
+    mean_surface,
+)
+from .face_detail import detail_field, draw_detail
+from .io import (
+    Landmarks,
+    Mesh,
+    RangeScan,
+    load_mesh,
+    read_abs,
+    save_mesh,
+    write_abs,
+    write_landmarks,
+)
 from .morphable import fit_to_landmarks
 from .projection import FRONTAL, OrthographicCamera
 from .raster import rasterize
 from .records import PathLike, atomic_write
 from .scanner import _grid_normals, render_scan, scanner_camera
-from .synthetic_world import (SUBJECT_BASE, FaceWorld, Identity, WorldSettings, _rng,
-                              build_world, draw_identity, draw_scan, grid_faces,
-                              ground_truth_surface, model_shape, param_axes)
+from .synthetic_world import (
+    SUBJECT_BASE,
+    FaceWorld,
+    Identity,
+    WorldSettings,
+    _rng,
+    build_world,
+    draw_identity,
+    draw_scan,
+    grid_faces,
+    ground_truth_surface,
+    model_shape,
+    param_axes,
+)
 
 __all__ = [
     # this module: files, generation, previews

@@ -16,13 +16,22 @@ from typing import Optional
 
 import numpy as np
 
-from .face_anatomy import (EXPRESSION_NAMES, EXPRESSIONS, IDENTITY_FACTORS, LANDMARK_UV,
-                           U_MAX, V_MAX, V_MIN, _radial, expression_fields, identity_fields,
-                           mean_surface)
+from .face_anatomy import (
+    EXPRESSION_NAMES,
+    EXPRESSIONS,
+    IDENTITY_FACTORS,
+    LANDMARK_UV,
+    U_MAX,
+    V_MAX,
+    V_MIN,
+    _radial,
+    expression_fields,
+    identity_fields,
+    mean_surface,
+)
 from .face_detail import Detail, detail_field, draw_detail
 from .morphable import MorphableModel
 from .projection import rotation_from_euler
-
 
 # ------------------------------------------------------------------ the world model
 

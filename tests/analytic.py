@@ -119,10 +119,10 @@ def _grid_faces(shape, periodic):
     nu, nv = shape
     iu = np.arange(nu if periodic[0] else nu - 1)
     iv = np.arange(nv if periodic[1] else nv - 1)
-    I, J = np.meshgrid(iu, iv, indexing="ij")
-    I, J = I.ravel(), J.ravel()
-    I1, J1 = (I + 1) % nu, (J + 1) % nv
-    a, b, c, d = I * nv + J, I1 * nv + J, I1 * nv + J1, I * nv + J1
+    Iu, Jv = np.meshgrid(iu, iv, indexing="ij")
+    Iu, Jv = Iu.ravel(), Jv.ravel()
+    I1, J1 = (Iu + 1) % nu, (Jv + 1) % nv
+    a, b, c, d = Iu * nv + Jv, I1 * nv + Jv, I1 * nv + J1, Iu * nv + J1
     return np.concatenate([np.column_stack([a, b, c]), np.column_stack([a, c, d])])
 
 

@@ -4,8 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from dce.gan.checkpoint import (CheckpointError, load_checkpoint, rng_state, save_checkpoint,
-                                set_rng_state)
+from dce.gan.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 
 
 def test_round_trip_and_no_temporary_left(tmp_path):

@@ -10,11 +10,11 @@ import sys
 
 import pytest
 import torch
+from test_data import write_pairs
 
 from dce.gan.checkpoint import load_checkpoint
 from dce.gan.networks import Generator
 from dce.gan.train import Trainer, TrainSettings
-from test_data import write_pairs
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

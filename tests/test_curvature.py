@@ -3,12 +3,12 @@ analytic surfaces (tests/analytic.py), hand-computed cases, libigl as a
 second method, and the real Lee Perry-Smith face (detailed vs smooth)."""
 from functools import lru_cache
 
+import analytic
 import igl
 import numpy as np
 import pytest
 import scipy.sparse as sp
 
-import analytic
 from dce.geom import curvature as C
 
 RADIUS = 2.0  # the default

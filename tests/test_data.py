@@ -12,8 +12,17 @@ import pytest
 import torch
 
 from dce.gan import h5format as fmt
-from dce.gan.data import (DCE, PairDataset, PairFileError, downsample, downsample_mask,
-                          make_loader, start_epoch, translate, whole_pixel_shift)
+from dce.gan.data import (
+    DCE,
+    PairDataset,
+    PairFileError,
+    downsample,
+    downsample_mask,
+    make_loader,
+    start_epoch,
+    translate,
+    whole_pixel_shift,
+)
 
 H = W = 32
 SUBJECTS = ["s0", "s0", "s1", "s1", "s2", "s2"]  # s0, s1 train; s2 test

@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from dce.gan.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from dce.gan.detail import (DetailSettings, DetailTrainer, LocalEnhancer, crop_batch,
-                            detail_target)
+from dce.gan.detail import DetailSettings, DetailTrainer, LocalEnhancer, crop_batch, detail_target
 from dce.gan.train import Trainer, TrainSettings
 
 

@@ -5,8 +5,14 @@ import pytest
 
 from dce.geom.alignment import AlignmentError
 from dce.geom.io import FormatError, Mesh, RangeScan, read_abs, write_abs
-from dce.geom.mesh_eval import (comparison_markdown, find_pairs, read_ground_truth,
-                                read_prediction, write_ground_truth, write_prediction)
+from dce.geom.mesh_eval import (
+    comparison_markdown,
+    find_pairs,
+    read_ground_truth,
+    read_prediction,
+    write_ground_truth,
+    write_prediction,
+)
 
 
 def tetrahedron():

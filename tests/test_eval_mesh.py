@@ -10,12 +10,25 @@ from PIL import Image
 from scipy.spatial.transform import Rotation
 
 from dce.cli import eval_mesh
-from dce.geom.alignment import (NOW_FROM_IBUG68, AlignmentError, Similarity, crop_sphere,
-                                inside_sphere, now_landmarks, procrustes)
-from dce.geom.io import Landmarks, Mesh, RangeScan, load_mesh, save_mesh, write_abs, \
-    write_landmarks
-from dce.geom.mesh_eval import (REGIONS, cumulative_curve, error_stats, evaluate_mesh,
-                                face_regions, point_surface_distance, write_scalar_ply)
+from dce.geom.alignment import (
+    NOW_FROM_IBUG68,
+    AlignmentError,
+    Similarity,
+    crop_sphere,
+    inside_sphere,
+    now_landmarks,
+    procrustes,
+)
+from dce.geom.io import Landmarks, Mesh, RangeScan, load_mesh, save_mesh, write_abs, write_landmarks
+from dce.geom.mesh_eval import (
+    REGIONS,
+    cumulative_curve,
+    error_stats,
+    evaluate_mesh,
+    face_regions,
+    point_surface_distance,
+    write_scalar_ply,
+)
 from dce.geom.synthetic import LANDMARK_UV, grid_faces, mean_surface
 
 

@@ -9,7 +9,6 @@ import pytest
 from dce.geom import io
 from dce.geom.io import FormatError, Landmarks, Mesh, RangeScan
 
-
 # ----------------------------------------------------------------- helpers
 
 def grid_mesh(H=4, W=5, seed=0):

@@ -7,9 +7,17 @@ import torch
 from scipy import ndimage
 
 from dce.gan.h5format import BACKGROUND
-from dce.gan.metrics import (DETAIL_BAND_MM, FACE_REGIONS, band_pass, depth_normals,
-                             detail_band_px, detail_corr, face_regions, gaussian_blur_masked,
-                             normal_error_deg)
+from dce.gan.metrics import (
+    DETAIL_BAND_MM,
+    FACE_REGIONS,
+    band_pass,
+    depth_normals,
+    detail_band_px,
+    detail_corr,
+    face_regions,
+    gaussian_blur_masked,
+    normal_error_deg,
+)
 from dce.geom.synthetic import LANDMARK_UV
 
 

@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 
 from dce.geom.io import FormatError, load_mesh, nose_tip, read_landmarks
-from dce.geom.morphable import (FORMAT, MorphableModel, fit_in_frame, fit_to_landmarks,
-                                load_model)
+from dce.geom.morphable import FORMAT, MorphableModel, fit_in_frame, fit_to_landmarks, load_model
 from dce.geom.projection import OrthographicCamera, posed_camera
 
 ICT = "ict-face-model-light/ict_face_model.npz"

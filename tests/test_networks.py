@@ -7,9 +7,21 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dce.gan.networks import (RESOLUTIONS, Discriminator, EqualConv2d, EqualLinear, Generator,
-                              PixelNorm, Stage, count_parameters, fade_reals, paper_schedule,
-                              parameter_counts, resample, stage_at)
+from dce.gan.networks import (
+    RESOLUTIONS,
+    Discriminator,
+    EqualConv2d,
+    EqualLinear,
+    Generator,
+    PixelNorm,
+    Stage,
+    count_parameters,
+    fade_reals,
+    paper_schedule,
+    parameter_counts,
+    resample,
+    stage_at,
+)
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,13 @@ import pytest
 from scipy.optimize import least_squares
 from scipy.spatial.transform import Rotation
 
-from dce.geom.projection import (FRONTAL, OrthographicCamera, fit_orthographic,
-                                 posed_camera, rotation_from_euler)
+from dce.geom.projection import (
+    FRONTAL,
+    OrthographicCamera,
+    fit_orthographic,
+    posed_camera,
+    rotation_from_euler,
+)
 
 
 def random_camera(rng):

@@ -17,8 +17,16 @@ from PIL import Image
 
 from dce.geom import sources as S
 from dce.geom.dataset import prepare_coarse, prepare_ground_truth
-from dce.geom.io import (FormatError, Landmarks, RangeScan, load_mesh, read_abs, write_abs,
-                         write_bnt, write_landmarks)
+from dce.geom.io import (
+    FormatError,
+    Landmarks,
+    RangeScan,
+    load_mesh,
+    read_abs,
+    write_abs,
+    write_bnt,
+    write_landmarks,
+)
 from dce.geom.landmarks import WEIGHTS_ENV
 from dce.geom.morphable import load_model
 from dce.geom.projection import fit_orthographic
