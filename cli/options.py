@@ -7,11 +7,12 @@ from __future__ import annotations
 import argparse
 import math
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Callable, Iterable, Optional
+from typing import Callable
 
 
-def integer(low: int, high: Optional[int] = None) -> Callable[[str], int]:
+def integer(low: int, high: int | None = None) -> Callable[[str], int]:
     """An argparse type: an int in [low, high] (no upper bound when None)."""
     def parse(text: str) -> int:
         try:
@@ -27,7 +28,7 @@ def integer(low: int, high: Optional[int] = None) -> Callable[[str], int]:
 
 
 def number(low: float = 0.0, low_open: bool = False,
-           high: Optional[float] = None, high_open: bool = False) -> Callable[[str], float]:
+           high: float | None = None, high_open: bool = False) -> Callable[[str], float]:
     """An argparse type: a finite float >= ``low`` (> with ``low_open``) and,
     when given, <= ``high`` (< with ``high_open``). NaN and infinity never
     pass: they would train NaN weights or draw blank pictures."""
@@ -64,7 +65,7 @@ def _same(a: Path, b: Path) -> bool:
 
 
 def check_output(path, inputs: Iterable = (), is_dir: bool = False,
-                 replaceable: Optional[Callable[[Path], bool]] = None,
+                 replaceable: Callable[[Path], bool] | None = None,
                  what: str = "output") -> Path:
     """``path`` as a Path after checking that the command may write it:
 

@@ -41,7 +41,6 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional
 
 import h5py
 import numpy as np
@@ -404,7 +403,7 @@ class DetailTrainer:
         self.iteration = 0
         self.interrupted = self.diverged = False
         self.saved_iteration = None  # iteration of the checkpoint on disk from this run
-        self.arrays: Optional[_Arrays] = None
+        self.arrays: _Arrays | None = None
 
     def state(self) -> dict:
         return {"format": FORMAT, "iteration": self.iteration, "settings": asdict(self.s),

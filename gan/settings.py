@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 
@@ -55,7 +54,7 @@ def is_number(value) -> bool:
     return is_int(value) or isinstance(value, (float, np.floating))
 
 
-def check_int(owner: str, name: str, value, low: int, high: Optional[int] = None,
+def check_int(owner: str, name: str, value, low: int, high: int | None = None,
               optional: bool = False) -> None:
     """ValueError naming ``owner.name`` unless ``value`` is an int in
     [low, high] (None allowed when ``optional``)."""
@@ -67,7 +66,7 @@ def check_int(owner: str, name: str, value, low: int, high: Optional[int] = None
 
 
 def check_float(owner: str, name: str, value, low: float = 0.0, low_open: bool = False,
-                high: Optional[float] = None, high_open: bool = False,
+                high: float | None = None, high_open: bool = False,
                 optional: bool = False) -> None:
     """ValueError naming ``owner.name`` unless ``value`` is a finite number
     above ``low`` (or equal, unless ``low_open``) and below ``high``."""
@@ -100,17 +99,17 @@ class TrainSettings:
     config: str = "DCE|D|DCE"
     model: str = "progressive"   # or "pix2pix", the paper's baseline
     preset: str = "paper"
-    iters_per_resolution: Optional[int] = None  # overrides the preset
-    max_resolution: Optional[int] = None        # overrides the preset
+    iters_per_resolution: int | None = None  # overrides the preset
+    max_resolution: int | None = None        # overrides the preset
     batch_size: int = 4
-    lr: Optional[float] = None      # None: see uses_lr()
-    betas: Optional[tuple] = None
+    lr: float | None = None      # None: see uses_lr()
+    betas: tuple | None = None
     gp_lambda: float = 10.0
     drift: float = 0.0
     crop_pad: int = 16
     equalized_lr: bool = False
-    residual: Optional[bool] = None  # None: the preset's choice (PRESET_RESIDUAL)
-    masked_loss: Optional[bool] = None  # L1 over the ground truth's surface only; None: preset
+    residual: bool | None = None  # None: the preset's choice (PRESET_RESIDUAL)
+    masked_loss: bool | None = None  # L1 over the ground truth's surface only; None: preset
     seed: int = 0
     device: str = "auto"
     amp: str = "auto"            # "auto" (bf16 on CUDA if supported, else fp16), "bf16", "fp16", "off"

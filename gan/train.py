@@ -28,7 +28,6 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
@@ -449,7 +448,7 @@ class Trainer:
         return SummaryWriter(str(self.out / "tensorboard"))
 
     # ------------------------------------------------------------ loop
-    def train(self, until: Optional[int] = None) -> dict:
+    def train(self, until: int | None = None) -> dict:
         """Train to iteration ``until`` (default: the end of the schedule),
         checkpointing every ``checkpoint_every`` iterations, at each stage's
         end, on Ctrl-C / SIGTERM and at the end. ``log.jsonl`` is first cut

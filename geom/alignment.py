@@ -37,7 +37,6 @@ final distances it returns.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import igl
 import numpy as np
@@ -64,7 +63,7 @@ class Similarity:
     translation: np.ndarray
 
     @classmethod
-    def identity(cls) -> "Similarity":
+    def identity(cls) -> Similarity:
         return cls(1.0, np.eye(3), np.zeros(3))
 
     def apply(self, P: np.ndarray) -> np.ndarray:
@@ -75,7 +74,7 @@ class Similarity:
         """(n, 3) points -> the points this transform maps onto them."""
         return (np.asarray(P, dtype=np.float64) - self.translation) @ self.rotation / self.scale
 
-    def then(self, other: "Similarity") -> "Similarity":
+    def then(self, other: Similarity) -> Similarity:
         """The transform ``other(self(x))``."""
         return Similarity(other.scale * self.scale, other.rotation @ self.rotation,
                           other.scale * other.rotation @ self.translation + other.translation)
@@ -133,7 +132,7 @@ def _rotation_from_svd(U: np.ndarray, Vt: np.ndarray) -> tuple:
 
 
 def procrustes(source: np.ndarray, target: np.ndarray, scale: bool = True,
-               weights: Optional[np.ndarray] = None) -> Similarity:
+               weights: np.ndarray | None = None) -> Similarity:
     """The similarity (``scale=False``: rotation and translation) T that
     minimizes ``sum_i w_i |T(source_i) - target_i|^2`` over proper
     rotations; ``source``, ``target`` (k, 3), k >= 3 not all collinear;
@@ -250,7 +249,7 @@ def _fit(P: np.ndarray, closest: _ClosestPoints, T: Similarity, scale: bool,
 
 
 def icp(points: np.ndarray, V: np.ndarray, F: np.ndarray,
-        init: Optional[Similarity] = None, scale: bool = True, max_iterations: int = 60,
+        init: Similarity | None = None, scale: bool = True, max_iterations: int = 60,
         max_points: int = 6000, tolerance: float = 1e-7, polish_tolerance: float = 1e-5,
         seed: int = 0) -> IcpResult:
     """Fit T so that the mesh (V (n, 3), F (m, 3)) moved by T lies on the

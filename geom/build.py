@@ -20,9 +20,9 @@ import os
 import sys
 import time
 import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
 
 from dce.gan.h5format import DEFAULT_TEST_FRACTION, PairFileError, validate
 
@@ -63,7 +63,7 @@ class BuildReport:
     up_to_date: bool = False
 
 
-def shard_path(out: PathLike, shard: Optional[tuple]) -> Path:
+def shard_path(out: PathLike, shard: tuple | None) -> Path:
     """The file of shard (K, N) of a build to ``out``: ``pairs.shardK-of-N.h5``."""
     out = Path(out)
     if shard is None:
@@ -138,7 +138,7 @@ def _consume(results, writer: store.PairWriter, report: BuildReport, bar) -> Non
 
 def build(specs: Sequence[PairSpec], out: PathLike, config: BuildConfig = BuildConfig(),
           coarse: CoarseSource = CoarseSource(), *, command: str = "manifest",
-          workers: int = 1, shard: Optional[tuple] = None,
+          workers: int = 1, shard: tuple | None = None,
           test_fraction: float = DEFAULT_TEST_FRACTION, progress: bool = True,
           log=print) -> BuildReport:
     """Build the pair file ``out`` (or shard (K, N)'s file, :func:`shard_path`)

@@ -26,7 +26,7 @@ import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Union
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -64,15 +64,15 @@ class CoarseSource:
     indices shared by all coarse meshes without a sidecar, a file path or a
     sequence of ints. ``CoarseSource()`` uses each spec's own coarse mesh."""
 
-    model_path: Optional[str] = None
-    coarse_dir: Optional[str] = None
-    landmark_vertices: Union[None, str, tuple] = None
-    n_identity: Optional[int] = None
-    n_expression: Optional[int] = None
+    model_path: str | None = None
+    coarse_dir: str | None = None
+    landmark_vertices: None | str | tuple = None
+    n_identity: int | None = None
+    n_expression: int | None = None
     landmark_noise: float = LANDMARK_NOISE
     expression_stiffness: float = EXPRESSION_STIFFNESS
     contour: str = "fixed"
-    gate: Optional[FitGate] = FitGate()
+    gate: FitGate | None = FitGate()
     on_gate_failure: str = "skip"
 
     def __post_init__(self):
@@ -145,7 +145,7 @@ def coarse_side(spec: PairSpec, coarse: CoarseSource, landmarks_2d) -> tuple:
     return mesh, vertices, {"coarse": str(mesh_path), "coarse_landmarks": where}
 
 
-def _coarse_vertices(mesh_path: Path, indices: Optional[str], coarse: CoarseSource,
+def _coarse_vertices(mesh_path: Path, indices: str | None, coarse: CoarseSource,
                      n_vertices: int, spec: PairSpec) -> tuple:
     """The 68 landmark vertex indices of a coarse mesh: the spec's file, a
     sidecar ``<stem>.landmarks.txt|.npy``, or ``coarse.landmark_vertices``."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import asdict, dataclass, field
-from typing import Optional
 
 import numpy as np
 
@@ -41,14 +40,14 @@ class PreparedMesh:
 
     mesh: Mesh
     geometry: SurfaceGeometry
-    landmarks_3d: Optional[np.ndarray]
+    landmarks_3d: np.ndarray | None
     camera: OrthographicCamera
-    photo: Optional[np.ndarray] = None
+    photo: np.ndarray | None = None
 
 
 def prepare_ground_truth(scan: RangeScan, landmarks_2d: np.ndarray, median_size: int = 5,
                          curvature: str = "mean", max_gap: float = 3.0,
-                         photo_size: Optional[tuple] = None, **crop_options) -> PreparedMesh:
+                         photo_size: tuple | None = None, **crop_options) -> PreparedMesh:
     """Raw range scan and its photo's 68 landmarks (x, y px) -> median-filtered,
     triangulated, cropped mesh with curvature and normals, and the camera
     fitted from the landmark correspondences. ``max_gap`` and ``photo_size``
@@ -72,7 +71,7 @@ def prepare_ground_truth_mesh(mesh: Mesh, landmarks_3d: np.ndarray, landmarks_2d
     return PreparedMesh(mesh, surface_geometry(mesh, curvature), np.asarray(landmarks_3d), camera)
 
 
-def prepare_mesh(mesh: Mesh, landmarks_3d: Optional[np.ndarray], camera: OrthographicCamera,
+def prepare_mesh(mesh: Mesh, landmarks_3d: np.ndarray | None, camera: OrthographicCamera,
                  curvature: str = "mean", **crop_options) -> PreparedMesh:
     """``mesh`` with its geometry and ``camera``, cropped like the ground
     truth when its 68 landmarks ``landmarks_3d`` (68, 3) mm are known (None:
@@ -154,7 +153,7 @@ def render_side(side: PreparedMesh, camera: OrthographicCamera, size: int, chann
                       depth_reference=nose_depth - nose_margin_mm, **normalization)
 
 
-def side_photo(side: PreparedMesh) -> Optional[tuple]:
+def side_photo(side: PreparedMesh) -> tuple | None:
     """The ``photo`` argument of :func:`render_dce` for ``side``: its photo
     and the camera mapping the mesh onto it, or None."""
     return None if side.photo is None else (side.photo, side.camera)
@@ -179,9 +178,9 @@ def sample_photo_colors(vertices: np.ndarray, camera: OrthographicCamera,
     return sample_image_bilinear(photo, camera.project(vertices)[:, :2])
 
 
-def prepare_view(mesh: Mesh, landmarks_3d: Optional[np.ndarray] = None,
-                 camera: Optional[OrthographicCamera] = None,
-                 landmarks_2d: Optional[np.ndarray] = None, photo: Optional[np.ndarray] = None,
+def prepare_view(mesh: Mesh, landmarks_3d: np.ndarray | None = None,
+                 camera: OrthographicCamera | None = None,
+                 landmarks_2d: np.ndarray | None = None, photo: np.ndarray | None = None,
                  size: int = 256, curvature: str = "mean", margin: float = 0.25,
                  **crop_options) -> tuple:
     """One mesh (e.g. a coarse fit to refine) prepared to render on its own:
@@ -239,7 +238,7 @@ class BuildConfig:
     median_size: int = 5
     crop_radius: float = 125.0
     max_gap: float = 3.0      # grid steps a photo landmark may lie from the scan's valid points
-    photo_size: Optional[tuple] = None  # (H, W) of missing photos the 2D landmarks refer to
+    photo_size: tuple | None = None  # (H, W) of missing photos the 2D landmarks refer to
     min_face_fraction: float = 0.01  # a side with a smaller mask (of the image) is refused
 
     def __post_init__(self):
@@ -319,7 +318,7 @@ def prepare_pair(pair, config: BuildConfig) -> tuple:
 
 def pair_samples(pair_id: str, subject: str, coarse: PreparedMesh, target: PreparedMesh,
                  landmarks_2d: np.ndarray, config: BuildConfig,
-                 source: Optional[dict] = None) -> list:
+                 source: dict | None = None) -> list:
     """All poses of one prepared pair as :class:`Sample` records."""
     channels = resolve_channels(config.channels)
     samples = []

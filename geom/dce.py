@@ -24,9 +24,9 @@ channel, the paper's 0 of an 8-bit image) and are False in the mask.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 
@@ -82,7 +82,7 @@ class DCEImage:
         depth = self.physical("depth")[rows, cols]
         return self.camera.unproject(np.column_stack([cols, rows, depth]))
 
-    def select(self, channels: Sequence[str]) -> "DCEImage":
+    def select(self, channels: Sequence[str]) -> DCEImage:
         """The image restricted to ``channels``, in that order (ValueError
         when some are missing)."""
         missing = [c for c in channels if c not in self.channels]
@@ -92,7 +92,7 @@ class DCEImage:
         return DCEImage(np.ascontiguousarray(self.image[..., pick]), self.mask, tuple(channels),
                         self.offset[pick], self.scale[pick], self.camera)
 
-    def rgb(self) -> Optional[np.ndarray]:
+    def rgb(self) -> np.ndarray | None:
         """(H, W, 3) float32 colours in [0, 1] of the r, g, b channels
         (background 0), or None when the image has no colour."""
         if not {"r", "g", "b"} <= set(self.channels):
@@ -128,7 +128,7 @@ def resolve_channels(channels) -> tuple:
 
 
 def vertex_channels(mesh: Mesh, camera: OrthographicCamera, geometry: SurfaceGeometry,
-                    channels="DCE", depth_reference: Optional[float] = None,
+                    channels="DCE", depth_reference: float | None = None,
                     depth_scale: float = 50.0, curvature_scale: float = 0.1):
     """Normalized per-vertex channels for one view.
 
@@ -168,8 +168,8 @@ def vertex_channels(mesh: Mesh, camera: OrthographicCamera, geometry: SurfaceGeo
 
 
 def render_dce(mesh: Mesh, camera: OrthographicCamera, size: int = 256, channels="DCE",
-               geometry: Optional[SurfaceGeometry] = None, background: float = -1.0,
-               photo: Optional[tuple] = None, **normalization) -> DCEImage:
+               geometry: SurfaceGeometry | None = None, background: float = -1.0,
+               photo: tuple | None = None, **normalization) -> DCEImage:
     """Render ``mesh`` seen by ``camera`` as a ``size`` x ``size`` DCE image.
 
     ``geometry`` (from :func:`surface_geometry`) is computed when not given;
@@ -249,7 +249,7 @@ def save_png(path, picture) -> Path:
     return path
 
 
-def save_preview(path, images: Sequence[DCEImage], labels: Optional[Sequence[str]] = None) -> Path:
+def save_preview(path, images: Sequence[DCEImage], labels: Sequence[str] | None = None) -> Path:
     """Write a PNG grid: one row per DCE image (see :func:`preview_image`),
     with an optional text label per row."""
     from PIL import Image, ImageDraw

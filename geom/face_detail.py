@@ -14,7 +14,6 @@ predictable from the coarse shape. Pores are band-limited noise (std
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 
@@ -176,7 +175,7 @@ def _nostril(U, V, cu, cv, ax, ay, tilt, depth):
     return -depth * _step((1.0 - rho) * 4.0)
 
 
-def detail_field(detail: Detail, expression, u, v, spacing: Optional[float] = None) -> np.ndarray:
+def detail_field(detail: Detail, expression, u, v, spacing: float | None = None) -> np.ndarray:
     """Radial detail displacement (nv, nu) mm on the grid of axes u (nu,),
     v (nv,) (increasing), for expression weights (E,) in the order of
     :data:`EXPRESSION_NAMES`. ``spacing``: the grid step for the pores (None:

@@ -69,7 +69,7 @@ toward the midline, so on frontal views the two agree.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -213,12 +213,12 @@ def _contour_bands(mean: np.ndarray, faces: np.ndarray, landmarks: np.ndarray):
     return sides
 
 
-def fit_to_landmarks(model: MorphableModel, landmarks_2d, n_identity: Optional[int] = None,
-                     n_expression: Optional[int] = 0,
+def fit_to_landmarks(model: MorphableModel, landmarks_2d, n_identity: int | None = None,
+                     n_expression: int | None = 0,
                      landmark_noise: float = LANDMARK_NOISE,
                      expression_stiffness: float = EXPRESSION_STIFFNESS,
-                     regularization: Optional[float] = None,
-                     expression_regularization: Optional[float] = None,
+                     regularization: float | None = None,
+                     expression_regularization: float | None = None,
                      iterations: int = 50, tolerance: float = 1e-8,
                      contour: str = "fixed", weights=None) -> Fit:
     """Fit camera and coefficients of ``model`` to 68 iBUG 2D landmarks.

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -167,7 +166,7 @@ _LANDMARK_READERS = {".txt": _read_table, ".csv": _read_table, ".pts": _read_pts
                      ".lm3": _read_lm3, ".lm2": _read_lm2}
 
 
-def read_landmarks(path: PathLike, expected: Optional[int] = None) -> Landmarks:
+def read_landmarks(path: PathLike, expected: int | None = None) -> Landmarks:
     """Read landmarks from Bosphorus ``.lm2`` (2D, labelled) / ``.lm3`` (3D mm,
     labelled; the count varies per file, so key them by label), iBUG ``.pts``
     or plain ``.txt``/``.csv`` (k lines of 2 or 3 numbers, '#' comments, e.g.
@@ -217,7 +216,7 @@ def write_landmarks(path: PathLike, landmarks: Landmarks) -> None:
     atomic_write(path, ("\n".join(out) + "\n").encode("utf-8"))
 
 
-def read_vertex_indices(path: PathLike, n_vertices: Optional[int] = None) -> np.ndarray:
+def read_vertex_indices(path: PathLike, n_vertices: int | None = None) -> np.ndarray:
     """68 landmark vertex indices (68,) int64 from ``.txt`` (whitespace or
     comma separated integers, '#' comments), ``.npy`` or ``.npz`` (key
     ``landmarks_68``). ``n_vertices``: the mesh size they must fit. Raises
@@ -245,7 +244,7 @@ def read_vertex_indices(path: PathLike, n_vertices: Optional[int] = None) -> np.
     return _checked_indices(values, str(path), n_vertices)
 
 
-def _checked_indices(values, src: str, n_vertices: Optional[int]) -> np.ndarray:
+def _checked_indices(values, src: str, n_vertices: int | None) -> np.ndarray:
     values = np.asarray(values).ravel()
     if values.shape != (68,) or not np.issubdtype(values.dtype, np.number) \
             or not np.all(values == np.round(values)):

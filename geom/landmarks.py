@@ -39,8 +39,8 @@ import shutil
 import tempfile
 import threading
 import urllib.error
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 from scipy.spatial import cKDTree
@@ -89,7 +89,7 @@ def _hub_checkpoints() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
-def weight_directories(weights_dir: Optional[PathLike] = None) -> tuple:
+def weight_directories(weights_dir: PathLike | None = None) -> tuple:
     """The directories searched for weight files, in order, and where they
     came from: ``(dirs, origin)``. See the module docstring for the order."""
     if weights_dir is not None:
@@ -101,7 +101,7 @@ def weight_directories(weights_dir: Optional[PathLike] = None) -> tuple:
     return [root, root / "checkpoints"], origin
 
 
-def find_weights(weights_dir: Optional[PathLike] = None, detector: Optional[str] = "sfd") -> dict:
+def find_weights(weights_dir: PathLike | None = None, detector: str | None = "sfd") -> dict:
     """Paths of the weight files needed: ``{"fan": Path, "detector": Path or
     None}``. Raises :class:`MissingWeightsError` if any is absent."""
     _check_detector(detector)
@@ -213,8 +213,8 @@ class LandmarkDetector:
     weight file is missing.
     """
 
-    def __init__(self, weights_dir: Optional[PathLike] = None, device: str = "cpu",
-                 detector: Optional[str] = "sfd", flip_input: bool = True):
+    def __init__(self, weights_dir: PathLike | None = None, device: str = "cpu",
+                 detector: str | None = "sfd", flip_input: bool = True):
         _check_detector(detector)
         self.weights = find_weights(weights_dir, detector)
         self.device = _checked_device(device)
@@ -335,8 +335,8 @@ _CACHE: dict = {}
 _CACHE_SIZE = 2
 
 
-def detect_landmarks(image, weights_dir: Optional[PathLike] = None, device: str = "cpu",
-                     face_box=None, detector: Optional[str] = "sfd") -> np.ndarray:
+def detect_landmarks(image, weights_dir: PathLike | None = None, device: str = "cpu",
+                     face_box=None, detector: str | None = "sfd") -> np.ndarray:
     """(68, 2) float64 landmarks [x = column, y = row] in pixels of the
     largest face in ``image`` (a path or an (H, W, 3) uint8 RGB array), or of
     the face in ``face_box`` [x1, y1, x2, y2] when given (then the detector
@@ -362,7 +362,7 @@ def detect_landmarks(image, weights_dir: Optional[PathLike] = None, device: str 
 
 # ------------------------------------------------------------------ 2D -> 3D
 
-def landmarks_to_3d(landmarks_2d, scan: RangeScan, image_size: Optional[Sequence[int]] = None,
+def landmarks_to_3d(landmarks_2d, scan: RangeScan, image_size: Sequence[int] | None = None,
                     max_gap: float = 3.0) -> np.ndarray:
     """Lift photo landmarks onto a range scan registered with the photo.
 

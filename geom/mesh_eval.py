@@ -43,7 +43,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 import igl
 import numpy as np
@@ -154,7 +154,7 @@ class MeshEvaluation:
     distances: np.ndarray
     transform: Similarity
     fit: IcpResult
-    regions: Optional[np.ndarray] = None
+    regions: np.ndarray | None = None
 
     def stats(self) -> ErrorStats:
         return error_stats(self.distances)
@@ -216,7 +216,7 @@ def error_colors(d: np.ndarray, max_mm: float = 4.0) -> np.ndarray:
         .astype(np.uint8)
 
 
-def signed_colors(values: np.ndarray, max_abs: Optional[float] = None) -> np.ndarray:
+def signed_colors(values: np.ndarray, max_abs: float | None = None) -> np.ndarray:
     """(n, 3) uint8 diverging colours of signed values (n,): blue at
     -``max_abs``, white at 0, red at +``max_abs`` (default: the largest
     magnitude)."""
@@ -229,7 +229,7 @@ def signed_colors(values: np.ndarray, max_abs: Optional[float] = None) -> np.nda
 
 
 def write_scalar_ply(path, V: np.ndarray, F: np.ndarray, scalars: dict,
-                     colors: Optional[np.ndarray] = None) -> Path:
+                     colors: np.ndarray | None = None) -> Path:
     """Binary PLY of vertices V (n, 3) (double), optional uchar ``colors``
     (n, 3), one float vertex property per entry of ``scalars`` {name: (n,)}
     and faces F (m, 3) (may be empty: a point cloud). Written atomically."""
@@ -306,7 +306,7 @@ _SCAN_EXTENSIONS = (".abs.gz", ".abs", ".bnt")
 LANDMARKS_SUFFIX = ".landmarks.txt"
 
 
-def _split_name(path: Path, extensions) -> Optional[tuple]:
+def _split_name(path: Path, extensions) -> tuple | None:
     """(stem, extension) when the file name ends with one of ``extensions``."""
     name = path.name.lower()
     for ext in extensions:
@@ -448,7 +448,7 @@ class FolderEvaluation:
 
 
 def evaluate_folders(pred_dir, gt_dir, out_dir, metric: bool = False, regions: bool = False,
-                     log: Optional[Callable[[str], None]] = None,
+                     log: Callable[[str], None] | None = None,
                      error_plys: bool = True) -> FolderEvaluation:
     """Evaluate every prediction with a ground truth of the same stem and
     write to ``out_dir``: ``<stem>_error.ply`` (the cropped ground truth,

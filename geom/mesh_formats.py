@@ -29,7 +29,6 @@ the rules are listed under "Input checks" in the README and held by
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -57,7 +56,7 @@ def _fan(counts: np.ndarray) -> np.ndarray:
     return np.column_stack([first, first + k, first + k + 1])
 
 
-def _vertex_uv(n: int, corner_v: np.ndarray, corner_uv: np.ndarray) -> Optional[np.ndarray]:
+def _vertex_uv(n: int, corner_v: np.ndarray, corner_uv: np.ndarray) -> np.ndarray | None:
     """Per-vertex uv (n, 2) if every corner of each vertex has the same uv
     (NaN for vertices no face uses), else None (a texture seam)."""
     uv = np.full((n, 2), np.nan)

@@ -61,9 +61,9 @@ keeps working.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 
@@ -104,13 +104,13 @@ class MorphableModel:
     mean: np.ndarray
     identity_basis: np.ndarray
     faces: np.ndarray
-    landmarks_68: Optional[np.ndarray] = None
-    expression_basis: Optional[np.ndarray] = None
-    expression_names: Optional[Sequence[str]] = None
-    expression_range: Optional[tuple] = None
-    vertex_region: Optional[np.ndarray] = None
+    landmarks_68: np.ndarray | None = None
+    expression_basis: np.ndarray | None = None
+    expression_names: Sequence[str] | None = None
+    expression_range: tuple | None = None
+    vertex_region: np.ndarray | None = None
     name: str = ""
-    source: Optional[Path] = field(default=None, compare=False)
+    source: Path | None = field(default=None, compare=False)
 
     def __post_init__(self):
         src = str(self.source or self.name or "MorphableModel")
@@ -139,7 +139,7 @@ class MorphableModel:
             self.expression_range = (lo, hi)
         self.validate(src)
 
-    def validate(self, source: str) -> "MorphableModel":
+    def validate(self, source: str) -> MorphableModel:
         """Raise :class:`FormatError` naming ``source`` if the model is unusable."""
         M, B, F = self.mean, self.identity_basis, self.faces
         if M.ndim != 2 or M.shape[1] != 3 or len(M) == 0:
@@ -243,8 +243,8 @@ class MorphableModel:
                 "'<model name>.landmarks_68.txt' (68 vertex indices) beside the model file")
         return self.landmarks_68
 
-    def truncated(self, n_identity: Optional[int] = None,
-                  n_expression: Optional[int] = None) -> "MorphableModel":
+    def truncated(self, n_identity: int | None = None,
+                  n_expression: int | None = None) -> MorphableModel:
         """A model with the first ``n_identity`` identity and ``n_expression``
         expression modes (None keeps all; 0 expressions drops the basis)."""
         k = self.n_identity if n_identity is None else int(n_identity)
@@ -328,7 +328,7 @@ _BFM_REQUIRED = ("shape/model/mean", "shape/model/pcaBasis", "shape/model/pcaVar
                  "shape/representer/cells")
 
 
-def _bfm_pca(f, group: str, path: Path, n3: Optional[int]):
+def _bfm_pca(f, group: str, path: Path, n3: int | None):
     """(mean (3N,), one-sigma basis (K, N, 3)) of a statismo PCA group."""
     mean = np.asarray(f[f"{group}/model/mean"], dtype=np.float64).ravel()
     U = np.asarray(f[f"{group}/model/pcaBasis"], dtype=np.float64)

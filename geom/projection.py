@@ -66,7 +66,7 @@ class OrthographicCamera:
                 "translation": self.translation.tolist()}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "OrthographicCamera":
+    def from_dict(cls, d: dict) -> OrthographicCamera:
         return cls(d["scale"], np.array(d["rotation"]), np.array(d["translation"]))
 
 

@@ -28,8 +28,6 @@ normals point out of the head has on its visible side.
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import numpy as np
 
 from .normals import face_normals, vertex_normals
@@ -80,8 +78,8 @@ def _grid_triangles(valid: np.ndarray, depth: np.ndarray) -> np.ndarray:
 
 
 def depth_image_mesh(depth: np.ndarray, mask: np.ndarray, camera: OrthographicCamera,
-                     max_jump_mm: Optional[float] = None,
-                     colors: Optional[np.ndarray] = None) -> tuple:
+                     max_jump_mm: float | None = None,
+                     colors: np.ndarray | None = None) -> tuple:
     """Triangulate a depth image in the model's metric frame.
 
     ``depth`` (H, W) view depth in mm (``camera``'s z, growing away from the
@@ -134,7 +132,7 @@ def _compact(V: np.ndarray, F: np.ndarray) -> tuple:
 
 def merge_with_coarse(refined: Mesh, region: np.ndarray, coarse: Mesh,
                       camera: OrthographicCamera,
-                      max_jump_mm: Optional[float] = None) -> tuple:
+                      max_jump_mm: float | None = None) -> tuple:
     """Replace the part of ``coarse`` that the refined grid covers.
 
     ``refined``: the grid mesh of :func:`depth_image_mesh`; ``region`` (H, W)
@@ -251,9 +249,9 @@ def _blend_weights(mesh: Mesh, moving: np.ndarray, band: float) -> np.ndarray:
 
 
 def displace_along_view(mesh: Mesh, correction: np.ndarray, valid: np.ndarray,
-                        camera: OrthographicCamera, movable: Optional[np.ndarray] = None,
-                        max_jump_mm: Optional[float] = None,
-                        blend_mm: Optional[float] = None) -> tuple:
+                        camera: OrthographicCamera, movable: np.ndarray | None = None,
+                        max_jump_mm: float | None = None,
+                        blend_mm: float | None = None) -> tuple:
     """Refine ``mesh`` in place of its own vertices: the topology, colours
     and uv stay; only vertex positions change.
 

@@ -19,10 +19,11 @@ The file formats live in :mod:`dce.geom.mesh_formats`,
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Optional, Sequence, Union
+from typing import Union
 
 import numpy as np
 
@@ -52,8 +53,8 @@ class Mesh:
 
     vertices: np.ndarray
     faces: np.ndarray
-    colors: Optional[np.ndarray] = None
-    uv: Optional[np.ndarray] = None
+    colors: np.ndarray | None = None
+    uv: np.ndarray | None = None
 
     def __post_init__(self):
         self.vertices = np.ascontiguousarray(self.vertices, dtype=np.float64)
@@ -71,7 +72,7 @@ class Mesh:
     def n_faces(self) -> int:
         return len(self.faces)
 
-    def validate(self, source: str = "mesh") -> "Mesh":
+    def validate(self, source: str = "mesh") -> Mesh:
         """Raise :class:`FormatError` naming ``source`` if the mesh is unusable."""
         V, F = self.vertices, self.faces
         if V.ndim != 2 or V.shape[1] != 3:
@@ -97,7 +98,7 @@ class Mesh:
                     f"{source}: {name} must be ({len(V)}, {width}), got {arr.shape}")
         return self
 
-    def submesh(self, keep: np.ndarray) -> "Mesh":
+    def submesh(self, keep: np.ndarray) -> Mesh:
         """The faces whose three vertices are all kept; unreferenced vertices are
         dropped. ``keep`` is an (n,) bool mask. Returns the new mesh; its
         ``vertex_index`` maps new vertices to old ones."""
@@ -193,9 +194,9 @@ class RangeScan:
 
     xyz: np.ndarray
     valid: np.ndarray
-    texture_path: Optional[Path] = None
-    uv: Optional[np.ndarray] = None
-    source: Optional[Path] = None
+    texture_path: Path | None = None
+    uv: np.ndarray | None = None
+    source: Path | None = None
 
     def __post_init__(self):
         self.xyz = np.ascontiguousarray(self.xyz, dtype=np.float64)
@@ -231,7 +232,7 @@ class RangeScan:
             np.linalg.norm(X[1:] - X[:-1], axis=2)[ok[1:] & ok[:-1]]])
         return float(np.median(d)) if d.size else float("nan")
 
-    def to_mesh(self, max_edge: Optional[float] = None, max_edge_factor: float = 5.0,
+    def to_mesh(self, max_edge: float | None = None, max_edge_factor: float = 5.0,
                 keep_uv: bool = True, colors: bool = False) -> Mesh:
         """Triangulate the grid into a :class:`Mesh`.
 
@@ -350,7 +351,7 @@ class Landmarks:
 
     points: np.ndarray
     labels: list = field(default_factory=list)
-    source: Optional[Path] = None
+    source: Path | None = None
 
     def __post_init__(self):
         self.points = np.array(self.points, dtype=np.float64)

@@ -19,9 +19,9 @@ network and builds the refined mesh (:mod:`dce.geom.refined_mesh`), and
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Optional, Union
 
 import numpy as np
 
@@ -70,8 +70,8 @@ class ViewSettings:
     defaulted: tuple = ()
 
 
-def view_settings(model_normalization: Optional[Mapping], size: Optional[int] = None, *,
-                  model_name: PathLike = "the checkpoint", given_name: Optional[str] = None,
+def view_settings(model_normalization: Mapping | None, size: int | None = None, *,
+                  model_name: PathLike = "the checkpoint", given_name: str | None = None,
                   **given) -> ViewSettings:
     """The :class:`ViewSettings` of a checkpoint whose normalization is
     ``model_normalization`` (``Refiner.normalization``: a pair file's
@@ -111,16 +111,16 @@ class CoarseFace:
 
     mesh: Mesh
     image: DCEImage
-    colors: Optional[np.ndarray] = None
-    target: Optional[DCEImage] = None
-    base: Optional[Mesh] = None
-    movable: Optional[np.ndarray] = None
-    landmarks: Optional[np.ndarray] = None
-    sample: Optional[SampleImages] = None
+    colors: np.ndarray | None = None
+    target: DCEImage | None = None
+    base: Mesh | None = None
+    movable: np.ndarray | None = None
+    landmarks: np.ndarray | None = None
+    sample: SampleImages | None = None
 
 
-def coarse_from_pairs(pairs: PathLike, refiner, sample: Union[None, str, int] = None, *,
-                      max_jump_mm: Optional[float] = None,
+def coarse_from_pairs(pairs: PathLike, refiner, sample: None | str | int = None, *,
+                      max_jump_mm: float | None = None,
                       model_name: PathLike = "the checkpoint") -> CoarseFace:
     """The coarse side of sample ``sample`` of the pair file ``pairs`` (its
     id, its row, or None: the first of the test split; see
@@ -152,10 +152,10 @@ def coarse_from_pairs(pairs: PathLike, refiner, sample: Union[None, str, int] = 
 
 
 def coarse_from_mesh(mesh: Mesh, refiner, settings: ViewSettings, *,
-                     camera: Optional[OrthographicCamera] = None,
-                     landmarks_2d: Optional[np.ndarray] = None,
-                     photo: Optional[np.ndarray] = None,
-                     landmarks_3d: Optional[np.ndarray] = None,
+                     camera: OrthographicCamera | None = None,
+                     landmarks_2d: np.ndarray | None = None,
+                     photo: np.ndarray | None = None,
+                     landmarks_3d: np.ndarray | None = None,
                      model_name: PathLike = "the checkpoint") -> CoarseFace:
     """The coarse side of ``mesh`` (mm) for ``refiner``, rendered with
     ``settings`` as ``dce-build`` renders a pair's side: seen by ``camera``
@@ -196,9 +196,9 @@ class Refinement:
     coarse_image: DCEImage
     refined_image: DCEImage
     meshes: RefinedMeshes
-    target: Optional[DCEImage] = None
-    coarse_mae_mm: Optional[float] = None
-    refined_mae_mm: Optional[float] = None
+    target: DCEImage | None = None
+    coarse_mae_mm: float | None = None
+    refined_mae_mm: float | None = None
     face_pixels: int = 0
 
     @property
@@ -223,7 +223,7 @@ def depth_mae(coarse: DCEImage, refined: DCEImage, target: DCEImage) -> tuple:
 
 
 def refine(refiner, coarse: CoarseFace, *, keep_topology: bool = False,
-           max_jump_mm: Optional[float] = None, blend_mm: Optional[float] = None,
+           max_jump_mm: float | None = None, blend_mm: float | None = None,
            model_name: PathLike = "the checkpoint") -> Refinement:
     """Refine ``coarse`` with ``refiner`` (``dce.gan.inference.Refiner``, or
     any callable mapping (C_in, H, W) to (C_out, H, W) with
@@ -262,8 +262,8 @@ class RefinementFiles:
 
 
 def save_refinement(out: PathLike, result: Refinement, mesh_format: str = "ply", *,
-                    landmarks_out: Optional[PathLike] = None, displacement_ply: bool = False,
-                    max_jump_mm: Optional[float] = None) -> RefinementFiles:
+                    landmarks_out: PathLike | None = None, displacement_ply: bool = False,
+                    max_jump_mm: float | None = None) -> RefinementFiles:
     """Write ``result`` to the folder ``out`` (made if missing):
     ``refined.<mesh_format>`` and ``coarse.<mesh_format>`` (ply or obj);
     with landmarks, ``coarse.landmarks.txt`` and ``refined.landmarks.txt``

@@ -18,7 +18,6 @@ refiner object (``dce.gan.inference.Refiner``) on plain arrays.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 
@@ -52,16 +51,16 @@ class RefinedMeshes:
     refined: Mesh
     coarse: Mesh
     how: str
-    coarse_landmarks: Optional[np.ndarray] = None
-    refined_landmarks: Optional[np.ndarray] = None
-    displacement: Optional[np.ndarray] = None
+    coarse_landmarks: np.ndarray | None = None
+    refined_landmarks: np.ndarray | None = None
+    displacement: np.ndarray | None = None
 
 
 def refine_meshes(coarse_mesh: Mesh, coarse_image: DCEImage, refined_image: DCEImage,
-                  colors: Optional[np.ndarray] = None, landmarks: Optional[np.ndarray] = None,
-                  keep_topology: bool = False, base: Optional[Mesh] = None,
-                  movable: Optional[np.ndarray] = None, max_jump_mm: Optional[float] = None,
-                  blend_mm: Optional[float] = None) -> RefinedMeshes:
+                  colors: np.ndarray | None = None, landmarks: np.ndarray | None = None,
+                  keep_topology: bool = False, base: Mesh | None = None,
+                  movable: np.ndarray | None = None, max_jump_mm: float | None = None,
+                  blend_mm: float | None = None) -> RefinedMeshes:
     """The refined mesh of a refinement, in the frame of
     ``coarse_image.camera`` (mm).
 

@@ -72,9 +72,9 @@ from __future__ import annotations
 import csv
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 
@@ -140,12 +140,12 @@ class PairSpec:
     pair_id: str
     subject: str
     target: str
-    landmarks: Optional[str] = None
-    photo: Optional[str] = None
-    landmarks_3d: Optional[str] = None
-    coarse_mesh: Optional[str] = None
-    coarse_landmarks: Optional[str] = None
-    landmark_weights: Optional[str] = None
+    landmarks: str | None = None
+    photo: str | None = None
+    landmarks_3d: str | None = None
+    coarse_mesh: str | None = None
+    coarse_landmarks: str | None = None
+    landmark_weights: str | None = None
     expected_landmarks: tuple = ()
     extra: tuple = ()
     origin: str = ""
@@ -174,23 +174,23 @@ class PairInput:
 
     pair_id: str
     subject: str
-    scan: Optional[RangeScan]
+    scan: RangeScan | None
     landmarks_2d: np.ndarray
-    photo: Optional[np.ndarray]
+    photo: np.ndarray | None
     coarse_mesh: Mesh
     coarse_landmark_vertices: np.ndarray
     source: dict = field(default_factory=dict)
-    target_mesh: Optional[Mesh] = None
-    landmarks_3d: Optional[np.ndarray] = None
+    target_mesh: Mesh | None = None
+    landmarks_3d: np.ndarray | None = None
 
 
 # ------------------------------------------------------------------ helpers
 
-def _str(path) -> Optional[str]:
+def _str(path) -> str | None:
     return None if path is None else str(path)
 
 
-def _first_file(candidates) -> Optional[Path]:
+def _first_file(candidates) -> Path | None:
     return next((p for p in candidates if p.is_file()), None)
 
 
@@ -214,7 +214,7 @@ def _landmark_candidates(stem: str, folders: Sequence[Path], extensions=LANDMARK
     return tuple(d / (stem + ext) for d in folders for ext in extensions)
 
 
-def _landmark_folders(scan: Path, root: Path, landmarks_dir: Optional[PathLike]) -> list:
+def _landmark_folders(scan: Path, root: Path, landmarks_dir: PathLike | None) -> list:
     """Beside the scan, then ``landmarks_dir`` flat, then ``landmarks_dir``
     mirroring the scan's sub-folder below ``root``."""
     folders = [scan.parent]
@@ -264,8 +264,8 @@ def synthetic_world(world_dir: PathLike) -> list:
     return _unique(specs, str(root / "world.json"))
 
 
-def frgc_directory(root: PathLike, landmarks_dir: Optional[PathLike] = None,
-                   landmark_weights: Optional[PathLike] = None) -> list:
+def frgc_directory(root: PathLike, landmarks_dir: PathLike | None = None,
+                   landmark_weights: PathLike | None = None) -> list:
     """Pairs of an FRGC v2 tree: every ``*.abs`` / ``*.abs.gz`` below ``root``
     (see the module docstring for ids, photos and landmarks).
     ``landmark_weights``: face-alignment weights folder for scans without a
@@ -288,8 +288,8 @@ def frgc_directory(root: PathLike, landmarks_dir: Optional[PathLike] = None,
 _BOSPHORUS_SUBJECT = re.compile(r"(bs\d+)", re.IGNORECASE)
 
 
-def bosphorus_directory(root: PathLike, landmarks_dir: Optional[PathLike] = None,
-                        landmark_weights: Optional[PathLike] = None) -> list:
+def bosphorus_directory(root: PathLike, landmarks_dir: PathLike | None = None,
+                        landmark_weights: PathLike | None = None) -> list:
     """Pairs of a Bosphorus tree: every ``*.bnt`` below ``root``. The 68 iBUG
     landmarks come from ``<stem>.pts`` or detection on the photo (the
     ``.lm2``/``.lm3`` 22-point files go to the provenance only; see the
@@ -312,7 +312,7 @@ def bosphorus_directory(root: PathLike, landmarks_dir: Optional[PathLike] = None
     return _unique(specs, f"Bosphorus folder {root}")
 
 
-def _bnt_texture(scan: Path) -> Optional[Path]:
+def _bnt_texture(scan: Path) -> Path | None:
     """The photo the .bnt header names (whether or not it exists), beside the
     scan; None when it names none or is unreadable (load() reports that with
     the reader's message). One small read."""
@@ -329,7 +329,7 @@ def _bnt_texture(scan: Path) -> Optional[Path]:
     return None
 
 
-def _bosphorus_photo(scan: Path) -> Optional[Path]:
+def _bosphorus_photo(scan: Path) -> Path | None:
     """The texture named in the .bnt header (when it exists), else
     ``<stem>.png``."""
     named = _bnt_texture(scan)
@@ -338,7 +338,7 @@ def _bosphorus_photo(scan: Path) -> Optional[Path]:
     return _first_file(scan.with_suffix(e) for e in PHOTO_EXTENSIONS)
 
 
-def manifest(path: PathLike, landmark_weights: Optional[PathLike] = None) -> list:
+def manifest(path: PathLike, landmark_weights: PathLike | None = None) -> list:
     """Pairs listed in a CSV (header row) or JSON manifest; columns in
     :data:`MANIFEST_COLUMNS`. Relative paths are resolved against the
     manifest's folder. Raises ``ValueError`` naming the manifest and the row
@@ -457,7 +457,7 @@ def load(spec: PairSpec, coarse: CoarseSource = CoarseSource()) -> PairInput:
                      source, target_mesh, landmarks_3d)
 
 
-def _require(path: Optional[str], column: str, spec: PairSpec) -> None:
+def _require(path: str | None, column: str, spec: PairSpec) -> None:
     if path is None:
         raise ValueError(f"{spec.where()}: no {column!r} file given")
     if not Path(path).is_file():

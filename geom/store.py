@@ -31,7 +31,6 @@ import re
 import shutil
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Union
 
 import h5py
 import numpy as np
@@ -231,7 +230,7 @@ class PairWriter:
         self._closed = False
         settings = {"format_version": fmt.FORMAT_VERSION, "channels": list(self.channels),
                     "height": self.height, "width": self.width, "config": self.config,
-                    "shard": None if self.shard is None else "%d/%d" % self.shard,
+                    "shard": None if self.shard is None else f"{self.shard[0]:d}/{self.shard[1]:d}",
                     "compression": compression}
         if os.path.exists(self.partial) and not os.path.isdir(self.partial):
             raise fmt.PairFileError(f"{self.partial}: exists and is not a partial build "
@@ -487,7 +486,7 @@ class SampleImages:
     split: str
 
 
-def _sample_index(path, f: h5py.File, sample: Union[None, str, int]) -> int:
+def _sample_index(path, f: h5py.File, sample: None | str | int) -> int:
     """Row of ``sample`` (an id, or a row index as an int or as text,
     negative from the end) in the open pair file ``f``; None: the first test
     sample (the first sample when none is in the test split)."""
@@ -509,7 +508,7 @@ def _sample_index(path, f: h5py.File, sample: Union[None, str, int]) -> int:
                             f"0..{len(ids) - 1})")
 
 
-def read_sample(path, sample: Union[None, str, int] = None) -> SampleImages:
+def read_sample(path, sample: None | str | int = None) -> SampleImages:
     """One sample of the complete pair file ``path`` as DCE images:
     ``sample`` is its id (e.g. ``"0003/pose0"``) or its row index, an int or
     text (negative from the end); None picks the first sample of the test split.

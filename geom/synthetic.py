@@ -38,10 +38,10 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 
@@ -179,7 +179,7 @@ def make_scan(world: FaceWorld, out_dir: PathLike, seed: int, identity: Identity
     return record
 
 
-def _finished(out: Path, stem: str, seed: int, settings: WorldSettings) -> Optional[dict]:
+def _finished(out: Path, stem: str, seed: int, settings: WorldSettings) -> dict | None:
     """The record of a scan whose files are all written for this seed and
     these settings, else None."""
     files = _scan_files(stem, settings)
@@ -220,7 +220,7 @@ def _environment(values: dict):
 
 
 # One world per pool process, built by the pool's initializer.
-_POOL_WORLD: Optional[FaceWorld] = None
+_POOL_WORLD: FaceWorld | None = None
 
 
 def _pool_init(settings: WorldSettings) -> None:
@@ -233,8 +233,8 @@ def _pool_task(args) -> list:
 
 
 def generate_world(out_dir: PathLike, identities: int = 60, seed: int = 0,
-                   expressions_per_identity: int = 1, workers: Optional[int] = None,
-                   settings: Optional[WorldSettings] = None, resume: bool = True) -> dict:
+                   expressions_per_identity: int = 1, workers: int | None = None,
+                   settings: WorldSettings | None = None, resume: bool = True) -> dict:
     """Write a synthetic world to ``out_dir`` and return its manifest.
 
     ``identities`` people, each scanned neutral (shot 1) and with

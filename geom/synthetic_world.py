@@ -12,7 +12,6 @@ material point.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 
@@ -120,15 +119,15 @@ class FaceWorld:
     mixing: np.ndarray
     landmark_uv: np.ndarray
     landmark_fine_rc: np.ndarray
-    fine_u: Optional[np.ndarray] = None
-    fine_v: Optional[np.ndarray] = None
-    fine_faces: Optional[np.ndarray] = None
-    fine_mean: Optional[np.ndarray] = None
-    fine_identity: Optional[np.ndarray] = None
-    fine_expression: Optional[np.ndarray] = None
+    fine_u: np.ndarray | None = None
+    fine_v: np.ndarray | None = None
+    fine_faces: np.ndarray | None = None
+    fine_mean: np.ndarray | None = None
+    fine_identity: np.ndarray | None = None
+    fine_expression: np.ndarray | None = None
 
 
-def build_world(settings: Optional[WorldSettings] = None, fine: bool = True) -> FaceWorld:
+def build_world(settings: WorldSettings | None = None, fine: bool = True) -> FaceWorld:
     """The world model and, with ``fine``, the fields on the ground-truth grid.
 
     The raw identity fields sampled on the coarse grid, G (J, 3n), are

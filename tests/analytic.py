@@ -63,7 +63,7 @@ class AnalyticMesh:
         the boundary (all True on a closed surface)."""
         return ~boundary_ring_mask(self.V, self.F, width)
 
-    def with_normal_noise(self, std: float, seed: int = 0) -> "AnalyticMesh":
+    def with_normal_noise(self, std: float, seed: int = 0) -> AnalyticMesh:
         """A copy whose vertices are moved along the exact normal by Gaussian
         noise of standard deviation ``std`` (length units). The exact
         curvatures are those of the underlying smooth surface."""

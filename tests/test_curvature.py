@@ -1,7 +1,7 @@
 """Normal-cycle curvature (dce.geom.curvature) against exact curvatures of
 analytic surfaces (tests/analytic.py), hand-computed cases, libigl as a
 second method, and the real Lee Perry-Smith face (detailed vs smooth)."""
-from functools import lru_cache
+from functools import cache
 
 import analytic
 import igl
@@ -15,13 +15,13 @@ RADIUS = 2.0  # the default
 INTERIOR = RADIUS + 2.0  # boundary band excluded: the pooling ball reaches (radius + 1) h
 
 
-@lru_cache(maxsize=None)
+@cache
 def surface(name, triangulation, noise=0.0):
     mesh = analytic.SURFACES[name](triangulation=triangulation, seed=7)
     return mesh.with_normal_noise(noise * mesh.size, seed=3) if noise else mesh
 
 
-@lru_cache(maxsize=None)
+@cache
 def curvatures(name, triangulation, noise=0.0):
     m = surface(name, triangulation, noise)
     return C.principal_curvatures(m.V, m.F)
