@@ -1,38 +1,8 @@
-"""Training data: a torch ``Dataset`` over a DCE pair file (``h5format``), the
-DataLoader around it, and the average pooling that makes the images of the
-lower progressive stages.
+"""Training data: a torch ``Dataset`` over a DCE pair file (``h5format``),
+the DataLoader around it, and the average pooling that makes the images of
+the lower progressive stages. Tensors are float32 in [-1, 1], background -1.
 
-Tensors are float32 in [-1, 1] with the background at -1 (the contract's
-``dequantize``); masks are float 0/1. Shapes are (C, r, r) per item and
-(N, C, r, r) per batch, r = ``resolution``.
-
-Processes. The dataset holds only the file's path, the selected row
-indices and their small offset/scale rows; each process opens the HDF5 file
-itself, read-only, on its first item (h5py handles can neither be pickled
-nor shared across a fork). Epoch and resolution live in a shared-memory
-tensor, so ``set_epoch``/``set_resolution`` reach DataLoader workers,
-persistent ones included, as long as they are called before the next
-``iter(loader)`` (batches already prefetched keep the old values). Inside an
-epoch, change the resolution by pooling the batch with :func:`downsample`
-instead. A batch is fetched as a whole (``__getitems__``, used by torch's
-default fetcher): one read of the shared state, one pooling call.
-
-Low resolutions and the cache. The images are pooled in two steps: first to
-the *cache resolution* s (the largest divisor of the file's size H that is at
-most ``cache_resolution``, 64 by default), then to the item's resolution r,
-whenever r divides s; otherwise (r = 128 or 256 of a 256 px file) straight
-from the file's pixels. The pooled item is then moved by its shift, which is
-whole pixels of r (see :class:`PairDataset`), so moving after pooling equals
-moving the file's pixels before pooling. The s-pixel images and masks of the
-first samples that fit in ``cache_mb`` stay in the memory of the process
-that read them, so the later epochs of the low-resolution stages skip the
-HDF5 read, the gzip decompression and most of the pooling; the other samples
-are read from the file each time. Cached and uncached items run the same
-computation on the same s-pixel arrays, so they are equal bit for bit. The
-two steps equal one average pooling of the file's pixels up to float32
-rounding (block means of equal blocks' means; a mask pooled twice with the
-all-valid rule of :func:`downsample_mask` equals the mask pooled once,
-exactly).
+See docs/progressive-gan.md (processes, low resolutions and the cache).
 """
 from __future__ import annotations
 

@@ -1,39 +1,8 @@
 """The detail stage (our addition): a fully convolutional network at the pair
 file's full resolution that adds the fine detail on top of the progressive
-(global) network's upsampled output, after pix2pixHD's local enhancer
-(Wang et al. 2018, in the paper's references).
+(global) network's upsampled output, after pix2pixHD's local enhancer.
 
-Why a second stage. The progressive network trained for minutes on a CPU
-stops at 32 px (one pixel = 8 file pixels, about 7 mm); the creases, folds
-and lid lines of the target are 1-5 mm wide. Between coarse and target the
-depth differs by ~3 mm of low-frequency shape and only ~0.2 mm of detail, so
-a full-resolution network trained on the whole residual spends its capacity
-on shape it cannot see in a crop and learns no detail. The stage therefore
-learns only the detail band: its target is the band of (ground truth -
-global output) between Gaussians of ``denoise_mm`` and ``highpass_mm``,
-computed by normalized convolution over the ground truth's surface (so holes
-and the silhouette do not leak in); the global network keeps the shape, and
-the pores and sensor noise below ``denoise_mm``, which nothing in the input
-predicts, do not drown the gradient of the loss (measured on 24 held-out
-images after 600 iterations: detail correlation 0.17 without, 0.22 with a
-0.5 mm denoising blur). Random ``crop`` x ``crop`` windows of the
-full-resolution images, centred on the face, make it cheap to train.
-
-Losses: ``pixel_loss`` (L2 by default) of the detail (mm) plus
-``gradient_weight`` x the same of its finite-difference gradient (mm per
-pixel: the surface normals), over the pixels where the ground truth, the
-coarse input and the global output are all surface, ``edge_px`` away from
-their edges, the target clipped to +-``clip_mm``. With ``adversarial_weight`` > 0 the paper's depth-only conditional
-critic (WGAN-GP) judges crops of (coarse depth, refined depth): it keeps the
-amplitude that L1 shrinks where a crease's position is uncertain.
-
-Inference: ``refined depth = global depth + detail``, inside the global
-output's surface; curvature and elevation stay the global network's.
-
-Failure, as for the global network (:mod:`dce.gan.train`): settings are
-checked when made, a non-finite loss or weights stop training with
-TrainingDiverged keeping the last good checkpoint, a resume checks every
-entry it needs and cuts ``log.jsonl`` back to the resumed iteration.
+See docs/detail-stage.md (why, target band, losses, inference, failure).
 """
 from __future__ import annotations
 

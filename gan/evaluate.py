@@ -2,33 +2,7 @@
 ground-truth and refined depth images, next to the same figures for the
 coarse input, and two measures of fine detail that the MAE cannot see.
 
-The images are scored at the pair file's resolution (256 px in the paper)
-whatever resolution the checkpoint was trained to: the
-:class:`~dce.gan.inference.Refiner` brings a low-resolution network's
-correction up to the file's size (and adds a detail stage's detail). With
-``resolution`` the file's images are average-pooled to that size first.
-
-Columns of the table (one row per model, ``coarse`` and ``refined``):
-
-* ``eq4_mae``: Eq. 4, |y - G(x)| over the pixels where either image is
-  foreground (the paper's "G(x) != 0 or y != 0" on 8-bit images whose
-  background is 0: here, at least one 8-bit step above the background value
-  -1), averaged over images; "normalized" = the depth mapped to [0, 1] (half
-  of our [-1, 1] range, as the paper's 0-255 images divided by 255);
-  ``eq4_mae_mm`` the same in mm via each sample's depth scale.
-* ``face_mae_mm``: over the ground truth's own pixels only, a figure that a
-  network's stray background values cannot dilute.
-* ``normal_error_deg``: the mean angle between the refined and the target
-  surface normals over the target's face (:func:`dce.gan.metrics.normal_error_deg`,
-  normals from the depth image with the camera's pixel size in mm).
-* ``detail_corr``: corr(BP(refined - coarse), BP(target - coarse)) over the
-  face, BP a difference of Gaussians of 1 and 5 mm
-  (:func:`dce.gan.metrics.detail_corr`); 0 for the coarse row by definition.
-* ``roughness``: the mean |4-neighbour Laplacian| of the depth over the
-  ground truth's face (mm/px^2).
-
-Each figure is the mean over images; the ``*_std`` columns are the standard
-deviations over images.
+See docs/evaluation.md (the table's columns).
 """
 from __future__ import annotations
 

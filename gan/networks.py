@@ -1,49 +1,8 @@
-"""Progressive encoder-decoder generator and discriminator (paper Sec. 4, Tables 1-2).
+"""Progressive encoder-decoder generator and discriminator (paper Sec. 4,
+Tables 1-2). Images are (N, C, H, W) float32 tensors in [-1, 1]; a network
+at stage resolution ``r`` takes and returns ``r x r`` images.
 
-Images are (N, C, H, W) float32 tensors in [-1, 1]; a network at stage
-resolution ``r`` takes and returns ``r x r`` images.
-
-Architecture, read from Tables 1 and 2 (widths per resolution)::
-
-    encoder (G_enc and D)                      decoder (G_dec)
-    256: conv3x3 C->32, 32->32, 32->64, pool   256: up, conv3x3 64->32, 32->32, 32->C
-    128: conv3x3 64->64, 64->128, pool         128: up, conv3x3 128->64, 64->64
-    8..64: conv3x3 128->128 (x2), pool         8..64: up, conv3x3 128->128 (x2)
-    4:   conv3x3 128->128,                     4:   conv4x4 1x1 -> 4x4 (128->128),
-         conv4x4 4x4 -> 1x1 (128->128)              conv3x3 128->128
-    D only: fully connected 128 -> 1
-
-The parameter column fixes the details the layout leaves open: the first
-encoder conv has 864 = 3*3*3*32 weights, so at 256 it reads the C image
-channels; the 4x4 conv has 262k = 4*4*128*128 weights and D's fully connected
-layer 128, so the 4x4 conv is a "valid" conv to a 1x1x128 bottleneck (as in
-Progressive GAN's 4x4 dense layers), which the decoder's first 4x4 conv maps
-back to 4x4x128. Every 3x3 conv maps 128->128 (147k), so there are no U-Net
-skip connections (a concatenated skip would double the input widths) and the
-paper's Sec. 4 describes a plain encoder-decoder. The table's total, 1.65M,
-is 1,728,352 weights (1,729,952 with biases) counted in units of 2^20.
-
-Progressive growing (Karras et al. 2017): per stage resolution r there is a
-1x1 input layer ``fromRGB_r`` (image channels -> the width entering encoder
-block r) and a 1x1 linear output layer ``toRGB_r`` (width leaving decoder
-block r -> image channels). As the paper's Fig. 2 caption says, at 256 these
-have as many filters as the image has channels. Both ends of G and the input
-of D fade in with the same alpha::
-
-    enc(x)  = lerp(fromRGB_{r/2}(avgpool(x)), block_r(fromRGB_r(x)), alpha)
-    out(y)  = lerp(up(toRGB_{r/2}(y)), toRGB_r(block_r(y)), alpha)
-
-Layers: LeakyReLU(0.2) after every conv but toRGB and D's output; pixel
-normalization after every generator conv, except the two layers only as wide
-as the image (fromRGB_256 and the last decoder conv at 256), where it would
-reduce a one-channel (depth) feature to its sign. Weights are drawn from a
-normal distribution truncated at 2 standard deviations (paper: "truncated
-normal") with He's standard deviation ``gain / sqrt(fan_in)`` (gain sqrt(2),
-1 for toRGB and the fully connected output): a fixed 0.02 would shrink the
-activations of D, which has no normalization, by ~0.7 per layer over 20
-layers. With ``equalized_lr`` the stored weights are the unit truncated normal
-and the He factor is applied at run time (Progressive GAN's equalized
-learning rate). Biases start at 0.
+See docs/progressive-gan.md (architecture, growing, layers, initialization).
 """
 from __future__ import annotations
 

@@ -1,38 +1,9 @@
 """Aligning a predicted face mesh to a ground-truth scan, as the NoW
-evaluation does (Sanyal et al., CVPR 2019; soubhiksanyal/now_evaluation):
-crop the scan to a sphere around the face, a similarity Procrustes on seven
-landmarks, then ICP that minimizes the scan-to-mesh distance.
+evaluation does: crop the scan to a sphere around the face, a similarity
+Procrustes on seven landmarks, then ICP that minimizes the scan-to-mesh
+distance.
 
-Landmarks. NoW's seven points, in this order (:data:`NOW_LANDMARKS`): the
-outer and inner corner of the subject's right eye, the inner and outer
-corner of the left eye, the nose bottom (subnasale), and the two mouth
-corners: iBUG-68 points 36, 39, 42, 45, 33, 48 and 54
-(:data:`NOW_FROM_IBUG68`). :func:`now_landmarks` accepts either 7 or 68
-points.
-
-Crop (:func:`crop_sphere`). With ``nb`` the nose bottom and ``br`` the mean
-of the two inner eye corners, the sphere's centre is ``nb + 0.3 (br - nb)``
-and its radius ``1.4 (|outer eye R - outer eye L| + |br - nb|) / 2`` (the
-factor of the current NoW code; earlier versions used 1.2).
-
-Transforms are :class:`Similarity` records ``x -> s R x + t`` acting on row
-vectors. :func:`procrustes` is the closed-form least-squares fit (Umeyama
-1991) without reflections; ``scale=False`` gives the rigid (Kabsch) fit.
-
-ICP (:func:`icp`) minimizes ``sum_i d(p_i, T(M))^2`` over the transform T of
-the mesh M, with d the unsigned distance from scan point p_i to the nearest
-point of the transformed surface (to triangles, not to vertices), as NoW's
-``ScanToMesh`` objective does. Each iteration finds the closest points (one
-AABB tree of the mesh, built once: the scan is mapped into the mesh's frame
-by T^-1 and the distances scaled back by s), linearizes the distance of each
-point along its direction to the surface (the exact gradient of the
-unsigned distance; the face normal where the distance is zero) and solves a
-Gauss-Newton step for the 7 (or, with ``scale=False``, 6) parameters of a
-small similarity about the points' centroid, damped (Levenberg-Marquardt)
-where a step would make the objective grow. It first iterates on
-``max_points`` scan points (a fixed random subset: seven parameters are
-determined long before 60 000 points), then polishes on all points, whose
-final distances it returns.
+See docs/evaluation.md (landmarks, crop, transforms, ICP).
 """
 from __future__ import annotations
 

@@ -1,47 +1,8 @@
-"""Face cropping of ground-truth scans (paper section 5.2).
+"""Face cropping of ground-truth scans (paper section 5.2): a vertex is kept
+when it lies inside both the sphere around the nose tip and the facial
+contour through the jaw landmarks.
 
-A vertex is kept when it lies inside BOTH
-
-- the **sphere** of radius ``radius`` (mm) centred on the nose tip, and
-- the **facial contour**: the closed curve through the jaw landmarks, tested
-  in 2D in the frontal plane of the face, and not far behind it in depth.
-
-The sphere alone either cuts the jaw (too small) or keeps ears, neck and hair
-(too large); with the contour bounding the face laterally, below and above,
-the sphere can be large enough to keep the whole jaw line and only has to trim
-what lies behind the cheeks.
-
-Design (all lengths in mm):
-
-- **Landmarks**: (68, 3) points on the scan in iBUG-68 order, 0-based (jaw
-  0-16 with the chin at 8, brows 17-26, nose tip 30).
-- **Face frame** (:func:`face_frame`): origin at the nose tip; the normal
-  ``z`` is the least-squares plane normal of the 68 landmarks, oriented toward
-  the side of the nose tip; ``y`` (up) runs from the chin (8) to the midpoint of
-  the brows (17-26), made orthogonal to ``z``; ``x = y cross z`` points to the
-  subject's left. On the sample data this is the model frame (+Y up, +Z toward
-  the viewer) up to the head pose.
-- **Contour** (:func:`face_contour`): the jaw landmarks 0..16 are open at the
-  top, so the curve is closed over the forehead: from the jaw end 16 to the
-  brow tail 26, up by ``forehead_mm`` and along the brows raised by
-  ``forehead_mm`` (26..17), down to the brow tail 17 and back to the jaw end 0.
-  The lines jaw end -> brow tail cut the temples and sideburns; the raised brows
-  bound the forehead below the hairline (the menpo "james" hairline is
-  60-70 mm above the brows).
-- **Margin**: ``margin_mm`` grows the contour outward by that distance (a
-  Minkowski offset: a point outside the polygon is kept when its 2D distance
-  to the polygon boundary is at most ``margin_mm``). The jaw landmarks lie on
-  the jaw line itself, so a small margin keeps the jaw-line vertices.
-- **Depth**: a 2D contour cannot tell the face from what lies behind it (back
-  of the neck, the ears of a turned head), so vertices more than
-  ``depth_margin_mm`` behind the deepest jaw landmark (along ``z``) are dropped;
-  ``None`` turns this off and leaves that cut to the sphere alone.
-- **Radius**: literature values for FRGC-style sphere-only crops are 80-100 mm
-  (Mian et al. 2007 use 80 mm). With the contour doing the lateral, lower and
-  upper cut the sphere can be looser, and it must reach the jaw: on the sample
-  scans the chin is 80 mm (Lee Perry-Smith) to 99 mm (menpo "james") from the
-  nose tip and the jaw landmarks 3..13 up to 125 mm, so the default is 125 mm.
-  The sphere then trims the sides behind the cheeks (ears, sideburns).
+See docs/geometry.md (face frame, contour, margins, radius).
 """
 from __future__ import annotations
 

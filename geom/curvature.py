@@ -1,49 +1,7 @@
 """Principal and mean curvature by the normal-cycle tensor of Cohen-Steiner &
 Morvan (2003), "Restricted Delaunay triangulations and normal cycle".
 
-Every interior edge e of the mesh carries the tensor
-
-    T_e = beta_e |e| e_hat e_hat^T,
-
-beta_e the signed dihedral angle between its two face normals (positive on a
-convex edge, where the surface bends away from the normals) and e_hat the unit
-edge direction; boundary edges carry none. Summed over a region B and divided
-by its area, the tensor has the normal as an eigenvector with eigenvalue ~0
-and, in the tangent plane, the principal curvatures with their directions
-SWAPPED: the eigenvalue of direction u is the curvature along the tangent
-direction orthogonal to u (a cylinder bends along edges parallel to its axis,
-so the axis carries the eigenvalue 1/r while 1/r is the curvature around it).
-
-Discretization (per step, see :func:`principal_curvatures`):
-
-1. topology: unique edges and their two faces, in numpy (:func:`edge_topology`);
-2. tensors: each vertex takes half of the tensor of each incident edge and its
-   pure (signed) Voronoi area, 1/8 sum (cot a + cot b) |e|^2. These areas
-   partition each triangle exactly like the dual edges that the dihedral
-   angles measure, so on irregular triangulations they match the tensors
-   better than libigl's mixed Voronoi areas (random Delaunay sphere: RMS
-   error of H 0.6 % with the mixed areas, 0.3 % with these; 2 % vs 0.2 %
-   with a hard 2-ring instead of the soft ball below);
-3. pooling: tensors and areas are summed over a soft ball of ``radius`` mean
-   edge lengths, connected through the mesh graph (:func:`ball_pool`), and
-   the pooled tensor is divided by the pooled area;
-4. eigen: the tensor is projected on the tangent plane of the vertex normal,
-   which makes the normal an exact eigenvector, and the remaining 2x2
-   eigenproblem is solved in closed form (:func:`principal_from_tensors`);
-   the two tangent eigenpairs give the principal curvatures after the swap
-   above.
-
-Steps 3 and 4 run in Numba (serial: on the 2-core, shared development
-machine parallel kernels were no faster under load and took 16 s instead of
-a few to compile); the rest is numpy and libigl (face normals, vertex
-normals, double areas).
-
-Sign: curvature is positive where the surface bends away from the normal. By
-default the normal is the right-hand normal of the faces (counter-clockwise
-seen from its tip), so a sphere with outward-oriented faces has H = +1/r
-(+0.02 /mm at r = 50 mm) and reversing every face flips every sign. When
-``normals`` are given, the sign follows them instead, vertex by vertex.
-Units: 1/length of the vertex coordinates (1/mm for the sample data).
+See docs/geometry.md (the tensor, the discretization, the sign).
 """
 from __future__ import annotations
 

@@ -2,39 +2,7 @@
 and the smooth identity and expression displacement fields, all continuous
 functions of the face parameters (u, v).
 
-Model frame: mm, +Y up, the face looks toward +Z, +X = the subject's left;
-the head's vertical axis is the Y axis and the nose tip lies near
-(0, 0, 100). A face is a radial height field over a cylinder: the parameter
-point (u, v) (mm) has the angle theta = u / HEAD_RADIUS about the Y axis and
-the height y = v, and its surface point is::
-
-    P(u, v) = r(u, v) * (sin theta, 0, cos theta) + (0, v, 0)  (+ tangential shifts)
-
-so near the front u is about x and v is y, and the sides of the face (u in
-[-125, 125], theta within +-89.5 deg) are sampled as well as the front (a
-plane height field would make them walls). v runs from -110 (under the chin)
-to 115 (the hairline); the nose tip is at (u, v) = (0, 0).
-
-- **Mean face** (:func:`mean_surface`): a superellipse head section whose
-  half-width and front depth are smooth profiles over v, blended into a neck
-  below the jaw line, plus smooth radial features: nose (dorsum, tip, alae),
-  eye sockets, globes and lid margins, brow ridge, glabella, cheekbones,
-  temples, dental arch, lips and mouth line, mentolabial sulcus, chin.
-- **Identity** (:data:`IDENTITY_FACTORS`): 17 smooth 3D displacement fields,
-  each one standard deviation of a factor of the population (face width,
-  height, depth, lower-face length, jaw width, nose projection, width and
-  length, eye depth and spacing, brow ridge, cheekbones, cheek fullness, lip
-  fullness, chin, forehead slope, mouth width). Sampled on the coarse grid
-  they are orthonormalized by PCA and scaled to one sigma
-  (:func:`dce.geom.synthetic_world.build_world`): the exported model has
-  unit-variance coefficients c ~ N(0, I), and the raw weights ``mixing @ c``
-  of the continuous fields give the same identity at any resolution.
-- **Expressions** (:data:`EXPRESSIONS`): blendshapes, weights in [0, 1]:
-  smile, brow_raise, squint, lips_pressed, frown. The mouth stays closed (an
-  open mouth is no height field).
-
-The person-specific detail (creases, pores) is :mod:`dce.geom.face_detail`;
-the world model sampled from these fields is :mod:`dce.geom.synthetic_world`.
+See docs/synthetic-world.md (model frame, parameterization, fields).
 """
 from __future__ import annotations
 

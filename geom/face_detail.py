@@ -1,15 +1,7 @@
-"""Person-specific detail of a synthetic face: what the coarse model cannot
-hold and the refinement is to learn.
+"""Person-specific detail of a synthetic face (creases, folds, pores): what
+the coarse model cannot hold and the refinement is to learn.
 
-The detail (:func:`detail_field`, ground truth only, radial) is: nostrils and
-alar creases, the mouth slit and vertical lip creases, upper-eyelid
-creases, nasolabial folds, forehead wrinkles, glabellar frown lines and
-crow's feet. Their count and depth vary by identity (with a random age),
-and some with the expression (forehead lines with brow_raise, crow's feet
-with smile and squint, nasolabial folds with smile, frown lines with
-frown); their places follow the landmarks and the anatomy, so they are
-predictable from the coarse shape. Pores are band-limited noise (std
-0.05-0.1 mm, wavelengths 1.2-4 mm), random per identity, so they are not.
+See docs/synthetic-world.md.
 """
 from __future__ import annotations
 

@@ -1,70 +1,8 @@
-"""The fit of a linear 3D morphable model to 68 2D landmarks.
+"""The fit of a linear 3D morphable model to 68 2D landmarks (DL-3DMM style:
+scaled-orthographic camera, identity coefficients, bounded expression
+weights).
 
-The model is :class:`dce.geom.morphable.MorphableModel`; the bounded least
-squares of each step is :func:`dce.geom.bounded_lsq.regularized_lstsq`.
-
-Fitting (:func:`fit_to_landmarks`)
-----------------------------------
-DL-3DMM style (Ferrari et al. 2017): from 68 2D landmarks x_i (pixels) the fit
-minimizes::
-
-    sum_i weight_i ||x_i - (s R[:2] X_i(c, w) + t)||^2 + lambda ||c||^2 + lambda_e ||w||^2
-
-over the scaled-orthographic camera (s, R, t) and the identity coefficients c
-and expression weights w, X_i(c, w) being model landmark i. Each iteration
-
-1. estimates the camera from the 2D landmarks and the current 3D model
-   landmarks (:func:`dce.geom.projection.fit_orthographic`), then
-2. solves the regularized linear least-squares problem for c, w and t given
-   that camera, with a first-order correction of s and R included as four
-   more unknowns (a Gauss-Newton step on the joint problem). Plain
-   alternation creeps along the near-ambiguity between the camera scale and
-   the face size for hundreds of iterations; with the correction a fit
-   converges in 5-15. The step is halved while it raises the cost, and if
-   that fails the plain alternation step (camera held) is taken, which never
-   does, so the cost decreases monotonically.
-
-It stops when no coefficient, scale or rotation entry changes by more than
-``tolerance`` (relative).
-
-The prior is resolution-invariant. The coefficients are unit-variance, so
-for Gaussian landmark noise of sigma px per coordinate lambda = sigma^2
-makes the fit the MAP estimate under the model's prior. A detector's error
-grows with the face in pixels, so sigma is given relative to the face's
-size (``landmark_noise``, a fraction of the outer-eye distance, default
-0.02 = 2 %): lambda = (landmark_noise * D)^2, where D is the model mean's
-outer-eye distance (iBUG 36-45) in the image, through the
-scaled-orthographic camera fitted to the mean before the first iteration.
-Scaling the landmarks by any factor then scales D, lambda and the whole
-cost alike: the same coefficients come out, with the camera scaled. An
-absolute lambda in px^2 (``regularization``) fixed the prior at 4 px^2
-before; at 8 px/mm (Bosphorus photos) that prior is too weak for a
-detector's real error, and the camera scale trades against the identity
-modes that change the face's size (faces shrunk by 40 %, coefficients of
-8 sigma). Expression weights take ``expression_stiffness`` (default 1) times
-the identity's lambda.
-Expression weights stay
-within the model's ``expression_range`` ([0, 1] for ICT-style blendshapes,
-solved by an active-set bounded least squares) or are unconstrained when it
-is None (PCA expressions). The result's camera is the one of the last step,
-so the fitted mesh projects through it onto the landmarks with the reported
-residual.
-
-Jaw contour (``contour``): ``"fixed"`` (default) pairs the jaw landmarks 0-16
-with the model's fixed vertices. That is right for landmarks that are
-projections of 3D anatomical points (the 3D landmark files of the sample
-scans, the synthetic world) and for near-frontal photos, and it keeps the
-problem smooth. ``"sliding"`` re-picks the vertex of each jaw landmark but the
-chin (8) after each of the first 10 camera updates, then holds them (a
-discrete choice can flip between two neighbours forever). The model's
-silhouette is found band by band (horizontal bands of the mean at the jaw
-landmarks' heights and halfway between them, from the jaw vertex to the
-midline, in front of it) as the vertex of each band that projects farthest
-outward, and each 2D jaw landmark takes the silhouette vertex of its side
-nearest to it in the image. This follows the image contour that a 2D detector
-(FAN) marks on a turned face: use it for detected landmarks beyond ~20
-degrees of yaw. Sliding only moves a correspondence from the fixed vertex
-toward the midline, so on frontal views the two agree.
+See docs/morphable-model.md (the iteration, the prior, the jaw contour).
 """
 from __future__ import annotations
 

@@ -1,34 +1,7 @@
-"""68-point facial landmarks: detection on a photo, lifting onto a range scan.
+"""68-point facial landmarks: detection on a photo (face-alignment's FAN, weights
+never downloaded), lifting onto a range scan.
 
-Detection wraps face-alignment (Bulat & Tzimiropoulos' FAN, 2D, 68 points,
-iBUG order) with its S3FD face detector, the detector the paper uses. Results
-are (68, 2) float64 pixel coordinates, x = column, y = row, 0-based pixel
-centres. The heatmaps are decoded here (:func:`heatmap_peaks`, face-alignment's
-formula) rather than by face-alignment, whose decoder truncates the points to
-whole pixels and costs a numba compilation of several seconds per process.
-
-Weights never download. They are two files, looked up under their
-face-alignment cache names in the first of
-
-1. the ``weights_dir`` argument (CLI: ``--landmark-weights DIR``),
-2. the environment variable ``DCE_FACE_ALIGNMENT_WEIGHTS``,
-3. the torch hub cache, ``torch.hub.get_dir()/checkpoints`` (where
-   face-alignment itself caches them, normally
-   ``~/.cache/torch/hub/checkpoints``),
-
-where a directory given by 1 or 2 may hold the files directly or in a
-``checkpoints/`` sub-directory. The detector file is not needed when the
-face box is given. A missing file raises :class:`MissingWeightsError` naming
-the files, the directories searched and the download URLs.
-
-:class:`LandmarkDetector` holds the networks (about 1 s and 0.2 GB to build);
-:func:`detect_landmarks` is a convenience wrapper that keeps the last two
-detectors it built, keyed by weight files and device.
-
-Lifting (:func:`landmarks_to_3d`) maps photo landmarks onto a
-:class:`dce.geom.io.RangeScan` whose photo is registered with the grid: FRGC
-(the photo is pixel-aligned with the grid, rescaled when sizes differ) and
-Bosphorus (each grid point carries its texture coordinate ``uv``).
+See docs/dataset-inputs.md (the weights' lookup, lifting).
 """
 from __future__ import annotations
 

@@ -1,40 +1,8 @@
-"""Scan-to-mesh error of predicted face meshes against ground-truth scans:
-the NoW protocol (crop, landmark Procrustes, ICP: :mod:`dce.geom.alignment`)
-then, for every cropped ground-truth point, the unsigned distance to the
-nearest point of the aligned predicted surface (to its triangles, via
-libigl's ``point_mesh_squared_distance``). Statistics (median, mean,
-population std) pool all points of all meshes, and are also given per mesh
-and, optionally, per face region.
+"""Scan-to-mesh error of predicted face meshes against ground-truth scans by
+the NoW protocol, pooled over all points and given per mesh and, optionally,
+per face region; the folder layout that ``dce-eval-mesh`` reads.
 
-Regions (:func:`face_regions`), from the ground truth's 68 iBUG landmarks.
-The face frame: x from the right eye's outer corner (36) to the left's (45);
-up from the chin (8) to the mean of the brows (17-26), made orthogonal to x;
-points are compared in that plane (the face is a height field seen from the
-front). A point above the brow line (the brow landmarks joined in x order,
-held flat beyond the brow tails) is **forehead**; every other point takes
-the region of its nearest seed point in the plane:
-
-=========  ===============================================================
-region     seed points (iBUG-68 indices; mid(a, b) = midpoint of a and b)
-=========  ===============================================================
-nose       27-35 (bridge, tip, nostrils)
-eyes       36-47 (eye contours) and 17-26 (brows)
-mouth      48-59 (outer lip contour)
-chin       6-10 (jaw around the chin), mid(57, 8)
-cheeks     0-5 and 11-16 (jaw), mid(31, 2), mid(35, 14), mid(48, 4),
-           mid(54, 12), mid(41, 1), mid(46, 15)
-=========  ===============================================================
-
-Folders (:func:`evaluate_folders`). Predictions ``PRED/<stem>.ply|.obj``
-(any mesh format of :func:`dce.geom.io.load_mesh`) with their 3D
-landmarks ``PRED/<stem>.landmarks.txt`` (7 NoW points or 68 iBUG points,
-x y z a line). Ground truth ``GT/<stem>`` as a mesh with
-``GT/<stem>.landmarks.txt``, or a range scan (``.abs``, ``.abs.gz``,
-``.bnt``, triangulated by ``RangeScan.to_mesh``) with either that file or
-its photo's 68 landmarks ``GT/<stem>.pts``, lifted onto the scan by
-:func:`dce.geom.landmarks.landmarks_to_3d`. :func:`write_prediction` and
-:func:`write_ground_truth` lay files out that way; :func:`comparison_markdown`
-puts several evaluations of the same ground truths in one table.
+See docs/evaluation.md (regions, folders).
 """
 from __future__ import annotations
 

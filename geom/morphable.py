@@ -1,62 +1,8 @@
-"""Linear 3D morphable models (3DMMs): the model record and its file formats.
+"""Linear 3D morphable models (3DMMs): the model record and its file formats
+(the project's ``.npz``, ICT Face Model Light, Basel Face Model 2017).
+Re-exports the landmark fit of :mod:`dce.geom.landmark_fit`.
 
-Model
------
-:class:`MorphableModel` is a linear shape model in millimetres::
-
-    shape = mean + sum_k identity[k] * identity_basis[k]
-                 + sum_j expression[j] * expression_basis[j]          (n, 3)
-
-``identity_basis[k]`` is ONE STANDARD DEVIATION along mode k, so identity
-coefficients are unit-variance (c ~ N(0, I) under the model's prior). The
-expression basis is either a PCA (unit-variance coefficients, unbounded:
-``expression_range`` None) or a set of blendshapes whose weights live in a
-range (``expression_range`` = (0, 1) for ICT/ARKit-style shapes). The model
-frame is the sample data's: +Y up, the face looks toward +Z, +X = the
-subject's left. ``landmarks_68`` are the vertex indices of the iBUG-68
-landmarks (0-based, jaw 0-16, chin 8, nose tip 30).
-
-Files (:func:`load_model`, chosen by extension)
------------------------------------------------
-``.npz``, the project's format, a superset of the ICT Face Model Light file
-(``../shared/data/ict-face-model-light/ict_face_model.npz``) so that one reader
-serves both. :meth:`MorphableModel.save` writes (``np.savez_compressed``):
-
-=================== ================ ===========================================
-key                 shape / dtype    meaning
-=================== ================ ===========================================
-``format``          () str           ``"dce-morphable/1"``; absent in ICT files
-``mean``            (n, 3) float     mean shape, mm
-``identity_basis``  (k, n, 3) float  mm per unit (one-sigma) coefficient
-``faces``           (m, 3) int       triangles, 0-based
-``landmarks_68``    (68,) int        optional; iBUG-68 vertex indices
-``expression_basis`` (e, n, 3) float optional; mm per unit weight
-``expression_names`` (e,) str        optional
-``expression_range`` (2,) float      optional; bounds of the expression
-                                     weights, absent = unbounded
-``vertex_region``   (n,) uint8       optional; the model's region label
-``name``            () str           optional
-=================== ================ ===========================================
-
-Files without a ``format`` key are read as the ICT Face Model Light layout
-(float32 arrays are promoted to float64; its expression blendshapes get the
-range [0, 1]; its other keys, ``rigid_vertices`` etc., are ignored).
-
-``.h5``/``.hdf5``: Basel Face Model 2017 (statismo layout): ``shape/model/
-mean`` (3N,) interleaved xyz in mm, ``shape/model/pcaBasis`` (3N, K) with
-orthonormal columns and ``shape/model/pcaVariance`` (K,), so the one-sigma
-mode k is ``pcaBasis[:, k] * sqrt(pcaVariance[k])``; ``shape/representer/
-cells`` (3, T) triangles. An ``expression/model/{mean, pcaBasis,
-pcaVariance}`` group, when present, becomes a unit-variance, unbounded
-expression basis, and its mean (the mean expression offset) is added to the
-mean shape. BFM ships no iBUG-68 vertex list: pass ``landmarks_68=`` (68
-indices or a text file of them), or put the file ``<name>.landmarks_68.txt``
-beside the ``.h5``; otherwise ``landmarks_68`` is None and fitting refuses the
-model with a message saying so.
-
-The fit to 68 2D landmarks lives in :mod:`dce.geom.landmark_fit`; its names
-are re-exported here, so ``from dce.geom.morphable import fit_to_landmarks``
-keeps working.
+See docs/morphable-model.md (the model, the file layouts).
 """
 from __future__ import annotations
 

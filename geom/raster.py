@@ -1,42 +1,7 @@
 """Orthographic z-buffer rasterization of triangle meshes into multi-channel
-images.
+images (Numba, exact top-left fill rule).
 
-Conventions (the view frame of :mod:`dce.geom.projection`). A vertex is
-``(x_px, y_px, z)``: x is the column, y the row (down), z the depth away from
-the viewer, so the NEAREST surface has the SMALLEST z. Pixel (row i, column j)
-is sampled at its centre ``(x=j, y=i)``. Each pixel takes the nearest triangle
-covering its centre, and the per-vertex channels are interpolated
-barycentrically in screen space, which is exact for channels that are linear
-on the 3D triangle because the projection is orthographic.
-
-Fill rule. x and y are snapped to a grid of 2^-k pixel, k as large as 64-bit
-integer edge functions allow (k = 29 - ceil(log2(max(|x|, |y|, H, W))), so 21
-for a 256-pixel image that holds the mesh), and coverage is decided exactly in
-integers: two triangles sharing an edge agree on which side of it every pixel
-centre lies. A centre exactly on an edge belongs to the triangle for which that
-edge is a top or a left edge (the same as nudging the centre infinitesimally
-right and, less, down), so a centre on a shared edge or vertex is drawn exactly
-once: never twice, never cracked. Zero-area triangles are skipped. Back faces
-are drawn unless ``cull_backfaces``: with faces counter-clockwise seen from
-outside, a back face is one whose normal points away from the viewer (+z).
-
-Depth and channels use the barycentric weights of the snapped triangle (the
-snap moves a vertex by at most 2^-(k+1) pixel), kept as float32 between the
-passes. The depth test compares z quantized to 2^-30 of the mesh's depth
-range; surfaces closer than that tie, and a tie goes to the lower face index,
-whatever the drawing order.
-
-Implementation. At 256^2 most triangles of a face mesh are smaller than a
-pixel, so the per-triangle work decides the speed. Triangles go in chunks of
-1024: a gather of their snapped corners; a branch-free setup, which LLVM
-vectorizes, of the bounding box, the edge functions at its first pixel centre
-and which of its centres are covered when it holds at most 2x2 of them; a
-branch-free list of the triangles that cover some centre, and of the bigger
-boxes; per covered centre, a depth test that is one integer comparison of
-packed (depth, face) keys, done with selects rather than branches; a plain
-walk of the bigger boxes. A last pass interpolates the channels once per
-covered pixel from the winner's weights, which wait in the image's own memory.
-Indices are cast to unsigned so that Numba emits no negative-index fix-ups.
+See docs/geometry.md (conventions, fill rule, depth test, implementation).
 """
 from __future__ import annotations
 

@@ -1,24 +1,7 @@
 """The synthetic world's scanner: one raw range scan and its photo rendered
 from the ground truth (:func:`render_scan`).
 
-Scanner frame (the ``.abs`` xyz and the manifest's 3D landmarks), FRGC-like:
-mm, +Y up, +Z toward the scanner, which sits at the origin; +X is then the
-subject's left. The head is turned by a random yaw (+-10 deg), pitch (+-5)
-and roll (+-2) about its model origin and put about 1.1 m away:
-``X_scan = R_pose @ X_model + T``. The scanner is orthographic: the camera
-``scanner_camera`` (rotation ``FRONTAL``, 1.5 px/mm, X = Y = 0 at the image
-centre); pixel (row i, column j) holds ``X = (j - (W-1)/2) / scale``,
-``Y = -(i - (H-1)/2) / scale`` and the Z of the nearest ground-truth surface
-(z-buffer of the 0.5 mm mesh). Then invalid pixels where nothing is hit, at
-grazing angles (normal more than 83 deg from the view ray), inside the eye
-openings, in part of the brows (hair) and above the hairline; Gaussian
-sensor noise along the view ray (Z, 0.07 mm); outlier spikes (0.2% of the
-valid pixels, singly, and three small clusters, +-6..30 mm in Z). The photo
-(``.ppm``, the same 480 x 640 grid, pixel-aligned as in FRGC): skin albedo
-per identity, darker brows, red lips, eyes, hair, Lambert shading, noise.
-The ``.pts`` landmarks are the scanner-camera projections of the exact 3D
-landmarks (x = column, y = row, 0-based pixel centres; 300-W files count
-from 1).
+See docs/synthetic-world.md (scanner frame, defects, photo, landmarks).
 """
 from __future__ import annotations
 

@@ -1,71 +1,8 @@
-"""Input pairs for the dataset builder: enumeration and loading.
+"""Input pairs for the dataset builder: enumeration (:class:`PairSpec`
+records from a synthetic world, FRGC, Bosphorus or a manifest) and loading
+(:func:`load` -> :class:`PairInput`).
 
-A *pair* is one ground truth (a raw range scan, or a mesh with 3D landmarks),
-the 68 iBUG landmarks of its photo, the photo when there is one, and a coarse
-mesh with its 68 landmark vertices. Building a data set is two steps:
-
-1. an enumerator lists the pairs as :class:`PairSpec` records (paths and ids
-   only: cheap, picklable, sorted by ``pair_id``);
-2. :func:`load` reads one spec's files into a :class:`PairInput` (run it in
-   the worker processes, so files are read in parallel).
-
-Enumerators
------------
-- :func:`synthetic_world`: a world written by
-  :func:`dce.geom.synthetic.generate_world` (``world.json``).
-- :func:`frgc_directory`: FRGC v2, every ``*.abs`` / ``*.abs.gz`` below a
-  folder. ``pair_id`` = the stem (``02463d452``), subject = the text before
-  the ``d`` (``02463``). Photo: the sibling ``<stem>.ppm`` (else ``.png``,
-  ``.jpg``, ``.jpeg``). Landmarks: ``<stem>.pts`` or ``<stem>.txt`` beside the
-  scan, else in ``landmarks_dir`` (flat, or mirroring the tree below
-  ``root``), else detected on the photo at load time.
-- :func:`bosphorus_directory`: every ``*.bnt`` below a folder. ``pair_id`` =
-  the stem (``bs001_E_HAPPY_0``), subject = the ``bsNNN`` prefix. Photo: the
-  texture the ``.bnt`` header names, else ``<stem>.png``. Bosphorus ships 22
-  *named* landmarks (``.lm2`` in the photo, ``.lm3`` in mm), not the 68 iBUG
-  points that the coarse fit and both cameras need, and the two sets cannot be
-  converted into each other. So the 68 come from ``<stem>.pts`` (beside the
-  scan or in ``landmarks_dir``), else they are detected on the photo; the
-  ``.lm2`` / ``.lm3`` paths are kept in the provenance only.
-- :func:`manifest`: a CSV (header row) or JSON (a list of objects, or
-  ``{"pairs": [...]}``) of arbitrary pairs; see :data:`MANIFEST_COLUMNS`.
-
-Landmarks
----------
-2D landmarks are (68, 2) float64 photo pixels, x = column, y = row, 0-based
-pixel centres (the project's convention; ``.pts`` files are taken as stored,
-so 300-W style files that count from 1 must be shifted beforehand). When a
-pair has no landmark file they are detected on its photo with face-alignment
-(:func:`dce.geom.landmarks.detect_landmarks`), its weights taken from the
-enumerator's ``landmark_weights`` folder, else ``$DCE_FACE_ALIGNMENT_WEIGHTS``,
-else the torch hub cache. Without weights the pair fails with
-:class:`MissingLandmarksError`, which names the landmark files looked for and
-the ways to give the weights.
-
-Mesh ground truth (manifest rows whose ``target`` is a mesh): the mesh and its
-68 3D landmarks (mm, sample-data model frame: +Y up, face toward +Z) are
-loaded into ``PairInput.target_mesh`` / ``landmarks_3d`` and ``scan`` is None.
-Its 2D landmarks are, in order: the ``landmarks_2d`` file; detected on the
-``photo``; else *synthesized*: the 3D landmarks projected by the frontal
-camera ``posed_camera(nose tip, s, 2 * FACE_PX)`` with s chosen so that the
-larger side of the 3D landmarks' x-y bounding box spans :data:`FACE_PX` px
-(a 512 px virtual photo with the nose tip at its centre). A fit of a
-scaled-orthographic camera to the synthesized landmarks then returns exactly
-that frontal camera.
-
-Coarse side
------------
-The coarse mesh and its 68 landmark vertices come from a
-:class:`~dce.geom.coarse_source.CoarseSource` (a morphable model fitted to the
-landmarks, a folder of meshes, or the spec's own coarse mesh), read by
-:func:`dce.geom.coarse_source.coarse_side`.
-
-Errors
-------
-A missing or corrupt file raises :class:`dce.geom.io.FormatError` naming the
-file and the problem; a pair that lacks an input raises ``ValueError`` naming
-the pair (and the manifest row) and what is missing. Both are ``ValueError``,
-so the builder can catch them per pair, report and skip.
+See docs/dataset-inputs.md (enumerators, landmarks, mesh ground truth, errors).
 """
 from __future__ import annotations
 

@@ -1,37 +1,9 @@
-"""The built-in synthetic world: a population of faces written as raw
-FRGC-style scans, with the world's own linear 3DMM and coarse fits, so the
-whole pipeline runs and is tested with no licensed data. Everything is a
-continuous function of the face parameters and is drawn from one seed.
+"""The built-in synthetic world's files: :func:`generate_world` writes a
+population of faces as raw FRGC-style scans with the world's own 3DMM and
+coarse fits (resumable, in a process pool), :func:`load_world` reads it back,
+and previews draw it. It also offers the names of the layers below.
 
-The world is built in layers, one module each:
-
-- :mod:`dce.geom.face_anatomy`: the mean face, its landmarks, and the
-  identity and expression fields;
-- :mod:`dce.geom.face_detail`: the person-specific detail (creases, pores);
-- :mod:`dce.geom.synthetic_world`: the settings, the world model (3DMM), the
-  identities and scan plans, the ground-truth surface;
-- :mod:`dce.geom.scanner`: the raw range scan and its photo;
-- this module: the files, their resumption and the process pool, and the
-  previews. It also offers the names of the layers below that callers use.
-
-Files (:func:`generate_world`)
-------------------------------
-``world_model.npz`` (:meth:`dce.geom.morphable.MorphableModel.save`); per
-scan, with the FRGC stem ``<5-digit subject>d<shot>``:
-``scans/<stem>.abs.gz`` (``.abs`` with ``compress=False``), ``.ppm``,
-``.pts``, ``coarse/<stem>.ply`` (the fitted mesh, model frame) and
-``coarse/<stem>.camera.json``
-(:meth:`OrthographicCamera.to_dict`: model frame -> photo pixels), and last
-``scans/<stem>.json``, the scan's record: a scan whose record and files exist
-(for the same seed and settings) is complete and kept on a rerun. Last of
-all ``world.json``, the manifest (:func:`load_world`). Every file is written
-to a temporary name and renamed. The same seed and settings give
-byte-identical files, whatever the number of worker processes.
-
-The coarse counterpart of a scan is :func:`dce.geom.morphable.fit_to_landmarks`
-of the world model (all identity and expression modes, regularization
-sigma^2) to its ``.pts`` landmarks plus 2 px Gaussian noise: never a
-smoothing of the ground truth.
+See docs/synthetic-world.md.
 """
 from __future__ import annotations
 

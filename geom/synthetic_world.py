@@ -1,13 +1,8 @@
 """The synthetic world and its 3DMM: the settings, the world model sampled
-from the face anatomy (:mod:`dce.geom.face_anatomy`), the identities and scan
-plans drawn from one seed, and the ground-truth surface of a scan.
+from the face anatomy, the identities and scan plans drawn from one seed,
+and the ground-truth surface of a scan.
 
-The world model samples the smooth functions on a 2.5 mm (u, v) grid (9191
-vertices, 18000 triangles); the ground truth samples smooth shape + detail on
-a 0.5 mm grid that contains the coarse nodes. The 68 iBUG landmarks
-(:data:`dce.geom.face_anatomy.LANDMARK_UV`) are snapped to coarse nodes, so
-the model's landmark vertex and the ground truth's landmark are the same
-material point.
+See docs/synthetic-world.md.
 """
 from __future__ import annotations
 
