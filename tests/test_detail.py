@@ -11,15 +11,27 @@ from dce.gan.detail import DetailSettings, DetailTrainer, LocalEnhancer, crop_ba
 from dce.gan.train import Trainer, TrainSettings
 
 
+def build_synthetic(world, out, **config):
+    """The pair file `dce-build synthetic --workers 1` writes with these
+    build options (BuildConfig fields), through the library; the world (3
+    identities, seed 0) is generated first when missing, as the command does."""
+    from dce.geom import build, sources
+    from dce.geom.dataset import BuildConfig
+    from dce.geom.synthetic import generate_world
+
+    if not (world / "world.json").is_file():
+        generate_world(world, identities=3, seed=0, workers=1)
+    report = build.build(sources.synthetic_world(world), out, BuildConfig(**config),
+                         command="synthetic", workers=1, progress=False, log=lambda *a: None)
+    assert report.failures == []
+    return out
+
+
 @pytest.fixture(scope="module")
 def pairs(tmp_path_factory):
-    from dce.cli.build import main
-
     root = tmp_path_factory.mktemp("detail")
-    assert main(["synthetic", "--identities", "3", "--world", str(root / "world"),
-                 "-o", str(root / "rgb.h5"), "--size", "32", "--poses", "1", "--workers", "1",
-                 "--channels", "DCE+RGB"]) == 0
-    return root / "rgb.h5"
+    return build_synthetic(root / "world", root / "rgb.h5", size=32, poses=1,
+                           channels="DCE+RGB")
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +191,6 @@ def test_a_detail_stage_without_its_global_network_is_refused(pairs, global_run,
 
 def test_checkpoint_channels_that_the_file_lacks_are_refused(pairs, global_run, tmp_path):
     """A colour model on a file without colour: the message names both."""
-    from dce.cli.build import main as build
     from dce.cli.evaluate import main
 
     rgb_run = tmp_path / "rgb"
@@ -188,8 +199,7 @@ def test_checkpoint_channels_that_the_file_lacks_are_refused(pairs, global_run, 
                           max_resolution=4, log_every=1000), log=lambda *a: None).train()
     plain = tmp_path / "plain.h5"
     world = pairs.parent / "world"
-    assert build(["synthetic", "--world", str(world), "-o", str(plain), "--size", "32",
-                  "--poses", "0", "--workers", "1"]) == 0
+    build_synthetic(world, plain, size=32, poses=0)
     from dce.gan.evaluate import evaluate
 
     with pytest.raises(ValueError, match=r"plain\.h5.*r', 'g', 'b.*rgb/last\.pt|plain\.h5.*"

@@ -10,13 +10,18 @@ from dce.gan.train import Trainer, TrainSettings
 
 @pytest.fixture(scope="module")
 def pairs(tmp_path_factory):
-    from dce.cli.build import main
+    """The pair file of `dce-build synthetic --identities 3 --size 32 --poses 1
+    --workers 1 --channels DCE+RGB`, built through the library."""
+    from dce.geom import build, sources
+    from dce.geom.dataset import BuildConfig
+    from dce.geom.synthetic import generate_world
 
     root = tmp_path_factory.mktemp("train")
-    for channels, name in (("DCE+RGB", "rgb.h5"),):
-        assert main(["synthetic", "--identities", "3", "--world", str(root / "world"),
-                     "-o", str(root / name), "--size", "32", "--poses", "1", "--workers", "1",
-                     "--channels", channels]) == 0
+    generate_world(root / "world", identities=3, seed=0, workers=1)
+    report = build.build(sources.synthetic_world(root / "world"), root / "rgb.h5",
+                         BuildConfig(size=32, poses=1, channels="DCE+RGB"),
+                         command="synthetic", workers=1, progress=False, log=lambda *a: None)
+    assert report.failures == []
     return root / "rgb.h5"
 
 
