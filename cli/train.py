@@ -11,6 +11,7 @@ every stage change and on Ctrl-C; --resume continues exactly.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -18,38 +19,43 @@ from dce.cli.options import integer, number
 
 
 def parse_args(argv=None):
-    from dce.gan.configs import CONFIGS, DEFAULT_CONFIG
+    from dce.gan.configs import CONFIGS
     from dce.gan.networks import RESOLUTIONS
-    from dce.gan.train import MAX_SEED, MAX_WORKERS, PRESETS
+    from dce.gan.train import MAX_SEED, MAX_WORKERS, PRESETS, TrainSettings
 
+    # Every default is TrainSettings' own (the one home of the settings).
+    d = {f.name: f.default for f in dataclasses.fields(TrainSettings)}
     p = argparse.ArgumentParser(prog="dce-train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("data", type=Path, help="DCE pair file from dce-build")
     p.add_argument("-o", "--out", type=Path, default=Path("dce_run"),
                    help="run folder for checkpoints and logs (default: dce_run)")
-    p.add_argument("--config", default=DEFAULT_CONFIG, choices=sorted(CONFIGS),
-                   help=f"Generator|Discriminator|Pixel-loss channels (default: {DEFAULT_CONFIG}, "
+    p.add_argument("--config", default=d["config"], choices=sorted(CONFIGS),
+                   help=f"Generator|Discriminator|Pixel-loss channels (default: {d['config']}, "
                         "the paper's choice)")
-    p.add_argument("--model", default="progressive", choices=["progressive", "pix2pix"],
+    p.add_argument("--model", default=d["model"], choices=["progressive", "pix2pix"],
                    help="the paper's progressive encoder-decoder, or the pix2pix baseline "
                         "(U-Net + 70x70 PatchGAN, L1 weight 100, no growing: one stage at the "
-                        "last resolution with the same iteration budget) (default: progressive)")
-    p.add_argument("--preset", default="paper", choices=sorted(PRESETS),
-                   help="growing schedule (default: paper)")
+                        f"last resolution with the same iteration budget) (default: {d['model']})")
+    p.add_argument("--preset", default=d["preset"], choices=sorted(PRESETS),
+                   help=f"growing schedule (default: {d['preset']})")
     p.add_argument("--iters-per-resolution", type=integer(1), default=None,
                    help="override the preset's iterations per resolution")
     p.add_argument("--max-resolution", type=int, default=None, choices=RESOLUTIONS,
                    help="override the preset's last resolution (4 ... 256)")
-    p.add_argument("--batch-size", type=integer(1), default=4, help="batch size (default: 4, paper)")
+    p.add_argument("--batch-size", type=integer(1), default=d["batch_size"],
+                   help=f"batch size (default: {d['batch_size']}, the paper's)")
     p.add_argument("--lr", type=number(0.0, low_open=True, high=1.0), default=None,
                    help="Adam learning rate (default: 1e-5, the paper's; 5e-4 with --preset cpu; "
                         "2e-4 for pix2pix)")
-    p.add_argument("--gp-lambda", type=number(0.0), default=10.0,
-                   help="gradient-penalty weight (default: 10)")
-    p.add_argument("--drift", type=number(0.0), default=0.0,
-                   help="drift penalty on D(real)^2, Progressive GAN uses 0.001 (default: 0)")
-    p.add_argument("--crop-pad", type=integer(0), default=16,
-                   help="online random crop-and-pad shift in pixels (default: 16; 0 = off)")
+    p.add_argument("--gp-lambda", type=number(0.0), default=d["gp_lambda"],
+                   help=f"gradient-penalty weight (default: {d['gp_lambda']:g})")
+    p.add_argument("--drift", type=number(0.0), default=d["drift"],
+                   help="drift penalty on D(real)^2, Progressive GAN uses 0.001 "
+                        f"(default: {d['drift']:g})")
+    p.add_argument("--crop-pad", type=integer(0), default=d["crop_pad"],
+                   help="online random crop-and-pad shift in pixels "
+                        f"(default: {d['crop_pad']}; 0 = off)")
     p.add_argument("--equalized-lr", action="store_true",
                    help="equalized learning rate (Progressive GAN) instead of plain init")
     p.add_argument("--residual", action=argparse.BooleanOptionalAction, default=None,
@@ -59,17 +65,18 @@ def parse_args(argv=None):
                    help="L1 pixel loss over the ground truth's surface only, so the scans' holes "
                         "(eyes, brows, hair) are not learned (our option; default: on for "
                         "--preset cpu, off for the paper preset, whose L1 covers the whole image)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (default: auto)")
-    p.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"],
+    p.add_argument("--device", default=d["device"],
+                   help=f"auto, cpu, cuda, cuda:1 ... (default: {d['device']})")
+    p.add_argument("--amp", default=d["amp"], choices=["auto", "bf16", "fp16", "off"],
                    help="mixed precision on CUDA (default: auto = bf16 where supported)")
-    p.add_argument("--workers", type=integer(0, MAX_WORKERS), default=2,
-                   help=f"data-loader processes, 0 .. {MAX_WORKERS} (default: 2)")
-    p.add_argument("--seed", type=integer(0, MAX_SEED), default=0,
-                   help="random seed, 0 .. 2^63 - 1 (default: 0)")
-    p.add_argument("--checkpoint-every", type=integer(1), default=500,
-                   help="iterations between checkpoints (default: 500)")
-    p.add_argument("--log-every", type=integer(1), default=25,
-                   help="iterations between log lines (default: 25)")
+    p.add_argument("--workers", type=integer(0, MAX_WORKERS), default=d["workers"],
+                   help=f"data-loader processes, 0 .. {MAX_WORKERS} (default: {d['workers']})")
+    p.add_argument("--seed", type=integer(0, MAX_SEED), default=d["seed"],
+                   help=f"random seed, 0 .. 2^63 - 1 (default: {d['seed']})")
+    p.add_argument("--checkpoint-every", type=integer(1), default=d["checkpoint_every"],
+                   help=f"iterations between checkpoints (default: {d['checkpoint_every']})")
+    p.add_argument("--log-every", type=integer(1), default=d["log_every"],
+                   help=f"iterations between log lines (default: {d['log_every']})")
     p.add_argument("--resume", action="store_true",
                    help="continue from OUT/last.pt (refused if the settings differ); "
                         "OUT/log.jsonl is cut back to its iteration")
