@@ -13,11 +13,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 from pathlib import Path
 
-from dce.cli.options import SEED_MAX, OutputError, check_output, integer, number
+from dce.cli.options import (
+    SEED_MAX,
+    OutputError,
+    check_disk,
+    check_output,
+    integer,
+    is_pair_file,
+    number,
+)
 from dce.gan.h5format import DEFAULT_TEST_FRACTION
 from dce.geom.dataset import BuildConfig
 from dce.geom.morphable import EXPRESSION_STIFFNESS, LANDMARK_NOISE, FitGate
@@ -172,7 +179,7 @@ def enumerate_pairs(args):
     if args.command == "synthetic":
         if not (args.world / "world.json").is_file():
             from dce.geom.synthetic import generate_world
-            _check_disk(args.world, 2 * args.identities * SCAN_BYTES, "the synthetic world")
+            check_disk(args.world, 2 * args.identities * SCAN_BYTES, "the synthetic world")
             print(f"generating the synthetic world ({args.identities} identities) in {args.world}")
             generate_world(args.world, identities=args.identities, seed=args.seed,
                            workers=args.workers)
@@ -184,29 +191,6 @@ def enumerate_pairs(args):
         return sources.bosphorus_directory(args.root, landmarks_dir=args.landmarks_dir,
                                            landmark_weights=args.landmark_weights), coarse
     return sources.manifest(args.manifest), coarse
-
-
-def _check_disk(folder: Path, need: int, what: str) -> None:
-    """Refuse up front a job whose files cannot fit on the disk."""
-    probe = folder.resolve()
-    while not probe.exists():
-        probe = probe.parent
-    free = shutil.disk_usage(probe).free
-    if need > free:
-        raise OutputError(f"{what} needs about {need / 1e9:.1f} GB in {folder}; "
-                          f"{free / 1e9:.1f} GB are free")
-
-
-def _is_pair_file(path: Path) -> bool:
-    """A file dce-build made (so it may replace it): an HDF5 "dce-pairs" file."""
-    import h5py
-
-    from dce.gan.h5format import FORMAT_NAME
-    try:
-        with h5py.File(path, "r") as f:
-            return f.attrs.get("format") == FORMAT_NAME
-    except (OSError, ValueError):
-        return False
 
 
 def _build_inputs(args) -> list:
@@ -225,7 +209,7 @@ def run_build(args) -> int:
     try:
         shard = store.parse_shard(args.shard) if args.shard else None
         out = shard_path(args.out, shard)
-        check_output(out, _build_inputs(args), replaceable=_is_pair_file)
+        check_output(out, _build_inputs(args), replaceable=is_pair_file)
         if args.command == "synthetic":
             for part in ("scans", "coarse"):
                 if out.resolve().is_relative_to((args.world / part).resolve()):
@@ -299,7 +283,7 @@ def _file_command(args) -> int:
                            replaceable=lambda p: p.suffix.lower() == ".png")
         print(store.preview_pairs(args.file, args.k, out, seed=args.seed))
     else:
-        check_output(args.out, args.shards, replaceable=_is_pair_file)
+        check_output(args.out, args.shards, replaceable=is_pair_file)
         store.merge_shards(args.shards, args.out, seed=args.seed, test_fraction=args.test_fraction)
         print(f"merged {len(args.shards)} shards -> {args.out}")
     return 0

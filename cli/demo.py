@@ -247,7 +247,8 @@ def build_pairs(world: Path, pairs: Path, identities: int, size: int, poses: int
     """Step 1, as ``dce-build synthetic`` with a preview of 8 pairs: the
     synthetic world of ``identities`` (generated when missing) and its pair
     file; a finished file of these settings is kept, a partial one resumed."""
-    from dce.cli.build import SCAN_BYTES, _check_disk, _is_pair_file
+    from dce.cli.build import SCAN_BYTES
+    from dce.cli.options import check_disk, is_pair_file
     from dce.geom import sources, store
     from dce.geom.build import BuildInterrupted, build
     from dce.geom.dataset import BuildConfig
@@ -255,9 +256,9 @@ def build_pairs(world: Path, pairs: Path, identities: int, size: int, poses: int
 
     try:
         check_output(pairs, [world, world / "world.json", world / "world_model.npz"],
-                     replaceable=_is_pair_file)
+                     replaceable=is_pair_file)
         if not (world / "world.json").is_file():
-            _check_disk(world, 2 * identities * SCAN_BYTES, "the synthetic world")
+            check_disk(world, 2 * identities * SCAN_BYTES, "the synthetic world")
             print(f"generating the synthetic world ({identities} identities) in {world}")
             generate_world(world, identities=identities, seed=seed, workers=workers)
         report = build(sources.synthetic_world(world), pairs,

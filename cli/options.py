@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shutil
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Callable
@@ -106,3 +107,26 @@ def check_output(path, inputs: Iterable = (), is_dir: bool = False,
     if not os.access(target, os.W_OK | os.X_OK):
         raise OutputError(f"{what} {path}: the folder {target} is not writable")
     return path
+
+
+def check_disk(folder: Path, need: int, what: str) -> None:
+    """Refuse up front a job whose files cannot fit on the disk."""
+    probe = folder.resolve()
+    while not probe.exists():
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if need > free:
+        raise OutputError(f"{what} needs about {need / 1e9:.1f} GB in {folder}; "
+                          f"{free / 1e9:.1f} GB are free")
+
+
+def is_pair_file(path: Path) -> bool:
+    """A file dce-build made (so it may replace it): an HDF5 "dce-pairs" file."""
+    import h5py
+
+    from dce.gan.h5format import FORMAT_NAME
+    try:
+        with h5py.File(path, "r") as f:
+            return f.attrs.get("format") == FORMAT_NAME
+    except (OSError, ValueError):
+        return False
