@@ -177,7 +177,8 @@ def _check_storage(path, name: str, d: h5py.Dataset, per_sample: bool) -> None:
                     "one sample per chunk")
 
 
-def _check_text_digest(path, f: h5py.File, ds: dict, n: int) -> None:
+def _check_text_digest(path, f: h5py.File, text: dict) -> None:
+    """``text``: the string datasets' first n values, as :func:`_strings` read them."""
     if TEXT_DIGEST not in f.attrs:
         warnings.warn(f"{os.fspath(path)}: pair file written before dce stored a text checksum;"
                       " its sample ids, subjects, provenance and config cannot be verified "
@@ -185,7 +186,7 @@ def _check_text_digest(path, f: h5py.File, ds: dict, n: int) -> None:
         return
     stored = f.attrs[TEXT_DIGEST]
     stored = stored.decode("ascii", "replace") if isinstance(stored, bytes) else str(stored)
-    actual = text_digest(f.attrs, {name: ds[name][:n] for name in STRING_DATASETS})
+    actual = text_digest(f.attrs, text)
     if stored != actual:
         _fail(path, "damaged text: the SHA-256 of its sample ids, subjects, provenance and "
                     "text attributes differs from the one stored when it was written")
@@ -255,21 +256,21 @@ def _check(path, f: h5py.File, require_complete: bool) -> dict:
     small = [name for name in names if name not in IMAGE_DATASETS + MASK_DATASETS]
     for name in small:
         check_chunks(path, ds[name], n)
-    sample_ids = _strings(path, ds, "sample_id", n)
+    text = {name: _strings(path, ds, name, n) for name in STRING_DATASETS}  # read once
+    sample_ids = text["sample_id"]
     if len(set(sample_ids)) != n:
         _fail(path, "duplicate sample_id values")
     _check_metadata(path, ds, n, sample_ids)
-    subjects = np.array(_strings(path, ds, "subject", n), dtype=object)
+    subjects = np.array(text["subject"], dtype=object)
     summary = {
         "path": os.fspath(path), "format_version": version, "complete": complete,
         "n_samples": n, "channels": channels, "height": height, "width": width,
-        "n_pairs": len(set(_strings(path, ds, "pair_id", n))), "n_subjects": len(set(subjects)),
+        "n_pairs": len(set(text["pair_id"])), "n_subjects": len(set(subjects)),
         "created_by": _text(path, attrs, "created_by", ""), "config": config,
         "shard": _text(path, attrs, "shard") if "shard" in attrs else None,
-        "size_bytes": os.path.getsize(path),
+        "size_bytes": file_size,
     }
-    _strings(path, ds, "provenance", n)  # readable text, as the others
-    _check_text_digest(path, f, ds, n)
+    _check_text_digest(path, f, text)
     if complete:
         split = ds[SPLIT][()]
         if split.size and split.max() > TEST:
