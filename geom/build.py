@@ -136,13 +136,14 @@ def _consume(results, writer: store.PairWriter, report: BuildReport, bar) -> Non
             bar.set_postfix(failed=len(report.failures))
 
 
-def build(specs: Sequence[PairSpec], out: PathLike, config: BuildConfig = BuildConfig(),
+def build(specs: Sequence[PairSpec], out: PathLike, config: BuildConfig | None = None,
           coarse: CoarseSource = CoarseSource(), *, command: str = "manifest",
           workers: int = 1, shard: tuple | None = None,
           test_fraction: float = DEFAULT_TEST_FRACTION, progress: bool = True,
           log=print) -> BuildReport:
     """Build the pair file ``out`` (or shard (K, N)'s file, :func:`shard_path`)
-    from ``specs`` with ``config``, the coarse side from ``coarse``.
+    from ``specs`` with ``config`` (None: the defaults), the coarse side from
+    ``coarse``.
 
     ``command`` names the input kind in the file's configuration
     ("synthetic", "frgc", "bosphorus", "manifest"); ``workers`` > 1 renders
@@ -154,6 +155,7 @@ def build(specs: Sequence[PairSpec], out: PathLike, config: BuildConfig = BuildC
     pair fails, PairFileError when a partial build of other settings is in
     the way."""
     start = time.perf_counter()
+    config = BuildConfig() if config is None else config  # a fresh one: BuildConfig is mutable
     out = shard_path(out, shard)
     if shard is not None:
         specs = [s for s in specs if store.shard_of(s.pair_id, *shard)]
