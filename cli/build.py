@@ -165,6 +165,37 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def ensure_world(world: Path, identities: int, seed: int, workers: int) -> None:
+    """Generate the synthetic world of ``identities`` in ``world`` unless it
+    is there, after checking that the disk can hold it."""
+    if not (world / "world.json").is_file():
+        from dce.geom.synthetic import generate_world
+
+        check_disk(world, 2 * identities * SCAN_BYTES, "the synthetic world")
+        print(f"generating the synthetic world ({identities} identities) in {world}")
+        generate_world(world, identities=identities, seed=seed, workers=workers)
+
+
+def print_report(report) -> None:
+    """What a finished build (a ``dce.geom.build.BuildReport``) did: the
+    summary line and the time per stage on stdout, the failed and flagged
+    pairs on stderr."""
+    summary = report.summary
+    print(f"done: {report.written} new samples, {summary['n_samples']} in the file "
+          f"({summary['n_train']} train / {summary['n_test']} test), "
+          f"{len(report.failures)} pair(s) failed, {len(report.flagged)} flagged, "
+          f"{report.seconds:.1f} s -> {report.out}")
+    if report.stage_seconds:
+        total = sum(report.stage_seconds.values())
+        print("time per stage (summed over workers): " + ", ".join(
+            f"{k} {v:.1f} s ({100 * v / total:.0f} %)" for k, v in report.stage_seconds.items()))
+    for pair_id, reason in report.failures:
+        print(f"FAILED {pair_id}: {reason}", file=sys.stderr)
+    for pair_id, reason in report.flagged:
+        print(f"FLAGGED {pair_id} (kept): the coarse fit fails the gate: {reason}",
+              file=sys.stderr)
+
+
 def enumerate_pairs(args):
     """(specs, coarse source) for the chosen input."""
     from dce.geom import sources
@@ -177,12 +208,7 @@ def enumerate_pairs(args):
             args.gate_residual, args.gate_coefficient, tuple(args.gate_eye_mm)),
         on_gate_failure="flag" if args.fit_gate == "flag" else "skip")
     if args.command == "synthetic":
-        if not (args.world / "world.json").is_file():
-            from dce.geom.synthetic import generate_world
-            check_disk(args.world, 2 * args.identities * SCAN_BYTES, "the synthetic world")
-            print(f"generating the synthetic world ({args.identities} identities) in {args.world}")
-            generate_world(args.world, identities=args.identities, seed=args.seed,
-                           workers=args.workers)
+        ensure_world(args.world, args.identities, args.seed, args.workers)
         return sources.synthetic_world(args.world), coarse
     if args.command == "frgc":
         return sources.frgc_directory(args.root, landmarks_dir=args.landmarks_dir,
@@ -236,20 +262,7 @@ def run_build(args) -> int:
     if report.up_to_date:
         print(f"dce-build: {out} is already built with this configuration; nothing to do")
         return 0
-    summary = report.summary
-    print(f"done: {report.written} new samples, {summary['n_samples']} in the file "
-          f"({summary['n_train']} train / {summary['n_test']} test), "
-          f"{len(report.failures)} pair(s) failed, {len(report.flagged)} flagged, "
-          f"{report.seconds:.1f} s -> {out}")
-    if report.stage_seconds:
-        total = sum(report.stage_seconds.values())
-        print("time per stage (summed over workers): " + ", ".join(
-            f"{k} {v:.1f} s ({100 * v / total:.0f} %)" for k, v in report.stage_seconds.items()))
-    for pair_id, reason in report.failures:
-        print(f"FAILED {pair_id}: {reason}", file=sys.stderr)
-    for pair_id, reason in report.flagged:
-        print(f"FLAGGED {pair_id} (kept): the coarse fit fails the gate: {reason}",
-              file=sys.stderr)
+    print_report(report)
     if args.preview and shard is None:
         png = store.preview_pairs(out, args.preview, out.with_suffix(".png"), seed=args.seed)
         print(f"preview: {png}")

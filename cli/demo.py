@@ -247,20 +247,16 @@ def build_pairs(world: Path, pairs: Path, identities: int, size: int, poses: int
     """Step 1, as ``dce-build synthetic`` with a preview of 8 pairs: the
     synthetic world of ``identities`` (generated when missing) and its pair
     file; a finished file of these settings is kept, a partial one resumed."""
-    from dce.cli.build import SCAN_BYTES
-    from dce.cli.options import check_disk, is_pair_file
+    from dce.cli.build import ensure_world, print_report
+    from dce.cli.options import is_pair_file
     from dce.geom import sources, store
     from dce.geom.build import BuildInterrupted, build
     from dce.geom.dataset import BuildConfig
-    from dce.geom.synthetic import generate_world
 
     try:
         check_output(pairs, [world, world / "world.json", world / "world_model.npz"],
                      replaceable=is_pair_file)
-        if not (world / "world.json").is_file():
-            check_disk(world, 2 * identities * SCAN_BYTES, "the synthetic world")
-            print(f"generating the synthetic world ({identities} identities) in {world}")
-            generate_world(world, identities=identities, seed=seed, workers=workers)
+        ensure_world(world, identities, seed, workers)
         report = build(sources.synthetic_world(world), pairs,
                        BuildConfig(size=size, poses=poses, seed=seed), command="synthetic",
                        workers=workers)
@@ -273,12 +269,7 @@ def build_pairs(world: Path, pairs: Path, identities: int, size: int, poses: int
     if report.up_to_date:
         print(f"  {pairs} is already built with this configuration; nothing to do")
         return
-    summary = report.summary
-    print(f"done: {report.written} new samples, {summary['n_samples']} in the file "
-          f"({summary['n_train']} train / {summary['n_test']} test), "
-          f"{len(report.failures)} pair(s) failed, {report.seconds:.1f} s -> {pairs}")
-    for pair_id, reason in report.failures:
-        print(f"FAILED {pair_id}: {reason}", file=sys.stderr)
+    print_report(report)
     print(f"preview: {store.preview_pairs(pairs, 8, pairs.with_suffix('.png'), seed=seed)}")
     if report.failures:
         raise _failed("the build", f"{len(report.failures)} pair(s) failed")
