@@ -59,16 +59,15 @@ from common import ROOT  # noqa: E402
 SEED = 0  # the default world's
 
 
-def posterior_coefficients(world, identity, seed: int, copy: int) -> np.ndarray:
-    """A draw of the identity coefficients from their posterior given the
-    noisy landmarks of every scan of ``identity`` (the world's own, as its
+def coefficient_posterior(world, identity, seed: int, shots) -> tuple:
+    """(mean (K,), covariance (K, K)) of the identity coefficients given the
+    noisy landmarks of ``identity``'s scans ``shots`` (the world's own, as its
     coarse fit saw them; true pose and expression held). Landmarks are linear
     in the coefficients (orthographic camera); the creases' small shift of
     them counts as noise."""
     from dce.geom import synthetic
 
     s = world.settings
-    shots = range(1, 2 + EXPRESSIONS_PER_IDENTITY)
     sigma2 = s.landmark_noise_px ** 2
     r, c = world.landmark_fine_rc.T
     base_fields = np.einsum("jk,jlx->klx", world.mixing,
@@ -93,7 +92,14 @@ def posterior_coefficients(world, identity, seed: int, copy: int) -> np.ndarray:
         precision += A.T @ A / sigma2
         rhs += A.T @ (noisy - x0).ravel() / sigma2
     cov = np.linalg.inv(precision)
-    mu = cov @ rhs
+    return cov @ rhs, cov
+
+
+def posterior_coefficients(world, identity, seed: int, copy: int) -> np.ndarray:
+    """A draw of the identity coefficients from their posterior given the
+    landmarks of every scan of ``identity`` (:func:`coefficient_posterior`)."""
+    mu, cov = coefficient_posterior(world, identity, seed,
+                                    range(1, 2 + EXPRESSIONS_PER_IDENTITY))
     rng = np.random.default_rng(np.random.SeedSequence(20_000 + copy, spawn_key=(identity.index,)))
     return mu + np.linalg.cholesky(cov) @ rng.standard_normal(len(mu))
 

@@ -17,8 +17,9 @@ need to come near the ceiling of ``benchmarks/detail_ceiling.py``.
    (exact least squares: a coarse mesh lies in its model's span) evaluated
    on the world's 0.5 mm ground-truth grid without detail: what the 2.5 mm
    mesh loses by its spacing alone.
-3. *Posterior shape*: the identity's posterior-mean coefficients given the
-   noisy landmarks of (a) this scan, (b) both scans of the identity, with
+3. *Posterior shape*: the identity's posterior-mean coefficients
+   (``detail_ceiling.coefficient_posterior``) given the noisy landmarks of
+   (a) this scan, (b) both scans of the identity, with
    the true expression, on the fine grid without detail: what the
    landmarks tell of the shape, finer than the coarse fit keeps.
 
@@ -33,6 +34,7 @@ for the default world's 240 held-out images.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -45,6 +47,7 @@ from scipy.ndimage import gaussian_filter
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT  # noqa: E402
+from detail_ceiling import coefficient_posterior  # noqa: E402
 
 from dce.gan import h5format as fmt  # noqa: E402
 from dce.gan.metrics import band_pass, detail_band_px, detail_corr  # noqa: E402
@@ -52,7 +55,6 @@ from dce.geom import synthetic as S  # noqa: E402
 from dce.geom.io import load_mesh  # noqa: E402
 from dce.geom.projection import camera_from_array  # noqa: E402
 from dce.geom.raster import rasterize  # noqa: E402
-from dce.geom.synthetic_world import _combine  # noqa: E402
 
 BIN_MM = 0.5
 TEMPLATE_BOX = (-90.0, -110.0, 180.0, 220.0)  # x0, y0, width, height of the template, mm
@@ -144,38 +146,11 @@ def template_mean_band(pairs: Pairs, uv, drawn) -> tuple:
     return table, predict
 
 
-def posterior_mean(world, identity, shots, seed: int = 0) -> np.ndarray:
-    """Posterior-mean identity coefficients given the noisy landmarks of
-    ``shots`` (the world's linear-Gaussian model, true pose and expression;
-    as ``detail_ceiling.posterior_coefficients`` without the draw)."""
-    s = world.settings
-    r, c = world.landmark_fine_rc.T
-    base = np.einsum("jk,jlx->klx", world.mixing, world.fine_identity[:, r, c].astype(np.float64))
-    camera = S.scanner_camera(s)
-    precision = np.eye(len(identity.coefficients))
-    rhs = np.zeros(len(identity.coefficients))
-    for shot in shots:
-        plan = S.draw_scan(world, identity, seed, shot)
-        mean = world.fine_mean[r, c].astype(np.float64) + np.tensordot(
-            plan.expression, world.fine_expression[:, r, c].astype(np.float64), 1)
-
-        def pixels(X):
-            return camera.project(X @ plan.rotation.T + plan.translation)[:, :2]
-
-        x0 = pixels(mean)
-        A = np.stack([(pixels(mean + B) - x0).ravel() for B in base], axis=1)
-        exact = pixels(S.ground_truth_surface(world, identity, plan.expression)[r, c])
-        noisy = exact + S._rng(seed, 3, identity.index, shot).normal(
-            0.0, s.landmark_noise_px, (68, 2))
-        precision += A.T @ A / s.landmark_noise_px ** 2
-        rhs += A.T @ (noisy - x0).ravel() / s.landmark_noise_px ** 2
-    return np.linalg.solve(precision, rhs)
-
-
-def fine_surface(world, identity_coefficients, expression) -> np.ndarray:
-    """(n, 3) the world's fine grid, no detail, model frame."""
-    P = _combine(world.fine_mean, world.mixing @ identity_coefficients, world.fine_identity)
-    return _combine(P, expression, world.fine_expression).reshape(-1, 3)
+def fine_surface(world, identity, coefficients, expression) -> np.ndarray:
+    """(n, 3) the world's fine grid for identity ``coefficients`` and
+    ``expression``, no detail, model frame."""
+    identity = dataclasses.replace(identity, coefficients=coefficients)
+    return S.ground_truth_surface(world, identity, expression, detail=False).reshape(-1, 3)
 
 
 def main() -> int:
@@ -189,7 +164,7 @@ def main() -> int:
     started = time.perf_counter()
     pairs = Pairs(args.data)
     manifest = S.load_world(args.world)
-    world = S.build_world(S.settings_of(manifest))
+    world, seed = S.build_world(S.settings_of(manifest)), manifest.get("seed", 0)
     model = world.model
     uv, drawn = template_images(pairs, args.world, model.mean)
     _, predict_band = template_mean_band(pairs, uv, drawn)
@@ -213,19 +188,20 @@ def main() -> int:
         band = predict_band(i, r)
         scores[names[0]].append(score(np.where(r["coarse_mask"], r["coarse"] + band / r["mm"],
                                                r["coarse"]), r))
+        stem = pairs.ids[i].split("/")[0]
+        index, shot = int(stem[:5]) - S.SUBJECT_BASE, int(stem[-1])
+        identity = S.draw_identity(world, seed, index)
         path = coarse_mesh_path(pairs, args.world, i)
         if path not in fits:
             V = load_mesh(path).vertices
             c = np.linalg.lstsq(basis, (V - model.mean).ravel(), rcond=None)[0]
-            fits[path] = fine_surface(world, c[:K], c[K:])
+            fits[path] = fine_surface(world, identity, c[:K], c[K:])
         scores[names[1]].append(score(rendered_depth(fits[path], world.fine_faces, camera, r), r))
-        stem = pairs.ids[i].split("/")[0]
-        index, shot = int(stem[:5]) - S.SUBJECT_BASE, int(stem[-1])
         if (index, shot) not in posteriors:
-            identity = S.draw_identity(world, manifest.get("seed", 0), index)
-            expression = S.draw_scan(world, identity, manifest.get("seed", 0), shot).expression
-            posteriors[index, shot] = [fine_surface(world, posterior_mean(world, identity, shots),
-                                                    expression) for shots in ((shot,), (1, 2))]
+            expression = S.draw_scan(world, identity, seed, shot).expression
+            posteriors[index, shot] = [
+                fine_surface(world, identity, coefficient_posterior(world, identity, seed, shots)[0],
+                             expression) for shots in ((shot,), (1, 2))]
         for name, P in zip(names[2:4], posteriors[index, shot]):
             scores[name].append(score(rendered_depth(P, world.fine_faces, camera, r), r))
         if refiner is not None:
