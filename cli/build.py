@@ -18,6 +18,7 @@ from pathlib import Path
 
 from dce.cli.options import (
     SEED_MAX,
+    HelpFormatter,
     OutputError,
     check_disk,
     check_output,
@@ -48,31 +49,29 @@ _fraction = number(0.0, high=1.0, high_open=True)
 def _common(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("build options")
     g.add_argument("-o", "--out", type=Path, default=Path("dce_pairs.h5"),
-                   help="output HDF5 file (default: dce_pairs.h5)")
+                   help="output HDF5 file")
     g.add_argument("--size", type=integer(16, MAX_SIZE), default=BUILD.size,
-                   help=f"image side in pixels, 16 .. {MAX_SIZE} (default: {BUILD.size})")
+                   help=f"image side in pixels, 16 .. {MAX_SIZE}")
     g.add_argument("--channels", default=BUILD.channels, choices=["D", "DCE", "DCE+RGB"],
-                   help=f"channels rendered for both sides (default: {BUILD.channels})")
+                   help="channels rendered for both sides")
     g.add_argument("--poses", type=integer(0, MAX_POSES), default=BUILD.poses,
                    help=f"extra random poses per pair: yaw +-{BUILD.max_yaw:g}, pitch "
                         f"+-{BUILD.max_pitch:g}, roll +-{BUILD.max_roll:g} degrees, "
-                        f"0 .. {MAX_POSES} (default: {BUILD.poses}, as the paper)")
+                        f"0 .. {MAX_POSES}; unless given, as the paper")
     g.add_argument("--seed", type=_seed, default=BUILD.seed,
-                   help="seed of the poses and the identity split, 0 .. 2^32 - 1 "
-                        f"(default: {BUILD.seed})")
+                   help="seed of the poses and the identity split, 0 .. 2^32 - 1")
     g.add_argument("--test-fraction", type=_fraction, default=DEFAULT_TEST_FRACTION,
-                   help="fraction of identities in the test split, 0 <= F < 1 (default: 1/3)")
+                   help="fraction of identities in the test split, 0 <= F < 1")
     g.add_argument("--curvature", default=BUILD.curvature, choices=["mean", "absolute"],
                    help="curvature channel: mean curvature (paper) or the authors' demo "
-                        f"|k1|+|k2| (default: {BUILD.curvature})")
+                        "|k1|+|k2|")
     g.add_argument("--workers", type=integer(1, MAX_WORKERS), default=os.cpu_count(),
-                   help=f"worker processes, 1 .. {MAX_WORKERS} (default: all cores, "
-                        f"{os.cpu_count()})")
+                   help=f"worker processes, 1 .. {MAX_WORKERS}; unless given, all cores")
     g.add_argument("--shard", default=None, metavar="K/N",
                    help="build only shard K of N (1-based), for cluster array jobs; "
                         "join the shard files with `dce-build merge`")
     g.add_argument("--preview", type=integer(0, 1000), default=0, metavar="K",
-                   help="write a PNG grid of K random pairs next to the output (default: 0)")
+                   help="write a PNG grid of K random pairs next to the output")
     g.add_argument("--model", type=Path, default=None,
                    help="morphable model (.npz, ICT .npz, BFM .h5) to fit the coarse side "
                         "from the landmarks")
@@ -83,7 +82,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-gap", type=_positive_float, default=BUILD.max_gap, metavar="STEPS",
                    help="how far (scan grid steps) a photo landmark may lie from the scan's "
                         "valid points before the pair is refused; raise it for tight crops "
-                        f"that put jaw points at the scan's edge (default: {BUILD.max_gap:g})")
+                        "that put jaw points at the scan's edge")
     g.add_argument("--photo-size", type=_positive_int, nargs=2, default=None,
                    metavar=("H", "W"),
                    help="height and width of the photos the 2D landmarks refer to, for "
@@ -96,73 +95,76 @@ def _common(p: argparse.ArgumentParser) -> None:
     f.add_argument("--landmark-noise", type=_nonnegative_float, default=LANDMARK_NOISE,
                    metavar="F",
                    help="the landmarks' error as a fraction of the outer-eye distance; sets "
-                        "the fit's prior whatever the photo's resolution, 0 = unregularized "
-                        f"(default: {LANDMARK_NOISE})")
+                        "the fit's prior whatever the photo's resolution, 0 = unregularized")
     f.add_argument("--expression-stiffness", type=_nonnegative_float,
                    default=EXPRESSION_STIFFNESS, metavar="X",
-                   help="the expression weights' prior over the identity's "
-                        f"(default: {EXPRESSION_STIFFNESS:g})")
+                   help="the expression weights' prior over the identity's")
     f.add_argument("--contour", choices=["fixed", "sliding"], default="fixed",
                    help="jaw landmarks: fixed model vertices, or sliding along the model's "
-                        "silhouette (for detected landmarks on turned faces) (default: fixed)")
+                        "silhouette (for detected landmarks on turned faces)")
     f.add_argument("--fit-gate", choices=["skip", "flag", "off"], default="skip",
                    help="a pair whose fit fails the quality gate is skipped (reported with "
                         "its reasons), kept and flagged in its provenance and the report, or "
-                        "not checked (default: skip)")
+                        "not checked")
     f.add_argument("--gate-residual", type=_positive_float, default=GATE.max_residual,
                    metavar="F",
                    help="gate: largest RMS landmark residual, as a fraction of the fitted "
-                        f"outer-eye distance (default: {GATE.max_residual:g})")
+                        "outer-eye distance")
     f.add_argument("--gate-coefficient", type=_positive_float, default=GATE.max_coefficient,
                    metavar="SIGMA",
-                   help="gate: largest |identity coefficient| in standard deviations "
-                        f"(default: {GATE.max_coefficient:g})")
+                   help="gate: largest |identity coefficient| in standard deviations")
     f.add_argument("--gate-eye-mm", type=_positive_float, nargs=2,
                    default=list(GATE.eye_distance_mm), metavar=("LO", "HI"),
-                   help="gate: plausible fitted outer-eye distance in mm (default: "
-                        f"{GATE.eye_distance_mm[0]:g} {GATE.eye_distance_mm[1]:g})")
+                   help="gate: plausible fitted outer-eye distance in mm")
 
 
-def parse_args(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dce-build", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=HelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("synthetic", help="the built-in synthetic world")
+    s = sub.add_parser("synthetic", help="the built-in synthetic world",
+                       formatter_class=HelpFormatter)
     s.add_argument("--world", type=Path, default=Path("dce_world"),
-                   help="world folder; generated there if missing (default: dce_world)")
+                   help="world folder; generated there if missing")
     s.add_argument("--identities", type=integer(1, MAX_IDENTITIES), default=60,
                    help="identities when generating the world, 1 .. "
-                        f"{MAX_IDENTITIES} (about 4 MB of files each) (default: 60)")
+                        f"{MAX_IDENTITIES} (about 4 MB of files each)")
     _common(s)
     for name, what in (("frgc", "an FRGC v2 folder (.abs/.abs.gz, .ppm, landmarks)"),
                        ("bosphorus", "a Bosphorus folder (.bnt, .png, .lm2/.lm3, landmarks)")):
-        s = sub.add_parser(name, help=what)
+        s = sub.add_parser(name, help=what, formatter_class=HelpFormatter)
         s.add_argument("root", type=Path, help="the folder, searched recursively")
         s.add_argument("--landmarks-dir", type=Path, default=None,
                        help="folder of <stem>.pts landmark files (default: beside the scans)")
         _common(s)
-    s = sub.add_parser("manifest", help="a CSV or JSON list of pairs")
+    s = sub.add_parser("manifest", help="a CSV or JSON list of pairs",
+                       formatter_class=HelpFormatter)
     s.add_argument("manifest", type=Path, help="columns: target, coarse, landmarks, photo, "
                                                "subject, id")
     _common(s)
-    s = sub.add_parser("merge", help="join shard files into one")
+    s = sub.add_parser("merge", help="join shard files into one", formatter_class=HelpFormatter)
     s.add_argument("out", type=Path, help="merged output file")
     s.add_argument("shards", type=Path, nargs="+", help="shard files")
-    s.add_argument("--seed", type=_seed, default=0,
-                   help="seed of the identity split (default: 0)")
-    s.add_argument("--test-fraction", type=_fraction, default=1 / 3,
-                   help="fraction of identities in the test split, 0 <= F < 1 (default: 1/3)")
+    s.add_argument("--seed", type=_seed, default=BUILD.seed,
+                   help="seed of the identity split")
+    s.add_argument("--test-fraction", type=_fraction, default=DEFAULT_TEST_FRACTION,
+                   help="fraction of identities in the test split, 0 <= F < 1")
     s = sub.add_parser("inspect", help="print what a DCE pair file holds, after reading every "
-                                       "chunk of it back")
-    s.add_argument("file", type=Path)
+                                       "chunk of it back", formatter_class=HelpFormatter)
+    s.add_argument("file", type=Path, help="DCE pair file")
     s.add_argument("--no-verify", action="store_true",
                    help="print the summary without reading every chunk (faster on large files)")
-    s = sub.add_parser("preview", help="PNG grid of random pairs of a file")
-    s.add_argument("file", type=Path)
-    s.add_argument("-k", type=integer(1, 1000), default=8, help="pairs shown (default: 8)")
+    s = sub.add_parser("preview", help="PNG grid of random pairs of a file",
+                       formatter_class=HelpFormatter)
+    s.add_argument("file", type=Path, help="DCE pair file")
+    s.add_argument("-k", type=integer(1, 1000), default=8, help="pairs shown")
     s.add_argument("-o", "--out", type=Path, default=None, help="PNG (default: FILE.png)")
-    s.add_argument("--seed", type=int, default=0)
-    return p.parse_args(argv)
+    s.add_argument("--seed", type=int, default=0, help="seed of the random choice of pairs")
+    return p
+
+
+def parse_args(argv=None):
+    return build_parser().parse_args(argv)
 
 
 def ensure_world(world: Path, identities: int, seed: int, workers: int) -> None:

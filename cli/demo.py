@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from dce.cli.build import MAX_IDENTITIES, MAX_POSES, MAX_SIZE, MAX_WORKERS
-from dce.cli.options import SEED_MAX, OutputError, check_output, integer
+from dce.cli.options import SEED_MAX, HelpFormatter, OutputError, check_output, integer
 
 DETAIL_ITERATIONS = 600
 # One photo view per held-out identity of the default world (60 identities, 1/3
@@ -62,43 +62,45 @@ def default_data_dir() -> Path:
     return Path.cwd().parent / "shared" / "data"
 
 
-def parse_args(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dce-demo", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--out", type=Path, default=Path("demo"),
-                   help="output folder: world/, pairs.h5, run/, eval/, refined/, report.md "
-                        "(default: demo)")
+                   help="output folder: world/, pairs.h5, run/, eval/, refined/, report.md")
     p.add_argument("--identities", type=integer(2, MAX_IDENTITIES), default=60,
-                   help="identities in the synthetic world, 2/3 for training, at least 2 "
-                        "(default: 60)")
+                   help="identities in the synthetic world, 2/3 for training, at least 2")
     p.add_argument("--poses", type=integer(0, MAX_POSES), default=5,
-                   help="extra random poses per scan pair (default: 5, as the paper)")
+                   help="extra random poses per scan pair; unless given, as the paper")
     p.add_argument("--size", type=integer(32, MAX_SIZE), default=256,
-                   help="image size in pixels, at least the cpu preset's 32 (default: 256)")
+                   help="image size in pixels, at least the cpu preset's 32")
     p.add_argument("--preset", default="cpu",
-                   help="dce-train preset (default: cpu, 4 -> 32 px in about 5 minutes)")
+                   help="dce-train preset; cpu trains 4 -> 32 px in about 5 minutes")
     p.add_argument("--iters-per-resolution", type=integer(1), default=None,
                    help="override the preset's iterations per resolution")
     p.add_argument("--detail-iterations", type=integer(0), default=DETAIL_ITERATIONS,
-                   help="iterations of the detail stage, 8 crops each; 0 = no detail stage "
-                        f"(default: {DETAIL_ITERATIONS}, about 4 minutes on 2 cores)")
+                   help="iterations of the detail stage, 8 crops each; 0 = no detail stage; "
+                        "unless given, about 4 minutes on 2 cores")
     p.add_argument("--faces-3d", type=integer(0, 100000), default=FACES_3D,
                    help="held-out photo views refined to meshes and scored in 3D against the "
                         "world's scans (dce-eval-mesh --metric), one per held-out identity "
-                        f"before a second of any; 0 = none (default: {FACES_3D}, 1 to 2 "
-                        "minutes on 2 cores)")
+                        "before a second of any; 0 = none; unless given, 1 to 2 minutes on 2 "
+                        "cores")
     p.add_argument("--heatmaps", type=integer(0, 1000), default=8,
-                   help="error heat maps written by the evaluation (default: 8)")
+                   help="error heat maps written by the evaluation")
     p.add_argument("--workers", type=integer(1, MAX_WORKERS), default=None,
                    help="processes for the build and data loading (default: all cores)")
     p.add_argument("--device", default="auto",
-                   help="torch device for training (default: auto, a GPU when there is one)")
+                   help="torch device for training; auto = a GPU when there is one")
     p.add_argument("--data", type=Path, default=None,
                    help="folder holding lee-perry-smith/ and menpo-james/ "
                         "(default: $DCE_SHARED_DATA or ../shared/data; skipped when absent)")
     p.add_argument("--seed", type=integer(0, SEED_MAX), default=0,
-                   help="random seed (default: 0)")
-    return p.parse_args(argv)
+                   help="random seed, 0 .. 2^32 - 1")
+    return p
+
+
+def parse_args(argv=None):
+    return build_parser().parse_args(argv)
 
 
 def real_scans(data: Path, out: Path, size: int = 256, yaws=(0.0, 30.0, -45.0)) -> list:

@@ -26,22 +26,28 @@ import sys
 from pathlib import Path
 
 
-def parse_args(argv=None):
+def build_parser() -> argparse.ArgumentParser:
+    from dce.cli.options import HelpFormatter
+
     p = argparse.ArgumentParser(prog="dce-eval-mesh", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--pred", type=Path, required=True, metavar="PRED_DIR",
                    help="folder of predicted meshes <stem>.ply|.obj and <stem>.landmarks.txt")
     p.add_argument("--gt", type=Path, required=True, metavar="GT_DIR",
                    help="folder of ground-truth meshes or range scans and their landmarks")
     p.add_argument("-o", "--out", type=Path, default=Path("dce_eval_mesh"),
-                   help="output folder (default: dce_eval_mesh)")
+                   help="output folder")
     p.add_argument("--metric", action="store_true",
                    help="predictions are in mm: align by rotation and translation only, "
                         "never rescale (default: the scale is fitted, as in NoW)")
     p.add_argument("--regions", action="store_true",
                    help="also report forehead, nose, eyes, cheeks, mouth and chin (needs 68 "
                         "ground-truth landmarks; default: off)")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv=None):
+    return build_parser().parse_args(argv)
 
 
 def main(argv=None) -> int:

@@ -13,31 +13,36 @@ import sys
 from pathlib import Path
 
 
-def parse_args(argv=None):
-    from dce.cli.options import integer, number
+def build_parser() -> argparse.ArgumentParser:
+    from dce.cli.options import HelpFormatter, integer, number
 
-    p = argparse.ArgumentParser(prog="dce-eval", description=__doc__)
+    p = argparse.ArgumentParser(prog="dce-eval", description=__doc__,
+                                formatter_class=HelpFormatter)
     p.add_argument("data", type=Path, help="DCE pair file from dce-build")
     p.add_argument("checkpoint", type=Path, help="dce-train or dce-train-detail checkpoint (e.g. run/last.pt)")
     p.add_argument("-o", "--out", type=Path, default=Path("dce_eval"),
-                   help="folder for mae.md, mae.csv and heat maps (default: dce_eval)")
+                   help="folder for mae.md, mae.csv and heat maps")
     p.add_argument("--split", default="test", choices=["test", "train", "all"],
-                   help="which samples (default: test, the held-out identities)")
+                   help="which samples; test = the held-out identities")
     p.add_argument("--heatmaps", type=integer(0), default=0, metavar="K",
-                   help="write K error heat-map PNGs (default: 0)")
+                   help="write K error heat-map PNGs")
     p.add_argument("--vmax-mm", type=number(0.0, low_open=True), default=5.0,
-                   help="depth error shown as full red in the heat maps, mm (default: 5)")
+                   help="depth error shown as full red in the heat maps, mm")
     p.add_argument("--vmax-deg", type=number(0.0, low_open=True), default=20.0,
-                   help="normal error shown as full red in the heat maps, degrees (default: 20)")
+                   help="normal error shown as full red in the heat maps, degrees")
     p.add_argument("--resolution", type=integer(1), default=None,
                    help="average-pool the file's images to this size first (default: the "
                         "file's own size, e.g. 256)")
     p.add_argument("--no-detail", action="store_true",
                    help="score a detail-stage checkpoint's global network alone")
     p.add_argument("--batch-size", type=integer(1), default=8,
-                   help="images per batch (default: 8)")
-    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    return p.parse_args(argv)
+                   help="images per batch")
+    p.add_argument("--device", default="cpu", help="torch device")
+    return p
+
+
+def parse_args(argv=None):
+    return build_parser().parse_args(argv)
 
 
 def main(argv=None) -> int:

@@ -13,9 +13,11 @@ import sys
 from pathlib import Path
 
 
-def parse_args(argv=None):
+def build_parser() -> argparse.ArgumentParser:
+    from dce.cli.options import HelpFormatter
+
     p = argparse.ArgumentParser(prog="dce-landmarks", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("images", nargs="+", type=Path, help="photos (.png, .jpg, .ppm, ...)")
     p.add_argument("--landmark-weights", type=Path, default=None, metavar="DIR",
                    help="folder with the face-alignment weight files (default: "
@@ -24,8 +26,12 @@ def parse_args(argv=None):
                    help="folder for the .pts files (default: beside each image)")
     p.add_argument("--box", type=float, nargs=4, default=None, metavar=("X1", "Y1", "X2", "Y2"),
                    help="face box in pixels for every image; skips the face detector")
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
-    return p.parse_args(argv)
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    return p
+
+
+def parse_args(argv=None):
+    return build_parser().parse_args(argv)
 
 
 def main(argv=None) -> int:

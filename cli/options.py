@@ -54,6 +54,38 @@ def number(low: float = 0.0, low_open: bool = False,
 SEED_MAX = 2 ** 32 - 1  # numpy and torch both take seeds this large
 
 
+def _shown(value) -> str:
+    """A default as a user would type it: list items space-separated, floats
+    without a bare trailing ".0" (10, 0.001, 1e-05)."""
+    if isinstance(value, (list, tuple)):
+        return " ".join(_shown(item) for item in value)
+    if isinstance(value, float):
+        text = repr(value)
+        return text[:-2] if text.endswith(".0") else text
+    return str(value)
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter,
+                    argparse.ArgumentDefaultsHelpFormatter):
+    """Every dce-* command's formatter: the description and epilog as
+    written, and "(default: X)" after each option's help, taken from the
+    parser (so from the settings dataclasses), except where it would say
+    nothing: a default of None (resolved later; the help says how) and plain
+    on/off flags (store_true, store_false, --help)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        flag = action.nargs == 0 and not isinstance(action, argparse.BooleanOptionalAction)
+        if (action.default is None or action.default is argparse.SUPPRESS or flag
+                or "%(default)" in text
+                or not (action.option_strings
+                        or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE))):
+            return text
+        # argparse %-expands help strings afterwards: a % in the value is doubled.
+        shown = _shown(action.default).replace("%", "%%")
+        return f"{text} (default: {shown})"
+
+
 class OutputError(ValueError):
     """An output path a command must not or cannot write."""
 

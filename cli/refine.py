@@ -40,15 +40,15 @@ import sys
 from pathlib import Path
 
 from dce.cli.build import MAX_SIZE
-from dce.cli.options import check_output, integer, number
+from dce.cli.options import HelpFormatter, check_output, integer, number
 from dce.geom.dataset import BuildConfig
 
 _BUILD = BuildConfig()
 
 
-def parse_args(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dce-refine", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("checkpoint", type=Path, help="dce-train checkpoint (e.g. run/last.pt)")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--pairs", type=Path, default=None, metavar="FILE.h5",
@@ -113,10 +113,15 @@ def parse_args(argv=None):
                         "(default: OUT/refined.landmarks.txt, written whenever --landmarks-3d "
                         "is given)")
     p.add_argument("-o", "--out", type=Path, default=Path("dce_refined"),
-                   help="output folder (default: dce_refined)")
+                   help="output folder")
     p.add_argument("--format", default="ply", choices=["ply", "obj"],
-                   help="mesh file format (default: ply)")
-    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+                   help="mesh file format")
+    p.add_argument("--device", default="cpu", help="torch device")
+    return p
+
+
+def parse_args(argv=None):
+    p = build_parser()
     args = p.parse_args(argv)
     if args.mesh is not None:
         given = [o for o, v in (("--camera", args.camera), ("--landmarks", args.landmarks),

@@ -15,10 +15,10 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from dce.cli.options import integer, number
+from dce.cli.options import HelpFormatter, integer, number
 
 
-def parse_args(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     from dce.gan.configs import CONFIGS
     from dce.gan.networks import RESOLUTIONS
     from dce.gan.train import MAX_SEED, MAX_WORKERS, PRESETS, TrainSettings
@@ -26,36 +26,34 @@ def parse_args(argv=None):
     # Every default is TrainSettings' own (the one home of the settings).
     d = {f.name: f.default for f in dataclasses.fields(TrainSettings)}
     p = argparse.ArgumentParser(prog="dce-train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("data", type=Path, help="DCE pair file from dce-build")
     p.add_argument("-o", "--out", type=Path, default=Path("dce_run"),
-                   help="run folder for checkpoints and logs (default: dce_run)")
+                   help="run folder for checkpoints and logs")
     p.add_argument("--config", default=d["config"], choices=sorted(CONFIGS),
-                   help=f"Generator|Discriminator|Pixel-loss channels (default: {d['config']}, "
-                        "the paper's choice)")
+                   help="Generator|Discriminator|Pixel-loss channels; unless given, the "
+                        "paper's choice")
     p.add_argument("--model", default=d["model"], choices=["progressive", "pix2pix"],
                    help="the paper's progressive encoder-decoder, or the pix2pix baseline "
                         "(U-Net + 70x70 PatchGAN, L1 weight 100, no growing: one stage at the "
-                        f"last resolution with the same iteration budget) (default: {d['model']})")
+                        "last resolution with the same iteration budget)")
     p.add_argument("--preset", default=d["preset"], choices=sorted(PRESETS),
-                   help=f"growing schedule (default: {d['preset']})")
+                   help="growing schedule")
     p.add_argument("--iters-per-resolution", type=integer(1), default=None,
                    help="override the preset's iterations per resolution")
     p.add_argument("--max-resolution", type=int, default=None, choices=RESOLUTIONS,
                    help="override the preset's last resolution (4 ... 256)")
     p.add_argument("--batch-size", type=integer(1), default=d["batch_size"],
-                   help=f"batch size (default: {d['batch_size']}, the paper's)")
+                   help="batch size; unless given, the paper's")
     p.add_argument("--lr", type=number(0.0, low_open=True, high=1.0), default=None,
-                   help="Adam learning rate (default: 1e-5, the paper's; 5e-4 with --preset cpu; "
-                        "2e-4 for pix2pix)")
+                   help="Adam learning rate; unless given, 1e-5 (the paper's), 5e-4 with "
+                        "--preset cpu, 2e-4 for pix2pix")
     p.add_argument("--gp-lambda", type=number(0.0), default=d["gp_lambda"],
-                   help=f"gradient-penalty weight (default: {d['gp_lambda']:g})")
+                   help="gradient-penalty weight")
     p.add_argument("--drift", type=number(0.0), default=d["drift"],
-                   help="drift penalty on D(real)^2, Progressive GAN uses 0.001 "
-                        f"(default: {d['drift']:g})")
+                   help="drift penalty on D(real)^2, Progressive GAN uses 0.001")
     p.add_argument("--crop-pad", type=integer(0), default=d["crop_pad"],
-                   help="online random crop-and-pad shift in pixels "
-                        f"(default: {d['crop_pad']}; 0 = off)")
+                   help="online random crop-and-pad shift in pixels; 0 = off")
     p.add_argument("--equalized-lr", action="store_true",
                    help="equalized learning rate (Progressive GAN) instead of plain init")
     p.add_argument("--residual", action=argparse.BooleanOptionalAction, default=None,
@@ -66,21 +64,25 @@ def parse_args(argv=None):
                         "(eyes, brows, hair) are not learned (our option; default: on for "
                         "--preset cpu, off for the paper preset, whose L1 covers the whole image)")
     p.add_argument("--device", default=d["device"],
-                   help=f"auto, cpu, cuda, cuda:1 ... (default: {d['device']})")
+                   help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--amp", default=d["amp"], choices=["auto", "bf16", "fp16", "off"],
-                   help="mixed precision on CUDA (default: auto = bf16 where supported)")
+                   help="mixed precision on CUDA; auto = bf16 where supported")
     p.add_argument("--workers", type=integer(0, MAX_WORKERS), default=d["workers"],
-                   help=f"data-loader processes, 0 .. {MAX_WORKERS} (default: {d['workers']})")
+                   help=f"data-loader processes, 0 .. {MAX_WORKERS}")
     p.add_argument("--seed", type=integer(0, MAX_SEED), default=d["seed"],
-                   help=f"random seed, 0 .. 2^63 - 1 (default: {d['seed']})")
+                   help="random seed, 0 .. 2^63 - 1")
     p.add_argument("--checkpoint-every", type=integer(1), default=d["checkpoint_every"],
-                   help=f"iterations between checkpoints (default: {d['checkpoint_every']})")
+                   help="iterations between checkpoints")
     p.add_argument("--log-every", type=integer(1), default=d["log_every"],
-                   help=f"iterations between log lines (default: {d['log_every']})")
+                   help="iterations between log lines")
     p.add_argument("--resume", action="store_true",
                    help="continue from OUT/last.pt (refused if the settings differ); "
                         "OUT/log.jsonl is cut back to its iteration")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv=None):
+    return build_parser().parse_args(argv)
 
 
 def main(argv=None) -> int:

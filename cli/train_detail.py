@@ -16,57 +16,61 @@ import sys
 from pathlib import Path
 
 
-def parse_args(argv=None):
-    from dce.cli.options import integer, number
+def build_parser() -> argparse.ArgumentParser:
+    from dce.cli.options import HelpFormatter, integer, number
     from dce.gan.detail import DetailSettings
     from dce.gan.train import MAX_SEED
 
     d = DetailSettings("", "", "")
     p = argparse.ArgumentParser(prog="dce-train-detail", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("data", type=Path, help="DCE pair file from dce-build (full resolution)")
     p.add_argument("global_checkpoint", type=Path,
                    help="the progressive network's checkpoint from dce-train (e.g. run/last.pt)")
     p.add_argument("-o", "--out", type=Path, default=Path("dce_detail"),
-                   help="run folder (default: dce_detail)")
+                   help="run folder")
     p.add_argument("--iterations", type=integer(0), default=d.iterations,
-                   help=f"training iterations (default: {d.iterations})")
+                   help="training iterations")
     p.add_argument("--batch-size", type=integer(1), default=d.batch_size,
-                   help=f"crops per iteration (default: {d.batch_size})")
+                   help="crops per iteration")
     p.add_argument("--crop", type=integer(16), default=d.crop,
-                   help=f"crop side in pixels of the file's images, even, >= 16 "
-                        f"(default: {d.crop})")
+                   help="crop side in pixels of the file's images, even, >= 16")
     p.add_argument("--width", type=integer(1), default=d.width,
-                   help=f"channels of the full-resolution layers (default: {d.width})")
+                   help="channels of the full-resolution layers")
     p.add_argument("--blocks", type=integer(0), default=d.blocks,
-                   help=f"dilated residual blocks at half resolution (default: {d.blocks})")
-    p.add_argument("--lr", type=number(0.0, low_open=True, high=1.0), default=d.lr, help=f"Adam step (default: {d.lr:g})")
+                   help="dilated residual blocks at half resolution")
+    p.add_argument("--lr", type=number(0.0, low_open=True, high=1.0), default=d.lr,
+                   help="Adam step")
     p.add_argument("--highpass-mm", type=number(0.0, low_open=True), default=d.highpass_mm,
                    help="the stage learns the ground truth's difference to the global output "
-                        f"finer than this Gaussian sigma, mm (default: {d.highpass_mm:g})")
+                        "finer than this Gaussian sigma, mm")
     p.add_argument("--denoise-mm", type=number(0.0), default=d.denoise_mm,
                    help="drop the ground truth's detail finer than this Gaussian sigma, mm "
-                        "(pores, sensor noise: nothing predicts them); 0 = keep all "
-                        f"(default: {d.denoise_mm:g})")
+                        "(pores, sensor noise: nothing predicts them); 0 = keep all")
     p.add_argument("--pixel-loss", choices=["l1", "l2"], default=d.pixel_loss,
                    help="penalty of the detail's error and of its gradient's: l2 learns the "
                         "mean of an uncertain crease (a softened crease where it belongs), l1 "
-                        f"its median (often none) (default: {d.pixel_loss})")
+                        "its median (often none)")
     p.add_argument("--gradient-weight", type=number(0.0), default=d.gradient_weight,
-                   help=f"weight of the L1 on the detail's gradient (default: {d.gradient_weight:g})")
+                   help="weight of the L1 on the detail's gradient")
     p.add_argument("--adversarial-weight", type=number(0.0), default=d.adversarial_weight,
-                   help="weight of the depth-only patch critic (WGAN-GP); 0 = off "
-                        f"(default: {d.adversarial_weight:g})")
+                   help="weight of the depth-only patch critic (WGAN-GP); 0 = off")
     p.add_argument("--no-flip", action="store_true",
                    help="no random left-right mirroring of the crops")
-    p.add_argument("--device", default=d.device, help="auto, cpu, cuda ... (default: auto)")
-    p.add_argument("--seed", type=integer(0, MAX_SEED), default=d.seed, help=f"random seed (default: {d.seed})")
+    p.add_argument("--device", default=d.device, help="auto, cpu, cuda ...")
+    p.add_argument("--seed", type=integer(0, MAX_SEED), default=d.seed,
+                   help="random seed, 0 .. 2^63 - 1")
     p.add_argument("--checkpoint-every", type=integer(1), default=d.checkpoint_every,
-                   help=f"iterations between checkpoints (default: {d.checkpoint_every})")
+                   help="iterations between checkpoints")
     p.add_argument("--log-every", type=integer(1), default=d.log_every,
-                   help=f"iterations between log lines (default: {d.log_every})")
+                   help="iterations between log lines")
     p.add_argument("--resume", action="store_true",
                    help="continue from OUT/last.pt (refused if the settings differ)")
+    return p
+
+
+def parse_args(argv=None):
+    p = build_parser()
     args = p.parse_args(argv)
     if args.crop % 2:
         p.error(f"argument --crop: {args.crop} must be even")
