@@ -21,6 +21,11 @@ on held fixed, and everything else drawn again from its distribution:
   of what those coarse images leave open. Holding the true pose and
   expression, and conditioning on both scans, tells a predictor more than a
   coarse image does, so this is still an upper bound.
+- ``--redraw scan+noise``: as ``posterior+noise``, with the identity
+  coefficients drawn per scan from their posterior given that scan's
+  landmarks only (each scan of an identity gets its own draw): what one
+  coarse image's fit saw. Still an upper bound: the true pose and
+  expression are held.
 - ``--redraw posterior+noise``: as ``posterior``, and the scanner's noise
   too (``ScanPlan.noise_seed``: sensor noise, spikes, the pixels lost in
   the brows and hair, the photo's noise). With the seeds held, every copy
@@ -37,7 +42,8 @@ mean of the K redrawn copies' (target - coarse) (each pixel over the copies
 that have surface there), scored against copy 0; with K copies it keeps 1/K
 of the unpredictable variance, so it falls a little below the ceiling.
 
-    python benchmarks/detail_ceiling.py [--redraw posterior|posterior+noise|detail] [--copies 3]
+    python benchmarks/detail_ceiling.py [--redraw posterior|posterior+noise|scan+noise|detail]
+                                        [--copies 3]
                                         [--out out/ceiling]
 
 About 3.5 minutes per copy on 2 cores (world, build); finished copies are
@@ -95,12 +101,14 @@ def coefficient_posterior(world, identity, seed: int, shots) -> tuple:
     return cov @ rhs, cov
 
 
-def posterior_coefficients(world, identity, seed: int, copy: int) -> np.ndarray:
+def posterior_coefficients(world, identity, seed: int, copy: int, shot: int = 0) -> np.ndarray:
     """A draw of the identity coefficients from their posterior given the
-    landmarks of every scan of ``identity`` (:func:`coefficient_posterior`)."""
-    mu, cov = coefficient_posterior(world, identity, seed,
-                                    range(1, 2 + EXPRESSIONS_PER_IDENTITY))
-    rng = np.random.default_rng(np.random.SeedSequence(20_000 + copy, spawn_key=(identity.index,)))
+    landmarks of every scan of ``identity``, or of scan ``shot`` only when
+    it is not 0 (:func:`coefficient_posterior`)."""
+    shots = (shot,) if shot else range(1, 2 + EXPRESSIONS_PER_IDENTITY)
+    mu, cov = coefficient_posterior(world, identity, seed, shots)
+    key = (identity.index, shot) if shot else (identity.index,)
+    rng = np.random.default_rng(np.random.SeedSequence(20_000 + copy, spawn_key=key))
     return mu + np.linalg.cholesky(cov) @ rng.standard_normal(len(mu))
 
 
@@ -121,7 +129,7 @@ def build_copy(out: Path, copy: int, redraw: str) -> Path:
         own = draw(world_, seed, index)
         rng = np.random.default_rng(np.random.SeedSequence(10_000 + copy, spawn_key=(index,)))
         identity = dataclasses.replace(own, detail=synthetic.draw_detail(rng))
-        if redraw.startswith("posterior"):
+        if redraw.startswith("posterior"):  # scan+noise: per scan, in same_landmarks
             identity = dataclasses.replace(
                 identity, coefficients=posterior_coefficients(world_, own, seed, copy))
         return identity
@@ -131,7 +139,10 @@ def build_copy(out: Path, copy: int, redraw: str) -> Path:
         # the landmarks of the world's own identity, so that only the
         # surface differs (and every coarse image stays the same).
         own = render(world_, draw(world_, SEED, identity.index), plan)
-        if redraw == "posterior+noise":
+        if redraw == "scan+noise":
+            identity = dataclasses.replace(identity, coefficients=posterior_coefficients(
+                world_, draw(world_, SEED, identity.index), SEED, copy, plan.shot))
+        if redraw.endswith("+noise"):
             rng = np.random.default_rng(np.random.SeedSequence(
                 30_000 + copy, spawn_key=(identity.index, plan.shot)))
             plan = dataclasses.replace(plan, noise_seed=int(rng.integers(2 ** 31)))
@@ -187,7 +198,7 @@ def main():
 
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--redraw", choices=["posterior", "posterior+noise", "detail"],
+    p.add_argument("--redraw", choices=["posterior", "posterior+noise", "scan+noise", "detail"],
                    default="posterior",
                    help="what the copies draw again (default: posterior)")
     p.add_argument("--copies", type=int, default=3,
