@@ -12,7 +12,13 @@ need to come near the ceiling of ``benchmarks/detail_ceiling.py``.
    one bin); the predictor adds that mean band at each held-out pixel's
    template coordinates. It knows where anatomy puts detail on average
    (mouth slit, nostrils, alar and lid creases, nasolabial folds), and
-   nothing about the person, the expression or the pose.
+   nothing about the person, the expression or the pose. Two variants:
+   (b) the band regressed per bin on the coarse fit's expression weights
+   (ridge), so that a smile can deepen the folds; (c) an oracle: the
+   template coordinates of the true face (no detail) in its true pose,
+   for both the table and the prediction: what the mean band is worth when
+   the anatomy is placed exactly, i.e. what the coarse fit's registration
+   costs.
 2. *Fine fields of the coarse fit*: the coarse mesh's own coefficients
    (exact least squares: a coarse mesh lies in its model's span) evaluated
    on the world's 0.5 mm ground-truth grid without detail: what the 2.5 mm
@@ -113,18 +119,45 @@ def template_images(pairs: Pairs, world: Path, mean: np.ndarray) -> tuple:
     return uv, drawn
 
 
-def template_mean_band(pairs: Pairs, uv, drawn) -> tuple:
-    """(the mean band (ny, nx) mm per template bin over the training images,
-    a function mapping a held-out row to its predicted band (H, W) mm)."""
+def true_template_images(pairs: Pairs, world, manifest: dict, seed: int) -> tuple:
+    """As :func:`template_images` for the true face without detail in its
+    true pose, rendered with each sample's target camera: (N, 2, H, W), (N, H, W)."""
+    N, H, W = len(pairs.ids), *pairs.f["coarse_mask"].shape[1:]
+    records = {r["stem"]: r for r in manifest["scans"]}
+    template = world.fine_mean[..., :2].reshape(-1, 2)
+    uv, drawn, posed = np.zeros((N, 2, H, W), np.float32), np.zeros((N, H, W), bool), {}
+    for i in range(N):
+        r = records[pairs.ids[i].split("/")[0]]
+        if r["stem"] not in posed:
+            identity = S.draw_identity(world, seed, r["identity_index"])
+            P = fine_surface(world, identity, identity.coefficients, r["expression"]["weights"])
+            posed = {r["stem"]: P @ np.asarray(r["pose"]["rotation"]).T
+                     + np.asarray(r["pose"]["translation_mm"])}
+        P = camera_from_array(pairs.f["target_camera"][i]).project(posed[r["stem"]])
+        image, drawn[i] = rasterize(P, world.fine_faces, template, H, W)
+        uv[i] = image.transpose(2, 0, 1)
+    return uv, drawn
+
+
+def template_band(pairs: Pairs, uv, drawn, features=None, ridge: float = 5.0):
+    """A function mapping a held-out row i to its predicted band (H, W) mm:
+    per 0.5 mm template bin (smoothed by one bin), the training images'
+    missing band BP(target - coarse) regressed on ``features(i)`` (a constant
+    and, when given, the row's weights (E,), ridge-penalized by ``ridge``
+    pixels); without ``features``, the plain mean."""
     x0, y0, width, height = TEMPLATE_BOX
     nx, ny = int(width / BIN_MM), int(height / BIN_MM)
+
+    def z(i):
+        return np.ones(1) if features is None else np.r_[1.0, features(i)]
 
     def bins(i, valid):
         bx = np.clip(((uv[i, 0][valid] - x0) / BIN_MM).astype(int), 0, nx - 1)
         by = np.clip(((uv[i, 1][valid] - y0) / BIN_MM).astype(int), 0, ny - 1)
         return by * nx + bx
 
-    total, count = np.zeros(ny * nx), np.zeros(ny * nx)
+    D = len(z(0))
+    gram, moment = np.zeros((ny * nx, D, D)), np.zeros((ny * nx, D))
     for i in np.flatnonzero(pairs.split == fmt.TRAIN):
         r = pairs.row(i)
         valid = r["coarse_mask"] & r["face"] & drawn[i]
@@ -132,18 +165,20 @@ def template_mean_band(pairs: Pairs, uv, drawn) -> tuple:
         band = band_pass(torch.from_numpy((r["target"] - r["coarse"]) * r["mm"])[None],
                          torch.from_numpy(valid)[None], fine, coarse)[0].numpy()
         b = bins(i, valid)
-        np.add.at(total, b, band[valid])
-        np.add.at(count, b, 1)
-    count = count.reshape(ny, nx)
-    weight = gaussian_filter(count, 1.0)
-    table = gaussian_filter(total.reshape(ny, nx), 1.0) / np.maximum(weight, 1e-6)
+        zi = z(i)
+        gram += np.bincount(b, minlength=ny * nx)[:, None, None] * np.outer(zi, zi)
+        moment += np.bincount(b, band[valid], minlength=ny * nx)[:, None] * zi
+    gram = gaussian_filter(gram.reshape(ny, nx, D * D), (1.0, 1.0, 0)).reshape(-1, D, D)
+    moment = gaussian_filter(moment.reshape(ny, nx, D), (1.0, 1.0, 0)).reshape(-1, D)
+    penalty = np.diag(np.r_[1e-6, np.full(D - 1, ridge)])
+    table = np.linalg.solve(gram + penalty, moment[..., None])[..., 0]  # (bins, D)
 
     def predict(i, r):
         valid = r["coarse_mask"] & drawn[i]
         band = np.zeros_like(r["coarse"])
-        band[valid] = table.ravel()[bins(i, valid)]
+        band[valid] = table[bins(i, valid)] @ z(i)
         return band
-    return table, predict
+    return predict
 
 
 def fine_surface(world, identity, coefficients, expression) -> np.ndarray:
@@ -167,7 +202,15 @@ def main() -> int:
     world, seed = S.build_world(S.settings_of(manifest)), manifest.get("seed", 0)
     model = world.model
     uv, drawn = template_images(pairs, args.world, model.mean)
-    _, predict_band = template_mean_band(pairs, uv, drawn)
+    predict_band = template_band(pairs, uv, drawn)
+    records = {r["stem"]: r for r in manifest["scans"]}
+    fit_expression = lambda i: np.asarray(  # noqa: E731
+        records[pairs.ids[i].split("/")[0]]["fit"]["expression"])
+    true_uv, true_drawn = true_template_images(pairs, world, manifest, seed)
+    variants = {"template band regressed on the fit's expression":
+                template_band(pairs, uv, drawn, fit_expression),
+                "template mean band, true registration (oracle)":
+                template_band(pairs, true_uv, true_drawn)}
     basis = np.concatenate([model.identity_basis.reshape(len(model.identity_basis), -1),
                             model.expression_basis.reshape(len(model.expression_basis), -1)]).T
     K = len(model.identity_basis)
@@ -176,7 +219,7 @@ def main() -> int:
         from dce.gan.inference import Refiner
         refiner = Refiner(args.checkpoint)
 
-    names = ["template mean band", "fine fields of the coarse fit",
+    names = ["template mean band", *variants, "fine fields of the coarse fit",
              "posterior shape, this scan's landmarks", "posterior shape, both scans' landmarks"]
     if refiner is not None:
         names += ["detail stage", "detail stage + template mean band"]
@@ -186,7 +229,9 @@ def main() -> int:
         r = pairs.row(i)
         camera = camera_from_array(pairs.cameras[i])
         band = predict_band(i, r)
-        scores[names[0]].append(score(np.where(r["coarse_mask"], r["coarse"] + band / r["mm"],
+        predictions = {names[0]: band} | {n: p(i, r) for n, p in variants.items()}
+        for name, predicted in predictions.items():
+            scores[name].append(score(np.where(r["coarse_mask"], r["coarse"] + predicted / r["mm"],
                                                r["coarse"]), r))
         stem = pairs.ids[i].split("/")[0]
         index, shot = int(stem[:5]) - S.SUBJECT_BASE, int(stem[-1])
@@ -196,13 +241,14 @@ def main() -> int:
             V = load_mesh(path).vertices
             c = np.linalg.lstsq(basis, (V - model.mean).ravel(), rcond=None)[0]
             fits[path] = fine_surface(world, identity, c[:K], c[K:])
-        scores[names[1]].append(score(rendered_depth(fits[path], world.fine_faces, camera, r), r))
+        scores["fine fields of the coarse fit"].append(
+            score(rendered_depth(fits[path], world.fine_faces, camera, r), r))
         if (index, shot) not in posteriors:
             expression = S.draw_scan(world, identity, seed, shot).expression
             posteriors[index, shot] = [
                 fine_surface(world, identity, coefficient_posterior(world, identity, seed, shots)[0],
                              expression) for shots in ((shot,), (1, 2))]
-        for name, P in zip(names[2:4], posteriors[index, shot]):
+        for name, P in zip(names[4:6], posteriors[index, shot]):
             scores[name].append(score(rendered_depth(P, world.fine_faces, camera, r), r))
         if refiner is not None:
             x = np.stack([fmt.dequantize(pairs.f["coarse"][i, k])
@@ -210,8 +256,8 @@ def main() -> int:
             channels = json.loads(pairs.f.attrs["channels"])
             refined = refiner(x[[channels.index(c) for c in refiner.input_channels]])[
                 refiner.output_channels.index("depth")]
-            scores[names[4]].append(score(refined, r))
-            scores[names[5]].append(score(np.where(r["coarse_mask"], refined + band / r["mm"],
+            scores[names[6]].append(score(refined, r))
+            scores[names[7]].append(score(np.where(r["coarse_mask"], refined + band / r["mm"],
                                                    refined), r))
     n = len(scores[names[0]])
     lines = ["# What the missing detail band is made of (built-in world)", "",
