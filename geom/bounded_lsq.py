@@ -3,8 +3,9 @@ step of :func:`dce.geom.landmark_fit.fit_to_landmarks`.
 
 Hand-written in Numba (normal equations, Cholesky, a primal active set for
 the expression weights' bounds). scipy's BVLS gives the same answer to
-about 1e-6 (tests/test_morphable.py) but not the same last bits, and every
-coarse mesh, hence every figure built on one, depends on them.
+about 1e-6 (tests/test_morphable.py) but not the same last bits, which
+every coarse mesh, hence every figure, depends on, and it makes the fit with
+bounded expressions about 7x slower (``benchmarks/fit_speed.py --scipy``).
 """
 from __future__ import annotations
 
