@@ -57,7 +57,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--poses", type=integer(0, MAX_POSES), default=BUILD.poses,
                    help=f"extra random poses per pair: yaw +-{BUILD.max_yaw:g}, pitch "
                         f"+-{BUILD.max_pitch:g}, roll +-{BUILD.max_roll:g} degrees, "
-                        f"0 .. {MAX_POSES}; unless given, as the paper")
+                        f"0 .. {MAX_POSES}, as in the paper")
     g.add_argument("--seed", type=_seed, default=BUILD.seed,
                    help="seed of the poses and the identity split, 0 .. 2^32 - 1")
     g.add_argument("--test-fraction", type=_fraction, default=DEFAULT_TEST_FRACTION,
@@ -66,7 +66,7 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="curvature channel: mean curvature (paper) or the authors' demo "
                         "|k1|+|k2|")
     g.add_argument("--workers", type=integer(1, MAX_WORKERS), default=os.cpu_count(),
-                   help=f"worker processes, 1 .. {MAX_WORKERS}; unless given, all cores")
+                   help=f"worker processes, 1 .. {MAX_WORKERS}; one per core")
     g.add_argument("--shard", default=None, metavar="K/N",
                    help="build only shard K of N (1-based), for cluster array jobs; "
                         "join the shard files with `dce-build merge`")

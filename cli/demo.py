@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--identities", type=integer(2, MAX_IDENTITIES), default=60,
                    help="identities in the synthetic world, 2/3 for training, at least 2")
     p.add_argument("--poses", type=integer(0, MAX_POSES), default=5,
-                   help="extra random poses per scan pair; unless given, as the paper")
+                   help="extra random poses per scan pair, as in the paper")
     p.add_argument("--size", type=integer(32, MAX_SIZE), default=256,
                    help="image size in pixels, at least the cpu preset's 32")
     p.add_argument("--preset", default="cpu",
@@ -79,12 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override the preset's iterations per resolution")
     p.add_argument("--detail-iterations", type=integer(0), default=DETAIL_ITERATIONS,
                    help="iterations of the detail stage, 8 crops each; 0 = no detail stage; "
-                        "unless given, about 4 minutes on 2 cores")
+                        "about 4 minutes on 2 cores")
     p.add_argument("--faces-3d", type=integer(0, 100000), default=FACES_3D,
                    help="held-out photo views refined to meshes and scored in 3D against the "
                         "world's scans (dce-eval-mesh --metric), one per held-out identity "
-                        "before a second of any; 0 = none; unless given, 1 to 2 minutes on 2 "
-                        "cores")
+                        "before a second of any; 0 = none; 1 to 2 minutes "
+                        "on 2 cores")
     p.add_argument("--heatmaps", type=integer(0, 1000), default=8,
                    help="error heat maps written by the evaluation")
     p.add_argument("--workers", type=integer(1, MAX_WORKERS), default=None,

@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", type=Path, default=Path("dce_run"),
                    help="run folder for checkpoints and logs")
     p.add_argument("--config", default=d["config"], choices=sorted(CONFIGS),
-                   help="Generator|Discriminator|Pixel-loss channels; unless given, the "
+                   help="Generator|Discriminator|Pixel-loss channels; the "
                         "paper's choice")
     p.add_argument("--model", default=d["model"], choices=["progressive", "pix2pix"],
                    help="the paper's progressive encoder-decoder, or the pix2pix baseline "
@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-resolution", type=int, default=None, choices=RESOLUTIONS,
                    help="override the preset's last resolution (4 ... 256)")
     p.add_argument("--batch-size", type=integer(1), default=d["batch_size"],
-                   help="batch size; unless given, the paper's")
+                   help="batch size, as in the paper")
     p.add_argument("--lr", type=number(0.0, low_open=True, high=1.0), default=None,
                    help="Adam learning rate; unless given, 1e-5 (the paper's), 5e-4 with "
                         "--preset cpu, 2e-4 for pix2pix")
