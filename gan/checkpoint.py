@@ -1,24 +1,9 @@
 """Atomic, checksummed checkpoints and the random-number state needed to
-resume exactly.
+resume exactly. A file whose payload does not match its SHA-256 is a
+:class:`CheckpointError` naming the file; a legacy bare ``torch.save`` file
+loads with a warning.
 
-File layout (``FORMAT_VERSION`` 1), little-endian::
-
-    bytes  0..7    MAGIC  b"DCE-CKPT"
-    bytes  8..11   uint32 format version (1)
-    bytes 12..19   uint64 payload length in bytes
-    bytes 20..51   SHA-256 of the payload
-    bytes 52..     payload: the state as ``torch.save`` writes it
-
-torch's own zip container checks no CRC when it loads, so without the digest
-a flipped byte in a weight loads silently and changes the results; with it,
-any change to the payload, and a truncated or extended file, is a
-:class:`CheckpointError` naming the file.
-
-Checkpoints written before the checksum existed (a bare ``torch.save`` zip,
-starting with ``PK``) are *accepted with a warning*
-(:class:`LegacyCheckpointWarning`): they hold runs that took hours, and
-their integrity simply cannot be verified; the next save of a resumed run
-writes the checksummed format. Anything else is refused.
+See docs/progressive-gan.md (the file layout, legacy checkpoints).
 """
 from __future__ import annotations
 

@@ -1,22 +1,9 @@
 """The seven channel configurations of the paper's ablation (section 5,
-Table 3), written ``"Generator | Discriminator | Pixel loss"``.
+Table 3), written ``"Generator | Discriminator | Pixel loss"``: the coarse
+channels the generator reads, those it writes, those the conditional
+discriminator sees and those the pixel loss compares.
 
-Channel names are those of the pair file (``gan/h5format.py``): ``"depth"``,
-``"curvature"``, ``"elevation"`` and, in files rendered with the photo's
-colour, ``"r"``, ``"g"``, ``"b"``. Short forms: D = depth, DCE = depth,
-curvature, elevation, DCE+RGB = DCE then r, g, b.
-
-* The generator reads the coarse channels ``generator_in``.
-* It writes ``generator_out`` = the channels the discriminator and the pixel
-  loss need (union of the two sets, in the order depth, curvature,
-  elevation). RGB is only ever an input, never generated.
-* The discriminator is conditional: it sees the coarse image restricted to
-  the discriminator set (the condition) concatenated with the real or
-  generated image restricted to the same set. In the paper's configuration
-  ``"DCE|D|DCE"`` that is the depth of the condition and the depth of the
-  image: 2 channels.
-* The pixel loss compares ``pixel_loss`` channels of output and target; the
-  adversarial weight is ``kappa = C * 1e-5`` with ``C`` of those channels.
+See docs/progressive-gan.md (channel names, the rules, kappa).
 """
 from __future__ import annotations
 

@@ -1,21 +1,9 @@
-"""Surface-quality metrics of refined depth images beyond the MAE of Eq. 4.
+"""Surface-quality metrics of refined depth images beyond the MAE of Eq. 4:
+the normal error (:func:`normal_error_deg`), the correlation of added and
+wanted detail (:func:`detail_corr`) and face regions by landmarks
+(:func:`face_regions`). Depth images are (N, H, W) in [-1, 1], background -1.
 
-Depth images are (N, H, W) in [-1, 1] units with the background at -1; a
-pixel is surface when it is at least ``FOREGROUND_ABOVE``. Physical depth is
-offset + scale * x per image, so only the scale matters here: ``mm_per_unit``
-(N,) is that scale (either sign) and ``pixel_mm`` (N,) the pixel size in mm.
-
-* :func:`normal_error_deg`: mean angle between the surface normals of two
-  depth images, i.e. how well the *orientation* of the surface is recovered
-  (sensitive to small creases that hardly move the MAE).
-* :func:`detail_corr`: Pearson correlation of the detail the generator added
-  (refined - coarse) with the detail it should have added (target - coarse),
-  both restricted to a band of spatial scales (``DETAIL_BAND_MM``), so that
-  neither the face's overall shape nor pixel noise count.
-
-The filters are normalized convolutions (:func:`gaussian_blur_masked`), so
-the background and holes do not leak into the face. :func:`face_regions`
-splits the face into six regions by its landmarks, for per-region scores.
+See docs/evaluation.md (units, the detail band, the masked filters).
 """
 from __future__ import annotations
 

@@ -1,23 +1,9 @@
 """Progressive training of the encoder-decoder conditional GAN (paper
-section 4 and 5.4), resumable exactly.
+section 4 and 5.4), resumable exactly. One iteration is one WGAN-GP
+discriminator step and one generator step (L1 + kappa x adversarial); a
+non-finite loss or non-finite weights stop it with :class:`TrainingDiverged`.
 
-One iteration = one discriminator step (WGAN-GP) and one generator step (L1
-on the pixel-loss channels + kappa x adversarial). The stage table
-(:func:`dce.gan.networks.paper_schedule`, or a preset) decides the
-resolution and the fade alpha of every iteration; the same alpha drives the
-generator's two ends, the discriminator and the real images.
-
-Exact resume: the batches of iteration i are a pure function of (seed, i)
-(epoch = i // batches per epoch, a seeded permutation per epoch, the
-augmentation seeded by epoch and sample), and checkpoints hold the weights,
-both optimizers, the grad scaler, the iteration and alpha, and every RNG.
-
-Failure. Settings that are not finite or out of range are a ValueError when
-the :class:`TrainSettings` (:mod:`dce.gan.settings`, with the presets) is
-made. A non-finite loss, or weights that became non-finite, stop training
-with :class:`TrainingDiverged`; the last checkpoint written before stays
-(non-finite weights are never saved). A resume checks every entry it needs
-(``Trainer.resume``) and cuts ``log.jsonl`` back to the resumed iteration.
+See docs/progressive-gan.md (the stage table, exact resume, failure).
 """
 from __future__ import annotations
 

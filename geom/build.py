@@ -1,17 +1,9 @@
-"""Building a pair file: the library side of ``dce-build``.
+"""Building a pair file: the library side of ``dce-build``. :func:`build` runs
+the pairs an input source lists through the pipeline in worker processes
+and writes their samples with :class:`dce.geom.store.PairWriter`; a build
+is resumable, can be one shard of N, and reports a failing pair and goes on.
 
-:func:`build` takes the pairs an input source lists (:mod:`dce.geom.sources`),
-runs each through the pipeline (:mod:`dce.geom.dataset`) in worker processes
-and writes their samples with :class:`dce.geom.store.PairWriter`. A build is
-resumable (a rerun keeps the committed samples and builds the rest), can be
-one shard of N, and reports a failing pair and goes on.
-
-    from dce.geom import build, sources
-    from dce.geom.dataset import BuildConfig
-
-    specs = sources.synthetic_world("world")
-    report = build.build(specs, "pairs.h5", BuildConfig(size=256), command="synthetic")
-    print(report.summary["n_samples"], report.failures)
+See docs/dataset-inputs.md (a usage example).
 """
 from __future__ import annotations
 

@@ -1,24 +1,9 @@
 """The coarse side of an input pair: where its coarse mesh and the mesh's 68
-landmark vertices come from (:class:`CoarseSource`, :func:`coarse_side`).
+landmark vertices come from (:class:`CoarseSource`, :func:`coarse_side`):
+a morphable model fitted to the pair's landmarks, a folder of meshes, or
+the spec's own coarse mesh, in that order of precedence.
 
-The coarse mesh of a pair comes from, in order of precedence:
-
-1. ``model_path``: a morphable model (``.npz`` / BFM ``.h5``,
-   :func:`dce.geom.morphable.load_model`) FITTED to the pair's 2D landmarks
-   (:func:`dce.geom.landmark_fit.fit_to_landmarks`); the landmark vertices are
-   the fit's (``model.landmarks_68``, jaw ones moved with
-   ``contour="sliding"``);
-2. ``coarse_dir``: meshes made elsewhere, ``<coarse_dir>/<pair_id>.ply``
-   (or ``.obj``, ``.off``), their 68 landmark vertex indices from
-   ``<pair_id>.landmarks.txt`` / ``.landmarks.npy`` beside them, else from
-   ``landmark_vertices``;
-3. the spec's own coarse mesh: the manifest's ``coarse`` column (indices
-   from its ``coarse_landmarks`` column, the same sidecars, or
-   ``landmark_vertices``), or, for the synthetic world, the world's fitted
-   meshes ``coarse/<stem>.ply`` with ``world_model.npz``'s ``landmarks_68``.
-
-Vertex-index files: ``.txt`` (68 integers, '#' comments), ``.npy`` (68,)
-or ``.npz`` (key ``landmarks_68``, e.g. a morphable model file).
+See docs/dataset-inputs.md (the sources, the vertex-index files).
 """
 from __future__ import annotations
 

@@ -1,26 +1,9 @@
-"""Depth-Curvature-Elevation images (paper section 3.2), optionally with RGB.
+"""Depth-Curvature-Elevation images (paper section 3.2), optionally with RGB:
+per-vertex channels from a mesh and a camera, rasterized by the orthographic
+z-buffer, each stored normalized to about [-1, 1] with the affine map back to
+physical units (``physical = offset + scale * normalized``); background -1.
 
-Per-vertex channels are computed from a mesh and a camera, then rasterized by
-the orthographic z-buffer. Every channel is stored normalized, roughly in
-[-1, 1], together with the affine map back to physical units::
-
-    physical = offset + scale * normalized
-
-- ``depth``: view depth in mm (the camera's z, growing AWAY from the viewer);
-  normalized so that ``depth_reference`` maps to +1 and each ``depth_scale``
-  mm farther away lowers the value by 1. By default the nearest vertex maps to
-  +1, so a face 100 mm deep spans [-1, 1] with the default scale of 50 mm.
-- ``curvature``: mean curvature H in 1/mm (Cohen-Steiner-Morvan, positive on
-  convex parts such as the nose tip), divided by ``curvature_scale`` and
-  clipped to [-1, 1]; or the authors' saturated |k1|+|k2| channel.
-- ``elevation``: polar angle of the vertex normal from the direction toward the
-  viewer, theta in [0, pi]; normalized as 1 - 2 theta / pi (facing the camera
-  = 1, silhouette = 0).
-- ``r``, ``g``, ``b``: colours in [0, 1] mapped to [-1, 1]: a photo sampled
-  at each pixel (see :func:`render_dce`), or else the vertex colours.
-
-Background pixels hold ``background`` (-1 by default: the far end of every
-channel, the paper's 0 of an 8-bit image) and are False in the mask.
+See docs/geometry.md (the channels and their normalizations).
 """
 from __future__ import annotations
 

@@ -1,30 +1,10 @@
-"""Switching median filters: remove outliers and spikes, keep fine detail.
+"""Switching median filters (paper section 5.2): a sample is replaced by the
+median of its neighbours only where it deviates from it by more than a
+threshold, so spikes go and sub-millimetre detail stays bit-for-bit.
+:func:`median_filter_grid` for range grids, :func:`median_filter_mesh` for
+meshes, :func:`median_filter` dispatches on a record.
 
-Ground-truth scans are "median filtered to remove outliers, while preserving
-fine-grained details" (paper section 5.2). A plain median filter replaces every
-sample and flattens sub-millimetre detail (wrinkles, pores) along with the
-spikes. These filters *switch*: a sample is replaced by the median of its
-neighbours only where it deviates from that median by more than a threshold;
-every other sample is returned bit-for-bit unchanged.
-
-- :func:`median_filter_grid` works on structured range grids (FRGC ``.abs``:
-  ``xyz`` (H, W, 3) mm with a ``valid`` mask). The deviation is measured in
-  ``z``, the grid's depth axis (the sensor's viewing direction). Invalid pixels
-  never enter a median.
-- :func:`median_filter_mesh` works on triangle meshes, along a robust vertex
-  normal, over the 1-ring.
-- :func:`median_filter` dispatches on a record (a range scan with ``xyz`` and
-  ``valid``, or a mesh with ``vertices`` and ``faces``).
-
-Outlier rule (both filters): a sample is an outlier when its deviation from the
-neighbourhood median exceeds ``threshold_mm``. On grids the bar is raised to
-``mad_k`` x 1.4826 x MAD (the robust standard deviation of the neighbourhood
-around its median) where that is larger: on steep slopes and at silhouettes a
-one-sided window's median lies legitimately several mm from the sample, and the
-neighbours spread as much. Mesh heights are measured along the normal and are
-slope-free, so meshes use the absolute threshold alone. Outliers are replaced
-by the median over their neighbours that are not outliers themselves, so a
-small cluster of spikes does not bias its own replacement.
+See docs/geometry.md (the outlier rule and its MAD bar).
 """
 from __future__ import annotations
 

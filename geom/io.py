@@ -1,26 +1,11 @@
-"""The file formats of meshes, range scans and landmarks, in one import.
-
-``from dce.geom.io import load_mesh, read_abs, read_landmarks, Mesh, ...``
-gives the public names of the modules that hold them:
-
-- :mod:`dce.geom.records`: :class:`Mesh`, :class:`RangeScan`,
-  :class:`Landmarks`, :class:`FormatError`, the plausibility limits and the
-  iBUG-68 index groups (:func:`nose_tip`, :func:`jaw_contour`);
-- :mod:`dce.geom.mesh_formats`: :func:`load_mesh`, :func:`save_mesh` for
-  .ply, .obj, .off, .stl and .wrl (format modules :mod:`~dce.geom.ply`,
-  :mod:`~dce.geom.obj_off`, :mod:`~dce.geom.stl`, :mod:`~dce.geom.vrml`);
-- :mod:`dce.geom.scan_formats`: FRGC ``.abs``/``.abs.gz`` (:func:`read_abs`,
-  :func:`write_abs`) and Bosphorus ``.bnt`` (:func:`read_bnt`,
-  :func:`write_bnt`);
-- :mod:`dce.geom.landmark_formats`: :func:`read_landmarks`,
-  :func:`write_landmarks` (.lm2, .lm3, .pts, .txt, .csv) and
-  :func:`read_vertex_indices`.
-
-Every reader reports bad input as :class:`FormatError` naming the file (the
-rules: "Input checks" in the README, held by ``tests/test_fuzz_readers.py``);
-every writer writes a temporary file next to the target and renames it, so a
-reader never sees a half-written file. Algorithms import the records from
+"""The file formats of meshes, range scans and landmarks, in one import
+(``from dce.geom.io import load_mesh, read_abs, read_landmarks, Mesh, ...``):
+the public names of records, mesh_formats, scan_formats and
+landmark_formats. Readers report bad input as :class:`FormatError` naming
+the file; writers write atomically. Algorithms import the records from
 :mod:`dce.geom.records`, not from here.
+
+See docs/dataset-inputs.md (which module holds which name).
 """
 from .landmark_formats import read_landmarks, read_vertex_indices, write_landmarks
 from .mesh_formats import load_mesh, save_mesh

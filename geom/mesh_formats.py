@@ -1,30 +1,10 @@
-"""Mesh files: :func:`load_mesh` and :func:`save_mesh`, the format chosen by extension.
+"""Mesh files: :func:`load_mesh` and :func:`save_mesh`, the format chosen by
+extension (.ply, .obj, .off, .stl, .wrl). The format modules return raw
+arrays; this module checks them the same way for every format,
+fan-triangulates polygons and resolves per-corner uv, and reports bad input
+as :class:`~dce.geom.records.FormatError`.
 
-====== ================================ ===================================
-format read / write                      attributes kept
-====== ================================ ===================================
-.ply   numpy; binary (LE/BE) and ascii   colours (8-bit), per-vertex uv
-       in, binary little-endian out      (``texture_u/v``, ``u/v``, ``s/t``)
-                                         or per-corner ``texcoord`` lists
-.obj   numpy                             per-vertex uv from ``vt``, colours
-                                         (``v x y z r g b`` extension)
-.off   numpy                             colours (``COFF``, 8-bit)
-.stl   numpy; binary and ascii in,       geometry only; identical corner
-       binary out                        positions are welded on load
-.wrl   pymeshlab in, numpy out           colours (8-bit); geometry parsed as
-                                         float32; uv written, not read
-====== ================================ ===================================
-
-Each format module (:mod:`~dce.geom.ply`, :mod:`~dce.geom.obj_off`,
-:mod:`~dce.geom.stl`, :mod:`~dce.geom.vrml`) returns the file's raw arrays:
-vertices, polygon sizes, corner indices, colours, per-vertex and per-corner
-uv. This module checks them the same way for every format (plausible
-coordinates, colours in [0, 1], finite uv, faces of >= 3 vertices within
-range), fan-triangulates polygons ``(c0, ck, ck+1)`` and resolves per-corner
-uv into per-vertex uv. The numpy readers keep the file's vertices and faces
-as they are and report bad input as :class:`~dce.geom.records.FormatError`;
-the rules are listed under "Input checks" in the README and held by
-``tests/test_fuzz_readers.py``.
+See docs/dataset-inputs.md (what each format reads, writes and keeps).
 """
 from __future__ import annotations
 

@@ -1,16 +1,9 @@
 """Scaled-orthographic cameras: fitting from 2D-3D landmarks, projection,
-back-projection and posed views.
+back-projection and posed views. The view frame is OpenCV's (x right, y down,
+z away from the viewer): ``[x_px, y_px] = scale * (R @ X)[:2] + translation``
+and depth ``(R @ X)[2]`` in mm.
 
-Conventions. The view frame is right-handed with x to the right, y DOWN and z
-AWAY from the viewer (the OpenCV camera frame), so the nearest surface has the
-smallest depth. A pixel (row i, column j) has its centre at x = j, y = i. A
-camera maps a model point X (mm) to::
-
-    [x_px, y_px] = scale * (R @ X)[:2] + translation      (pixels)
-    depth        = (R @ X)[2]                              (mm)
-
-with R a proper rotation (det +1). For data with +Y up and the face looking
-toward +Z, the frontal camera has R = diag(1, -1, -1).
+See docs/geometry.md (conventions, the frontal camera).
 """
 from __future__ import annotations
 

@@ -1,30 +1,11 @@
-"""From a (refined) depth image back to a triangle mesh in the model's frame.
+"""From a (refined) depth image back to a triangle mesh in the model's frame:
+``camera.unproject`` turns each valid pixel into a vertex on the rendered
+surface; :func:`depth_image_mesh` connects them as a grid,
+:func:`merge_with_coarse` puts the grid into a coarse mesh, and
+:func:`displace_along_view` instead moves the coarse mesh's own vertices
+along their view rays.
 
-A depth image of :mod:`dce.geom.dce` holds, at pixel (row i, column j), the
-view depth z in mm of the surface seen through the pixel centre (x = j,
-y = i). With the image's scaled-orthographic camera
-(:class:`~dce.geom.projection.OrthographicCamera`), ``camera.unproject``
-turns ``(j, i, z)`` back into the model point, so every valid pixel gives
-one vertex exactly on the rendered surface (up to the image's storage
-precision), in millimetres, in the frame of the mesh that was rendered.
-
-:func:`depth_image_mesh` connects the valid pixels as a grid: two triangles
-per 2x2 block of valid pixels (one where three of the four are valid),
-skipping triangles that span a depth discontinuity. :func:`merge_with_coarse`
-then puts that grid in place of the part of a coarse mesh it covers and keeps
-the rest of the coarse mesh (what the camera does not see: the back, parts
-outside the image, occluded folds, regions where the image has no pixels).
-
-:func:`displace_along_view` instead keeps the coarse mesh's topology (a
-3DMM's vertices, faces and landmark indices): each vertex the image sees
-moves along its view ray by the depth correction (refined minus coarse)
-under it, hidden vertices stay, and the move fades out at the border
-between them. :func:`move_with_surface` carries points such as landmarks
-along with the moved vertices.
-
-Orientation: faces are right-handed, and a triangle of the grid has its
-normal toward the viewer (``camera.view_direction``), as a face mesh whose
-normals point out of the head has on its visible side.
+See docs/geometry.md (triangulation, merging, kept topology, orientation).
 """
 from __future__ import annotations
 

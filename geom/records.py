@@ -1,20 +1,9 @@
-"""The records every geom module shares, and the project's file-content error.
+"""The records every geom module shares (:class:`Mesh`, :class:`RangeScan`,
+:class:`Landmarks` with the iBUG-68 index groups), the project's
+file-content error :class:`FormatError`, the plausibility limits the file
+readers apply and the atomic write. It imports none of the format modules.
 
-- :class:`Mesh`: ``vertices`` (n, 3) float64 mm, ``faces`` (m, 3) int32,
-  optional ``colors`` (n, 3) float32 in [0, 1], optional ``uv`` (n, 2) float64.
-- :class:`RangeScan`: a structured range grid, ``xyz`` (H, W, 3) float64 mm,
-  ``valid`` (H, W) bool, ``texture_path`` and optional ``uv`` (H, W, 2); it
-  triangulates itself into a :class:`Mesh`.
-- :class:`Landmarks`: ``points`` (k, 2) or (k, 3) float64 and ``labels``,
-  with the iBUG-68 index groups that give a 68-point set its meaning.
-- :class:`FormatError` and the plausibility limits the file readers apply
-  (:data:`MAX_COORDINATE`, ...; "Input checks" in the README), with the small
-  helpers the format modules share, among them the atomic write (a temporary
-  file beside the target, renamed over it).
-
-The file formats live in :mod:`dce.geom.mesh_formats`,
-:mod:`dce.geom.scan_formats` and :mod:`dce.geom.landmark_formats`
-(together: :mod:`dce.geom.io`); this module imports none of them.
+See docs/dataset-inputs.md (the records' fields and shapes).
 """
 from __future__ import annotations
 

@@ -1,21 +1,10 @@
 """Refining a coarse face with a trained checkpoint: the library side of
-``dce-refine`` (and of ``dce-demo``'s refined meshes).
+``dce-refine`` (and of ``dce-demo``'s refined meshes). The coarse side
+(:class:`CoarseFace`) comes from a pair file's sample or a rendered mesh;
+:func:`refine` runs the network and builds the refined mesh, and
+:func:`save_refinement` writes ``dce-refine``'s files.
 
-A refinement takes the coarse side (:class:`CoarseFace`) either from a pair
-file's sample (:func:`coarse_from_pairs`: its coarse DCE image, camera and
-target) or from a mesh rendered as ``dce-build`` renders one
-(:func:`coarse_from_mesh`, with the :class:`ViewSettings` the checkpoint's
-normalization gives, :func:`view_settings`); :func:`refine` runs the
-network and builds the refined mesh (:mod:`dce.geom.refined_mesh`), and
-:func:`save_refinement` writes the files ``dce-refine`` writes.
-
-    from dce.gan.inference import Refiner
-    from dce.geom.refine import coarse_from_pairs, refine, save_refinement
-
-    refiner = Refiner("run/last.pt")
-    result = refine(refiner, coarse_from_pairs("pairs.h5", refiner, "0003/pose0"))
-    print(result.coarse_mae_mm, result.refined_mae_mm)
-    save_refinement("refined", result)
+See docs/geometry.md (the steps, a usage example).
 """
 from __future__ import annotations
 

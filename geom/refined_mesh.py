@@ -1,19 +1,10 @@
-"""The meshes of one refinement: a coarse DCE image and the network's
-refined image of it in, the refined 3D mesh and its landmarks out (what
-``dce-refine`` writes and ``dce-demo`` scores in 3D).
+"""The meshes of one refinement: a coarse DCE image and the network's refined
+image of it in, the refined 3D mesh and its landmarks out (what
+``dce-refine`` writes and ``dce-demo`` scores in 3D), in the coarse mesh's
+frame, in mm. The network stays outside this module: any refiner object is
+called on plain arrays.
 
-Both images share the coarse image's camera, so every mesh comes out in the
-frame that camera maps to pixels: the coarse mesh's own (model) frame, in
-mm. The refined mesh is either a new triangulation of the refined depth
-pixels joined to the coarse mesh where the image saw nothing
-(:func:`dce.geom.reconstruct.depth_image_mesh` and ``merge_with_coarse``),
-or, keeping the topology, the coarse mesh itself with the vertices the image
-sees moved along their view rays onto the refined depth
-(``displace_along_view``). Landmarks of the coarse mesh are carried along
-with the surface (``move_with_surface``) by that same view-ray move.
-
-The network stays outside this module: :func:`refine_dce_image` calls any
-refiner object (``dce.gan.inference.Refiner``) on plain arrays.
+See docs/geometry.md (new triangulation or kept topology, landmarks).
 """
 from __future__ import annotations
 

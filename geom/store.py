@@ -1,25 +1,8 @@
-"""Writing DCE pair files (the layout is documented in ``dce.gan.h5format``),
-and reading a sample back as DCE images (:func:`read_sample`).
+"""Writing DCE pair files in resumable, atomically committed segments,
+merging shards into one file, and reading a sample back as DCE images
+(:func:`read_sample`).
 
-A build accumulates samples in the directory ``<file>.partial/`` as
-*segments*: small pair files of a few whole samples each, written under a
-temporary name and renamed into place. A rename is atomic, so a process
-killed at any moment (even ``kill -9``) leaves only whole committed segments
-(and perhaps a ``*.tmp`` that resuming deletes); no byte of a committed
-segment is ever rewritten. An HDF5 file edited in place is not safe this way:
-a killed writer can leave its chunk index or string heap inconsistent, and
-the whole file unreadable. ``finalize`` copies the segments' samples, sorted
-by ``sample_id``, with the identity-disjoint split, into ``<file>.tmp`` and
-renames it onto ``<file>``: the final name never holds an unfinished file,
-and a finished file is replaced whole, never edited.
-
-Shards: ``shard_of`` assigns a pair to shard K of N by a stable hash of its
-pair id, so every pose of a pair lands in the same shard whatever the order
-of enumeration. Each shard is finalized on its own (``shard="K/N"``, a split
-over its own subjects); ``merge_shards`` copies all shards' samples into one
-file and recomputes the split over all subjects, giving the file a single
-build would have written. Image chunks are copied compressed, without
-decoding.
+See docs/pair-file.md (the layout; segments, finalize, shards).
 """
 from __future__ import annotations
 
