@@ -138,10 +138,11 @@ def build_copy(out: Path, copy: int, redraw: str) -> Path:
         # The landmark files and the world's coarse fit must not move: keep
         # the landmarks of the world's own identity, so that only the
         # surface differs (and every coarse image stays the same).
-        own = render(world_, draw(world_, SEED, identity.index), plan)
+        world_identity = draw(world_, SEED, identity.index)
+        own = render(world_, world_identity, plan)
         if redraw == "scan+noise":
             identity = dataclasses.replace(identity, coefficients=posterior_coefficients(
-                world_, draw(world_, SEED, identity.index), SEED, copy, plan.shot))
+                world_, world_identity, SEED, copy, plan.shot))
         if redraw.endswith("+noise"):
             rng = np.random.default_rng(np.random.SeedSequence(
                 30_000 + copy, spawn_key=(identity.index, plan.shot)))

@@ -12,6 +12,7 @@ reported and skipped. `dce-build inspect FILE` prints what a file holds.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 from pathlib import Path
@@ -121,9 +122,10 @@ def _common(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dce-build", description=__doc__,
                                 formatter_class=HelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("synthetic", help="the built-in synthetic world",
-                       formatter_class=HelpFormatter)
+    # Sub-commands do not inherit the formatter: give it to every one at once.
+    sub = p.add_subparsers(dest="command", required=True, parser_class=functools.partial(
+        argparse.ArgumentParser, formatter_class=HelpFormatter))
+    s = sub.add_parser("synthetic", help="the built-in synthetic world")
     s.add_argument("--world", type=Path, default=Path("dce_world"),
                    help="world folder; generated there if missing")
     s.add_argument("--identities", type=integer(1, MAX_IDENTITIES), default=60,
@@ -132,17 +134,16 @@ def build_parser() -> argparse.ArgumentParser:
     _common(s)
     for name, what in (("frgc", "an FRGC v2 folder (.abs/.abs.gz, .ppm, landmarks)"),
                        ("bosphorus", "a Bosphorus folder (.bnt, .png, .lm2/.lm3, landmarks)")):
-        s = sub.add_parser(name, help=what, formatter_class=HelpFormatter)
+        s = sub.add_parser(name, help=what)
         s.add_argument("root", type=Path, help="the folder, searched recursively")
         s.add_argument("--landmarks-dir", type=Path, default=None,
                        help="folder of <stem>.pts landmark files (default: beside the scans)")
         _common(s)
-    s = sub.add_parser("manifest", help="a CSV or JSON list of pairs",
-                       formatter_class=HelpFormatter)
+    s = sub.add_parser("manifest", help="a CSV or JSON list of pairs")
     s.add_argument("manifest", type=Path, help="columns: target, coarse, landmarks, photo, "
                                                "subject, id")
     _common(s)
-    s = sub.add_parser("merge", help="join shard files into one", formatter_class=HelpFormatter)
+    s = sub.add_parser("merge", help="join shard files into one")
     s.add_argument("out", type=Path, help="merged output file")
     s.add_argument("shards", type=Path, nargs="+", help="shard files")
     s.add_argument("--seed", type=_seed, default=BUILD.seed,
@@ -150,12 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--test-fraction", type=_fraction, default=DEFAULT_TEST_FRACTION,
                    help="fraction of identities in the test split, 0 <= F < 1")
     s = sub.add_parser("inspect", help="print what a DCE pair file holds, after reading every "
-                                       "chunk of it back", formatter_class=HelpFormatter)
+                                       "chunk of it back")
     s.add_argument("file", type=Path, help="DCE pair file")
     s.add_argument("--no-verify", action="store_true",
                    help="print the summary without reading every chunk (faster on large files)")
-    s = sub.add_parser("preview", help="PNG grid of random pairs of a file",
-                       formatter_class=HelpFormatter)
+    s = sub.add_parser("preview", help="PNG grid of random pairs of a file")
     s.add_argument("file", type=Path, help="DCE pair file")
     s.add_argument("-k", type=integer(1, 1000), default=8, help="pairs shown")
     s.add_argument("-o", "--out", type=Path, default=None, help="PNG (default: FILE.png)")
