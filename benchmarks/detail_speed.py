@@ -4,7 +4,8 @@
   (forward, the pixel and gradient losses, backward, Adam), with and
   without the adversarial patch critic (its WGAN-GP step included);
 * inference: milliseconds per 256 x 256 image of the enhancer's forward
-  pass, batch 1 and batch 8.
+  pass, batch 1 and batch 8, and with colour (``--channels 6``) of the
+  photo's shading residual that the stage reads too (dce.gan.shading).
 
     python benchmarks/detail_speed.py [--crop 96] [--batch 8] [--width 32] [--blocks 4]
         [--channels 3] [--repeats 5] [--device cpu]
@@ -22,16 +23,22 @@ from common import timed  # noqa: E402
 
 from dce.gan.detail import LocalEnhancer, PatchCritic, gradient_term, pixel_term  # noqa: E402
 from dce.gan.losses import gradient_penalty  # noqa: E402
+from dce.gan.shading import shading_residual  # noqa: E402
+
+
+def input_channels(args) -> int:
+    """The coarse channels, the global correction and, with colour, the shading."""
+    return args.channels + 1 + (1 if args.channels == 6 else 0)
 
 
 def training_step(args, device, adversarial: bool):
-    net = LocalEnhancer(args.channels + 1, args.width, args.blocks).to(device)
+    net = LocalEnhancer(input_channels(args), args.width, args.blocks).to(device)
     torch.nn.init.normal_(net.out.weight, std=0.01)
     opt = torch.optim.Adam(net.parameters(), 1e-3)
     critic = PatchCritic().to(device) if adversarial else None
     opt_d = torch.optim.Adam(critic.parameters(), 1e-3) if adversarial else None
     shape = (args.batch, 1, args.crop, args.crop)
-    x = torch.randn(args.batch, args.channels + 1, args.crop, args.crop, device=device)
+    x = torch.randn(args.batch, input_channels(args), args.crop, args.crop, device=device)
     target = torch.randn(shape, device=device) * 0.2
     valid = torch.rand(shape, device=device) > 0.2
     cond = torch.rand(shape, device=device)
@@ -76,16 +83,16 @@ def main():
     args = p.parse_args()
     device = torch.device(args.device)
     print(f"{device}, {torch.get_num_threads()} threads; enhancer width {args.width}, "
-          f"{args.blocks} blocks, {args.channels} + 1 input channels")
+          f"{args.blocks} blocks, {input_channels(args)} input channels")
     print("| measure | value |\n|---|---|")
     for adversarial in (False, True):
         t = timed(training_step(args, device, adversarial), args.repeats)
         label = "with the patch critic" if adversarial else "L2 + gradient losses"
         print(f"| training, {args.batch} crops of {args.crop} px, {label} | "
               f"{args.batch / t.min():.1f} crops/s (median {args.batch / float(sorted(t)[len(t) // 2]):.1f}) |")
-    net = LocalEnhancer(args.channels + 1, args.width, args.blocks).to(device).eval()
+    net = LocalEnhancer(input_channels(args), args.width, args.blocks).to(device).eval()
     for batch in (1, 8):
-        x = torch.randn(batch, args.channels + 1, 256, 256, device=device)
+        x = torch.randn(batch, input_channels(args), 256, 256, device=device)
 
         def infer():
             with torch.no_grad():
@@ -94,6 +101,15 @@ def main():
                 torch.cuda.synchronize(device)
         t = timed(infer, args.repeats)
         print(f"| inference, 256 x 256, batch {batch} | {t.min() / batch * 1e3:.0f} ms per image |")
+    if args.channels == 6:
+        coarse = torch.rand(1, 6, 256, 256, device=device) - 0.5  # all surface
+
+        def shading():
+            shading_residual(coarse, 0, (3, 4, 5))
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+        t = timed(shading, args.repeats)
+        print(f"| shading residual (colour), 256 x 256 | {t.min() * 1e3:.0f} ms per image |")
 
 
 if __name__ == "__main__":

@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dilated residual blocks at half resolution")
     p.add_argument("--lr", type=number(0.0, low_open=True, high=1.0), default=d.lr,
                    help="Adam step")
+    p.add_argument("--lr-decay", type=number(0.0, high=1.0), default=d.lr_decay,
+                   help="share of the iterations, at the end, over which the Adam step falls "
+                        "linearly to 0 (0 = constant)")
     p.add_argument("--highpass-mm", type=number(0.0, low_open=True), default=d.highpass_mm,
                    help="the stage learns the ground truth's difference to the global output "
                         "finer than this Gaussian sigma, mm")
@@ -55,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weight of the L1 on the detail's gradient")
     p.add_argument("--adversarial-weight", type=number(0.0), default=d.adversarial_weight,
                    help="weight of the depth-only patch critic (WGAN-GP); 0 = off")
+    p.add_argument("--no-shading", action="store_true",
+                   help="with a colour configuration, do not feed the stage the photo's shading "
+                        "left unexplained by the coarse surface (dce.gan.shading)")
     p.add_argument("--no-flip", action="store_true",
                    help="no random left-right mirroring of the crops")
     p.add_argument("--device", default=d.device, help="auto, cpu, cuda ...")
@@ -89,10 +95,11 @@ def main(argv=None) -> int:
     settings = DetailSettings(
         data=str(args.data), out=str(args.out), global_checkpoint=str(args.global_checkpoint),
         iterations=args.iterations, batch_size=args.batch_size, crop=args.crop,
-        width=args.width, blocks=args.blocks, lr=args.lr, highpass_mm=args.highpass_mm,
+        width=args.width, blocks=args.blocks, lr=args.lr, lr_decay=args.lr_decay,
+        highpass_mm=args.highpass_mm,
         denoise_mm=args.denoise_mm, pixel_loss=args.pixel_loss,
         gradient_weight=args.gradient_weight, adversarial_weight=args.adversarial_weight,
-        flip=not args.no_flip, seed=args.seed, device=args.device,
+        flip=not args.no_flip, shading=not args.no_shading, seed=args.seed, device=args.device,
         checkpoint_every=args.checkpoint_every, log_every=args.log_every)
     try:
         trainer = DetailTrainer(settings)

@@ -19,12 +19,13 @@ from torch import nn
 
 from . import checkpoint as ckpt
 from . import h5format
-from .configs import get_config
+from .configs import COLOUR, get_config
 from .data import PairDataset
 from .h5format import FOREGROUND_ABOVE, PairFileError
 from .losses import gradient_penalty
 from .metrics import gaussian_blur_masked
 from .networks import LRELU_SLOPE
+from .shading import shading_residual
 
 # Inputs are the coarse channels in [-1, 1] and the global correction of the
 # depth, which is a few mm (a few hundredths in [-1, 1] units at a 50 mm
@@ -115,6 +116,8 @@ class DetailSettings:
     width: int = 32
     blocks: int = 4
     lr: float = 1e-3
+    lr_decay: float = 0.25
+    shading: bool = True
     highpass_mm: float = 4.0
     denoise_mm: float = 0.5
     pixel_loss: str = "l2"
@@ -143,6 +146,7 @@ class DetailSettings:
         check_int(who, "width", self.width, 1)
         check_int(who, "blocks", self.blocks, 0)
         check_float(who, "lr", self.lr, 0.0, low_open=True, high=1.0)
+        check_float(who, "lr_decay", self.lr_decay, 0.0, high=1.0)
         check_float(who, "highpass_mm", self.highpass_mm, 0.0, low_open=True)
         check_float(who, "denoise_mm", self.denoise_mm, 0.0, high=self.highpass_mm,
                     high_open=True)
@@ -153,9 +157,25 @@ class DetailSettings:
         check_float(who, "adversarial_weight", self.adversarial_weight, 0.0)
         check_float(who, "gp_lambda", self.gp_lambda, 0.0)
         check_flag(who, "flip", self.flip)
+        check_flag(who, "shading", self.shading)
         check_int(who, "seed", self.seed, 0, MAX_SEED)
         check_int(who, "checkpoint_every", self.checkpoint_every, 1)
         check_int(who, "log_every", self.log_every, 1)
+
+
+def learning_rate(settings: DetailSettings, iteration: int) -> float:
+    """Adam step of iteration ``iteration`` (0-based): ``lr``, then over the
+    last ``lr_decay`` share of ``iterations`` falling linearly to lr / k at
+    the last of those k iterations. Annealing pays: 2,000 more iterations
+    decaying from 1e-3 took the colour stage from detail_corr 0.438 to 0.469
+    (README, "Training time"). A run resumed with more ``iterations`` climbs
+    back to ``lr`` and decays again at its new end."""
+    start = settings.iterations * (1.0 - settings.lr_decay)
+    if iteration < start:
+        return settings.lr
+    # Past the end (only a caller stepping on by hand): the last step's size.
+    remaining = max(settings.iterations - iteration, 1)
+    return settings.lr * remaining / (settings.iterations - start)
 
 
 def detail_target(target, base, valid, mm_per_unit, pixel_mm, highpass_mm: float,
@@ -179,14 +199,34 @@ def global_refiner(checkpoint, device="cpu"):
     return Refiner(checkpoint, device, detail=False)
 
 
-def enhancer_input(coarse, base_depth, depth_index: int):
-    """(N, C + 1, H, W): the coarse channels and the global correction of
-    the depth (base - coarse, scaled by CORRECTION_GAIN, 0 off the surface)."""
+def enhancer_input(coarse, base_depth, depth_index: int, colour=()):
+    """(N, C + 1 (+ 1), H, W): the coarse channels, the global correction of
+    the depth (base - coarse, scaled by CORRECTION_GAIN, 0 off the surface)
+    and, when ``colour`` names the r, g, b channels' indices, the photo's
+    shading residual (:func:`dce.gan.shading.shading_residual`)."""
     coarse_depth = coarse[:, depth_index:depth_index + 1]
     surface = coarse_depth >= FOREGROUND_ABOVE
     correction = torch.where(surface, (base_depth - coarse_depth) * CORRECTION_GAIN,
                              torch.zeros_like(coarse_depth))
-    return torch.cat([coarse, correction], dim=1)
+    parts = [coarse, correction]
+    if colour:
+        parts.append(shading_residual(coarse, depth_index, colour))
+    return torch.cat(parts, dim=1)
+
+
+def shading_colour(settings: DetailSettings, config) -> tuple:
+    """Indices of r, g, b among the global network's inputs when the stage
+    reads the photo's shading (``settings.shading`` and a colour
+    configuration), else ()."""
+    names = tuple(config.generator_in)
+    if not settings.shading or not all(c in names for c in COLOUR):
+        return ()
+    return tuple(names.index(c) for c in COLOUR)
+
+
+def enhancer_channels(settings: DetailSettings, config) -> int:
+    """Input channels of the stage's LocalEnhancer (see :func:`enhancer_input`)."""
+    return len(config.generator_in) + 1 + (1 if shading_colour(settings, config) else 0)
 
 
 def pixel_sizes(path, rows) -> np.ndarray:
@@ -246,6 +286,7 @@ def prepare_arrays(settings: DetailSettings, refiner, device, log=print) -> _Arr
     pixel_mm = torch.from_numpy(pixel_sizes(settings.data, data.indices)).float()
     depth = cfg.generator_in.index("depth")
     out_depth = cfg.generator_out.index("depth")
+    colour = shading_colour(settings, cfg)
     parts = {k: [] for k in ("inputs", "base", "detail", "valid", "coarse_depth",
                              "target_depth", "mm_per_unit")}
     t0 = time.perf_counter()
@@ -259,7 +300,7 @@ def prepare_arrays(settings: DetailSettings, refiner, device, log=print) -> _Arr
                  & (coarse[:, depth] >= FOREGROUND_ABOVE) & (base >= FOREGROUND_ABOVE))
         detail = detail_target(target, base, valid, mm, pixel_mm[start:start + len(items)],
                                settings.highpass_mm, settings.denoise_mm)[:, None]
-        parts["inputs"].append(enhancer_input(coarse, base[:, None], depth))
+        parts["inputs"].append(enhancer_input(coarse, base[:, None], depth, colour))
         parts["base"].append(base[:, None])
         parts["detail"].append(detail.clamp(-settings.clip_mm, settings.clip_mm))
         parts["valid"].append(erode(valid[:, None], settings.edge_px))
@@ -363,7 +404,7 @@ class DetailTrainer:
             raise ValueError(f"{settings.data}: crops of {settings.crop} px do not fit its "
                              f"{self.image_size} px images (pass a smaller --crop)")
         ckpt.seed_everything(settings.seed)
-        channels = len(self.refiner.input_channels) + 1
+        channels = enhancer_channels(settings, self.refiner.config)
         self.G = LocalEnhancer(channels, settings.width, settings.blocks).to(self.device)
         self.D = PatchCritic().to(self.device) if settings.adversarial_weight > 0 else None
         self.opt_g = torch.optim.Adam(self.G.parameters(), settings.lr, betas=(0.5, 0.99))
@@ -416,13 +457,12 @@ class DetailTrainer:
             needs.update(D=dict, opt_d=dict)
         ckpt.require(state, path, needs)
         try:
-            theirs = asdict(DetailSettings(**{k: v for k, v in state["settings"].items()
-                                              if k in DetailSettings.__dataclass_fields__}))
+            theirs = asdict(stored_settings(state["settings"]))
         except (TypeError, ValueError) as error:
             raise ckpt.CheckpointError(f"{path}: its settings are not usable ({error})") from None
         for key in ("global_checkpoint", "batch_size", "crop", "width", "blocks", "highpass_mm",
                     "denoise_mm", "pixel_loss", "edge_px", "clip_mm",
-                    "adversarial_weight", "seed", "flip"):
+                    "adversarial_weight", "seed", "flip", "shading"):
             if theirs.get(key) != getattr(self.s, key):
                 raise ValueError(f"{path}: trained with {key}={theirs.get(key)!r}, now "
                                  f"{getattr(self.s, key)!r}; start a new run folder to change it")
@@ -446,13 +486,17 @@ class DetailTrainer:
 
     def step(self, batch) -> dict:
         dev = self.device
+        lr = learning_rate(self.s, self.iteration)
+        for opt in (self.opt_g, self.opt_d):
+            for group in (opt.param_groups if opt is not None else ()):
+                group["lr"] = lr
         b = {k: v.to(dev) for k, v in batch.items()}
         detail = self.G(b["inputs"])
         valid = b["valid"]
         pixel = pixel_term(detail, b["detail"], valid, self.s.pixel_loss)
         grad = gradient_term(detail, b["detail"], valid, self.s.pixel_loss)
         loss = pixel + self.s.gradient_weight * grad
-        record = {"pixel": pixel.item(), "gradient": grad.item()}
+        record = {"pixel": pixel.item(), "gradient": grad.item(), "lr": lr}
         if self.D is not None:
             refined = b["base"] + detail / b["mm_per_unit"][:, None, None, None]
             real = b["target_depth"]
@@ -538,18 +582,24 @@ def require_finite_networks(refiner, path) -> None:
                                        f"{name}: {bad[:3]}")
 
 
+def stored_settings(saved: dict) -> DetailSettings:
+    """The DetailSettings a checkpoint saved (unknown keys dropped); one
+    from before the shading input had none (``shading`` False)."""
+    fields = {k: v for k, v in saved.items() if k in DetailSettings.__dataclass_fields__}
+    return DetailSettings(**{"shading": False, **fields})
+
+
 def load_enhancer(state: dict, path, device="cpu") -> tuple:
     """(LocalEnhancer in eval mode, DetailSettings, image size, depth mm per
     unit) of a loaded detail-stage checkpoint ``state``; CheckpointError
     naming ``path``."""
     try:
-        settings = DetailSettings(**{k: v for k, v in state["settings"].items()
-                                     if k in DetailSettings.__dataclass_fields__})
+        settings = stored_settings(state["settings"])
         if not state.get("global"):
             raise ckpt.CheckpointError(f"{path}: a detail stage without its global network "
                                        "(the 'global' entry is missing)")
         cfg = get_config(state["global"]["settings"]["config"])
-        G = LocalEnhancer(len(cfg.generator_in) + 1, settings.width, settings.blocks)
+        G = LocalEnhancer(enhancer_channels(settings, cfg), settings.width, settings.blocks)
         G.load_state_dict(state["G"])
         size = int(state["image_size"])
         mm_per_unit = float(state["depth_mm_per_unit"])

@@ -100,19 +100,50 @@ def test_crops_are_a_function_of_seed_and_iteration(pairs, global_run, tmp_path)
 
 def test_stopped_and_resumed_detail_run_equals_an_uninterrupted_one(pairs, global_run,
                                                                     tmp_path):
+    """Stopped (as by Ctrl-C) after 3 of 6 iterations, in the learning
+    rate's decay (the last half), and resumed."""
     quiet = dict(log=lambda *a: None)
-    whole = DetailTrainer(detail_settings(pairs, global_run, tmp_path / "a", iterations=6),
-                          **quiet)
+    whole = DetailTrainer(detail_settings(pairs, global_run, tmp_path / "a", iterations=6,
+                                          lr_decay=0.5), **quiet)
     whole.train()
-    first = DetailTrainer(detail_settings(pairs, global_run, tmp_path / "b", iterations=3),
-                          **quiet)
+    first = DetailTrainer(detail_settings(pairs, global_run, tmp_path / "b", iterations=6,
+                                          lr_decay=0.5), **quiet)
+    step = first.step
+
+    def step_then_stop_at_3(batch):
+        record = step(batch)
+        first.interrupted = first.iteration == 3
+        return record
+
+    first.step = step_then_stop_at_3
     first.train()
-    second = DetailTrainer(detail_settings(pairs, global_run, tmp_path / "b", iterations=6),
-                           **quiet)
+    assert first.iteration == 3
+    second = DetailTrainer(detail_settings(pairs, global_run, tmp_path / "b", iterations=6,
+                                           lr_decay=0.5), **quiet)
     second.resume(tmp_path / "b" / "last.pt")
     second.train()
     for key, value in whole.G.state_dict().items():
         torch.testing.assert_close(value, second.G.state_dict()[key], rtol=0, atol=0, msg=key)
+
+
+def test_learning_rate_is_constant_then_falls_linearly(pairs, global_run, tmp_path):
+    """8 iterations, the last quarter decaying: 1e-3 for iterations 0-6
+    (iteration 6 starts the decay at full step), then 1e-3 x 1/2; the
+    trainer's log records the step each iteration took."""
+    import json
+
+    from dce.gan.detail import learning_rate
+
+    s = detail_settings(pairs, global_run, tmp_path, iterations=8, lr_decay=0.25, log_every=1)
+    assert [learning_rate(s, i) for i in range(8)] == [1e-3] * 7 + [5e-4]
+    s10 = detail_settings(pairs, global_run, tmp_path, iterations=10, lr=2e-3, lr_decay=0.5)
+    assert [learning_rate(s10, i) for i in range(5, 10)] == pytest.approx(
+        [2e-3, 1.6e-3, 1.2e-3, 0.8e-3, 0.4e-3])
+    constant = detail_settings(pairs, global_run, tmp_path, iterations=8, lr_decay=0.0)
+    assert {learning_rate(constant, i) for i in range(8)} == {1e-3}
+    DetailTrainer(s, log=lambda *a: None).train()
+    logged = [json.loads(line)["lr"] for line in open(tmp_path / "log.jsonl")]
+    assert logged == [1e-3] * 7 + [5e-4]
 
 
 def test_adversarial_stage_trains(pairs, global_run, tmp_path):
@@ -210,6 +241,51 @@ def test_checkpoint_channels_that_the_file_lacks_are_refused(pairs, global_run, 
 
     with pytest.raises(PairFileError, match=r"plain\.h5.*rgb/last\.pt"):
         DetailTrainer(detail_settings(plain, rgb_run / "last.pt", tmp_path / "d"))
+
+
+@pytest.fixture(scope="module")
+def colour_run(pairs, tmp_path_factory):
+    """A residual DCE+RGB progressive network trained a few iterations to 8 px."""
+    out = tmp_path_factory.mktemp("colour")
+    Trainer(TrainSettings(data=str(pairs), out=str(out), config="DCE+RGB|D|DCE", preset="tiny",
+                          batch_size=2, workers=0, iters_per_resolution=1, max_resolution=8,
+                          residual=True, log_every=1000), log=lambda *a: None).train()
+    return out / "last.pt"
+
+
+def test_a_colour_stage_reads_the_photos_shading(pairs, colour_run, tmp_path):
+    """Over a colour network the stage has one input more (the shading
+    residual) unless --no-shading; both refine through the Refiner; a
+    checkpoint from before the shading input (no 'shading' in its settings)
+    loads as one without it, refines as before, and is not resumed by a run
+    with it."""
+    from dce.gan.inference import Refiner
+
+    quiet = dict(log=lambda *a: None)
+    coarse = np.stack([s["coarse"] for s in _samples(pairs, 2)])
+    for shading, channels in ((True, 6 + 1 + 1), (False, 6 + 1)):
+        out = tmp_path / str(shading)
+        trainer = DetailTrainer(detail_settings(pairs, colour_run, out, shading=shading), **quiet)
+        assert trainer.G.front.in_channels == channels
+        trainer.train()
+        refined = Refiner(out / "last.pt")(coarse)
+        assert refined.shape == (2, 3, 32, 32) and np.isfinite(refined).all()
+    state = load_checkpoint(tmp_path / "False" / "last.pt")
+    del state["settings"]["shading"]
+    save_checkpoint(tmp_path / "False" / "last.pt", state)
+    assert np.array_equal(Refiner(tmp_path / "False" / "last.pt")(coarse), refined)
+    again = DetailTrainer(detail_settings(pairs, colour_run, tmp_path / "False", iterations=8),
+                          **quiet)
+    with pytest.raises(ValueError, match="shading=False, now True"):
+        again.resume(tmp_path / "False" / "last.pt")
+
+
+def _samples(path, n):
+    from dce.gan.data import PairDataset
+
+    data = PairDataset(path, "train", ("depth", "curvature", "elevation", "r", "g", "b"),
+                       ("depth",), augment=False)
+    return [{"coarse": item["coarse"].numpy()} for item in data.fetch(range(n))]
 
 
 def test_denoised_target_drops_pixel_noise_and_keeps_creases():
