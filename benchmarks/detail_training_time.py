@@ -1,6 +1,7 @@
 """How the detail stage's figures grow with its training time: one run,
 trained on to each of ``--iterations`` in turn (resumed, so the batches are
-those of one long run) and scored with dce-eval's figures on the held-out
+those of one long run; each step ends with its own decay of the Adam step,
+``lr_decay``, and the next climbs back: warm restarts) and scored with dce-eval's figures on the held-out
 split at the pair file's resolution after each, beside the coarse input.
 
     python benchmarks/detail_training_time.py DATA GLOBAL_CHECKPOINT
