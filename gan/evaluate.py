@@ -131,9 +131,13 @@ def evaluate(checkpoint, data, split: str = "test", batch_size: int = 8, device:
     scores = Scores(r, {m: {k: torch.cat(v).double().numpy() for k, v in figures.items()}
                         for m, figures in parts.items()},
                     torch.cat(target_roughness).double().numpy())
-    return scores, kept, {"resolution": r, "config": refiner.settings.config,
+    return scores, kept, {"resolution": r, "config": refiner.settings.config, "split": split,
                           "images": len(dataset), "detail": refiner.enhancer is not None,
                           "trained_resolution": refiner.resolution}
+
+
+SPLIT_WORDS = {"test": "held-out images", "train": "training images",
+               "all": "images (training and held-out)"}
 
 
 def write_table(scores: Scores, out_dir, info: dict) -> tuple:
@@ -148,7 +152,8 @@ def write_table(scores: Scores, out_dir, info: dict) -> tuple:
         writer.writerows(rows)
     model = f"configuration {info['config']}, trained to {info['trained_resolution']} px" + (
         " + detail stage" if info.get("detail") else "")
-    lines = [f"{info['images']} held-out images at {info['resolution']} px; {model}", "",
+    which = SPLIT_WORDS[info.get("split", "test")]
+    lines = [f"{info['images']} {which} at {info['resolution']} px; {model}", "",
              markdown_table(rows)]
     (out / "mae.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return out / "mae.md", out / "mae.csv"

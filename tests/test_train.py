@@ -1,10 +1,12 @@
 """Progressive training on a tiny pair file built by the real builder."""
+import h5py
 import numpy as np
 import pytest
 import torch
 
 from dce.gan.checkpoint import load_checkpoint
 from dce.gan.configs import CONFIGS
+from dce.gan.h5format import TEST
 from dce.gan.train import Trainer, TrainSettings
 
 
@@ -142,6 +144,12 @@ def test_dce_eval_writes_table_and_heatmaps(pairs, tmp_path):
     assert rows[1].startswith("coarse,32,")  # the file's resolution, not the model's 8 px
     heat = sorted((tmp_path / "eval" / "heatmaps").glob("heatmap_*.png"))
     assert len(heat) == 2
+    with h5py.File(pairs, "r") as f:
+        held_out = int((f["split"][:] == TEST).sum())
+    assert table.startswith(f"{held_out} held-out images at 32 px")
+    assert main([str(pairs), str(tmp_path / "run" / "last.pt"), "-o", str(tmp_path / "train"),
+                 "--split", "train"]) == 0
+    assert " training images at 32 px" in (tmp_path / "train" / "mae.md").read_text()
     # Depth error above, normal error below, coarse | refined, 32 px tiles shown 8x.
     assert np.asarray(Image.open(heat[0])).shape == (2 * 36 * 8, 2 * 36 * 8, 3)
 
