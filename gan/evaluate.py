@@ -24,6 +24,8 @@ COLUMNS = ("model", "resolution", "images", "eq4_mae", "eq4_mae_mm", "face_mae_m
 # Per-image figures, the names of their table columns.
 METRICS = ("eq4_mae", "eq4_mae_mm", "face_mae_mm", "normal_error_deg", "detail_corr",
            "roughness")
+SPLIT_WORDS = {"test": "held-out images", "train": "training images",
+               "all": "images (training and held-out)"}  # mae.md's first line
 
 
 @dataclass
@@ -136,10 +138,6 @@ def evaluate(checkpoint, data, split: str = "test", batch_size: int = 8, device:
                           "trained_resolution": refiner.resolution}
 
 
-SPLIT_WORDS = {"test": "held-out images", "train": "training images",
-               "all": "images (training and held-out)"}
-
-
 def write_table(scores: Scores, out_dir, info: dict) -> tuple:
     """``mae.md`` and ``mae.csv`` in ``out_dir``: one row per model, the
     columns COLUMNS then the standard deviations."""
@@ -152,7 +150,7 @@ def write_table(scores: Scores, out_dir, info: dict) -> tuple:
         writer.writerows(rows)
     model = f"configuration {info['config']}, trained to {info['trained_resolution']} px" + (
         " + detail stage" if info.get("detail") else "")
-    which = SPLIT_WORDS[info.get("split", "test")]
+    which = SPLIT_WORDS[info["split"]]
     lines = [f"{info['images']} {which} at {info['resolution']} px; {model}", "",
              markdown_table(rows)]
     (out / "mae.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
