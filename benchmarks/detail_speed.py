@@ -100,7 +100,7 @@ def main():
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
         t = timed(infer, args.repeats)
-        print(f"| inference, 256 x 256, batch {batch} | {t.min() / batch * 1e3:.0f} ms per image |")
+        print(f"| inference, 256 x 256, batch {batch} | {t.min() / batch * 1e3:.2f} ms per image |")
     if args.channels == 6:
         coarse = torch.rand(1, 6, 256, 256, device=device) - 0.5  # all surface
 
@@ -109,7 +109,7 @@ def main():
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
         t = timed(shading, args.repeats)
-        print(f"| shading residual (colour), 256 x 256 | {t.min() * 1e3:.0f} ms per image |")
+        print(f"| shading residual (colour), 256 x 256 | {t.min() * 1e3:.2f} ms per image |")
 
 
 if __name__ == "__main__":
