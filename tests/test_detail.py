@@ -310,3 +310,53 @@ def test_denoised_target_drops_pixel_noise_and_keeps_creases():
     only = detail_target((groove / 50.0)[None], base, valid, mm, px, 4.0, denoise_mm=0.5)
     expected = -0.1 * (5 / np.sqrt(25 + 1.5625) - 5 / np.sqrt(125))
     assert float(only[0, 48, 48]) == pytest.approx(expected, rel=1e-2)
+
+
+def test_face_position_of_a_disc_is_its_offset_over_the_radius_of_gyration():
+    """A uniform disc of radius R has its centroid at its centre and a radius
+    of gyration of R / sqrt(2): its centre is at (0, 0) and the point R to
+    its right at (sqrt(2), 0); a mirrored mask gives the mirrored channels,
+    x negated."""
+    from dce.gan.detail import face_position
+
+    H = W = 201
+    ys, xs = np.mgrid[:H, :W]
+    R = 60.0
+    disc = torch.from_numpy(((xs - 90) ** 2 + (ys - 110) ** 2 <= R ** 2)[None, None])
+    pos = face_position(disc)[0].numpy()
+    assert pos.shape == (2, H, W)
+    assert np.allclose(pos[:, 110, 90], 0.0, atol=1e-4)
+    assert np.allclose(pos[:, 110, 150], [np.sqrt(2), 0.0], atol=0.02)
+    assert np.allclose(pos[:, 50, 90], [0.0, -np.sqrt(2)], atol=0.02)
+    ragged = torch.from_numpy(np.random.default_rng(1).random((1, 1, 40, 30)) > 0.4)
+    mirrored = face_position(ragged.flip(-1))[0]
+    expected = face_position(ragged)[0].flip(-1)
+    expected[0] = -expected[0]
+    assert torch.allclose(mirrored, expected, atol=1e-5)
+
+
+def test_position_channels_survive_mirrored_crops_and_refine(pairs, global_run, tmp_path):
+    """With --position the stage reads two channels more; in every crop,
+    mirrored or not, x grows to the right and y downwards (a mirrored crop's
+    x is negated, as a mirrored face's is); the stage refines through the
+    Refiner, and a checkpoint without 'position' in its settings loads as
+    one without it."""
+    from dce.gan.detail import prepare_arrays
+    from dce.gan.inference import Refiner
+
+    quiet = dict(log=lambda *a: None)
+    trainer = DetailTrainer(detail_settings(pairs, global_run, tmp_path, position=True), **quiet)
+    assert trainer.G.front.in_channels == 3 + 1 + 2  # DCE, the correction, x and y
+    arrays = prepare_arrays(trainer.s, trainer.refiner, trainer.device, log=lambda *a: None)
+    for iteration in range(12):
+        x, y = crop_batch(arrays, trainer.s, iteration)["inputs"][:, -2:].unbind(1)
+        assert (x[:, :, 1:] > x[:, :, :-1]).all() and (y[:, 1:, :] > y[:, :-1, :]).all()
+    trainer.train()
+    coarse = np.stack([s["coarse"][:3] for s in _samples(pairs, 2)])  # depth, curvature, elevation
+    refined = Refiner(tmp_path / "last.pt")(coarse)
+    assert refined.shape == (2, 3, 32, 32) and np.isfinite(refined).all()
+    state = load_checkpoint(tmp_path / "last.pt")
+    del state["settings"]["position"]
+    save_checkpoint(tmp_path / "old.pt", state)
+    with pytest.raises(CheckpointError):
+        Refiner(tmp_path / "old.pt")  # its enhancer has 6 inputs, its settings say 4
