@@ -61,10 +61,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-shading", action="store_true",
                    help="with a colour configuration, do not feed the stage the photo's shading "
                         "left unexplained by the coarse surface (dce.gan.shading)")
-    p.add_argument("--position", action=argparse.BooleanOptionalAction, default=d.position,
-                   help="feed the stage each pixel's position in the face (offset from the "
-                        "coarse surface's centroid, in units of its radius of gyration), which "
-                        "a crop cannot see")
     p.add_argument("--no-flip", action="store_true",
                    help="no random left-right mirroring of the crops")
     p.add_argument("--device", default=d.device, help="auto, cpu, cuda ...")
@@ -103,8 +99,7 @@ def main(argv=None) -> int:
         highpass_mm=args.highpass_mm,
         denoise_mm=args.denoise_mm, pixel_loss=args.pixel_loss,
         gradient_weight=args.gradient_weight, adversarial_weight=args.adversarial_weight,
-        flip=not args.no_flip, shading=not args.no_shading, position=args.position,
-        seed=args.seed, device=args.device,
+        flip=not args.no_flip, shading=not args.no_shading, seed=args.seed, device=args.device,
         checkpoint_every=args.checkpoint_every, log_every=args.log_every)
     try:
         trainer = DetailTrainer(settings)

@@ -118,7 +118,6 @@ class DetailSettings:
     lr: float = 1e-3
     lr_decay: float = 0.25
     shading: bool = True
-    position: bool = False
     highpass_mm: float = 4.0
     denoise_mm: float = 0.5
     pixel_loss: str = "l2"
@@ -159,7 +158,6 @@ class DetailSettings:
         check_float(who, "gp_lambda", self.gp_lambda, 0.0)
         check_flag(who, "flip", self.flip)
         check_flag(who, "shading", self.shading)
-        check_flag(who, "position", self.position)
         check_int(who, "seed", self.seed, 0, MAX_SEED)
         check_int(who, "checkpoint_every", self.checkpoint_every, 1)
         check_int(who, "log_every", self.log_every, 1)
@@ -202,30 +200,11 @@ def global_refiner(checkpoint, device="cpu"):
     return Refiner(checkpoint, device, detail=False)
 
 
-def face_position(surface):
-    """(N, 2, H, W): each pixel's position in its image's face frame, x then
-    y: the offset from the centroid of the coarse surface ``surface`` (N, 1,
-    H, W bool), divided by the surface's radius of gyration. A crop does not
-    see where on the face it lies; these two channels tell it (the
-    forehead's lines lie above the brows whatever the crop shows)."""
-    N, _, H, W = surface.shape
-    weight = surface.float()
-    area = weight.sum(dim=(2, 3), keepdim=True).clamp(min=1.0)
-    ys = torch.arange(H, dtype=torch.float32).view(1, 1, H, 1).expand(N, 1, H, W)
-    xs = torch.arange(W, dtype=torch.float32).view(1, 1, 1, W).expand(N, 1, H, W)
-    cx = (xs * weight).sum(dim=(2, 3), keepdim=True) / area
-    cy = (ys * weight).sum(dim=(2, 3), keepdim=True) / area
-    spread = ((((xs - cx) ** 2 + (ys - cy) ** 2) * weight).sum(dim=(2, 3), keepdim=True)
-              / area).sqrt().clamp(min=1.0)
-    return torch.cat([(xs - cx) / spread, (ys - cy) / spread], dim=1)
-
-
-def enhancer_input(coarse, base_depth, depth_index: int, colour=(), position: bool = False):
-    """(N, C + 1 (+ 1) (+ 2), H, W): the coarse channels, the global
-    correction of the depth (base - coarse, scaled by CORRECTION_GAIN, 0 off
-    the surface), when ``colour`` names the r, g, b channels' indices the
-    photo's shading residual (:func:`dce.gan.shading.shading_residual`), and
-    with ``position`` the face-frame position (:func:`face_position`, last)."""
+def enhancer_input(coarse, base_depth, depth_index: int, colour=()):
+    """(N, C + 1 (+ 1), H, W): the coarse channels, the global correction of
+    the depth (base - coarse, scaled by CORRECTION_GAIN, 0 off the surface)
+    and, when ``colour`` names the r, g, b channels' indices, the photo's
+    shading residual (:func:`dce.gan.shading.shading_residual`)."""
     coarse_depth = coarse[:, depth_index:depth_index + 1]
     surface = coarse_depth >= FOREGROUND_ABOVE
     correction = torch.where(surface, (base_depth - coarse_depth) * CORRECTION_GAIN,
@@ -233,8 +212,6 @@ def enhancer_input(coarse, base_depth, depth_index: int, colour=(), position: bo
     parts = [coarse, correction]
     if colour:
         parts.append(shading_residual(coarse, depth_index, colour))
-    if position:
-        parts.append(face_position(surface).to(coarse.dtype))
     return torch.cat(parts, dim=1)
 
 
@@ -250,8 +227,7 @@ def shading_colour(settings: DetailSettings, config) -> tuple:
 
 def enhancer_channels(settings: DetailSettings, config) -> int:
     """Input channels of the stage's LocalEnhancer (see :func:`enhancer_input`)."""
-    return (len(config.generator_in) + 1 + (1 if shading_colour(settings, config) else 0)
-            + (2 if settings.position else 0))
+    return len(config.generator_in) + 1 + (1 if shading_colour(settings, config) else 0)
 
 
 def pixel_sizes(path, rows) -> np.ndarray:
@@ -325,8 +301,7 @@ def prepare_arrays(settings: DetailSettings, refiner, device, log=print) -> _Arr
                  & (coarse[:, depth] >= FOREGROUND_ABOVE) & (base >= FOREGROUND_ABOVE))
         detail = detail_target(target, base, valid, mm, pixel_mm[start:start + len(items)],
                                settings.highpass_mm, settings.denoise_mm)[:, None]
-        parts["inputs"].append(enhancer_input(coarse, base[:, None], depth, colour,
-                                              settings.position))
+        parts["inputs"].append(enhancer_input(coarse, base[:, None], depth, colour))
         parts["base"].append(base[:, None])
         parts["detail"].append(detail.clamp(-settings.clip_mm, settings.clip_mm))
         parts["valid"].append(erode(valid[:, None], settings.edge_px))
@@ -365,13 +340,7 @@ def crop_batch(arrays: _Arrays, settings: DetailSettings, iteration: int) -> dic
         flip = settings.flip and rng.random() < 0.5
         for name in out:
             window = getattr(arrays, name)[k, :, r - half:r + half, c - half:c + half]
-            if flip:
-                window = window.flip(-1)
-                if name == "inputs" and settings.position:
-                    # A mirrored face's x position changes sign (the channel before last).
-                    window = window.clone()
-                    window[-2] = -window[-2]
-            out[name].append(window)
+            out[name].append(window.flip(-1) if flip else window)
     batch = {k: torch.stack(v) for k, v in out.items()}
     batch["mm_per_unit"] = arrays.mm_per_unit[torch.from_numpy(samples)]
     return batch
@@ -494,7 +463,7 @@ class DetailTrainer:
             raise ckpt.CheckpointError(f"{path}: its settings are not usable ({error})") from None
         for key in ("global_checkpoint", "batch_size", "crop", "width", "blocks", "highpass_mm",
                     "denoise_mm", "pixel_loss", "edge_px", "clip_mm",
-                    "adversarial_weight", "seed", "flip", "shading", "position"):
+                    "adversarial_weight", "seed", "flip", "shading"):
             if theirs.get(key) != getattr(self.s, key):
                 raise ValueError(f"{path}: trained with {key}={theirs.get(key)!r}, now "
                                  f"{getattr(self.s, key)!r}; start a new run folder to change it")
