@@ -434,6 +434,11 @@ def write_report(out: Path, steps: Steps, info: dict) -> Path:
     lines += ["", "Heat maps, coarse (left) and refined (right): depth error, 0 (blue) to 5 mm "
               "(red), above; normal error, 0 to 20 degrees, below.", ""]
     lines += [f"![heat map]({_rel(png, out)})" for png in info["heatmaps"][:4]]
+    lines += ["", "Detail, what the refinement added (left) and what the coarse input lacks "
+              "(right): the 1-5 mm band of refined - coarse and of target - coarse that the "
+              "detail correlation compares, -0.5 (blue, a ridge) to +0.5 mm (red, a crease) "
+              "on one scale.", ""]
+    lines += [f"![detail]({_rel(png, out)})" for png in info["detail_bands"][:4]]
     lines += _report_3d(info.get("eval_3d"), out)
     lines += ["", "## A held-out face refined to a mesh", ""]
     lines += [f"- `{_rel(p, out)}`" for p in info["meshes"]]
@@ -527,6 +532,7 @@ def main(argv=None) -> int:
                            if global_eval.exists() else None),
             "heatmaps": sorted((evaluation / "heatmaps").glob("heatmap_*.png")),
             "shaded": sorted((evaluation / "heatmaps").glob("shaded_*.png")),
+            "detail_bands": sorted((evaluation / "heatmaps").glob("detail_*.png")),
             "meshes": sorted(p for p in (out / "refined").iterdir()
                              if p.suffix in (".ply", ".obj")),
             "refine_pngs": sorted((out / "refined").glob("*.png")), "real": real,

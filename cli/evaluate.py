@@ -25,11 +25,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["test", "train", "all"],
                    help="which samples; test = the held-out identities")
     p.add_argument("--heatmaps", type=integer(0), default=0, metavar="K",
-                   help="write K error heat-map PNGs")
+                   help="write K error heat-map PNGs, with shaded and detail-band pictures")
     p.add_argument("--vmax-mm", type=number(0.0, low_open=True), default=5.0,
                    help="depth error shown as full red in the heat maps, mm")
     p.add_argument("--vmax-deg", type=number(0.0, low_open=True), default=20.0,
                    help="normal error shown as full red in the heat maps, degrees")
+    p.add_argument("--vmax-band-mm", type=number(0.0, low_open=True), default=0.5,
+                   help="detail pictures (added | missing 1-5 mm band): the depth shown as full "
+                        "red (a crease) or blue (a ridge), mm")
     p.add_argument("--resolution", type=integer(1), default=None,
                    help="average-pool the file's images to this size first (default: the "
                         "file's own size, e.g. 256)")
@@ -59,7 +62,8 @@ def main(argv=None) -> int:
         print(md.read_text(encoding="utf-8"))
         print(f"table: {md}, {csv_path}")
         if args.heatmaps:
-            paths = write_heatmaps(kept, args.out / "heatmaps", args.vmax_mm, args.vmax_deg)
+            paths = write_heatmaps(kept, args.out / "heatmaps", args.vmax_mm, args.vmax_deg,
+                                   args.vmax_band_mm)
             print(f"{len(paths)} heat maps in {args.out / 'heatmaps'}")
     except (PairFileError, CheckpointError, ValueError, RuntimeError, OSError) as error:
         print(f"dce-eval: error: {error}", file=sys.stderr)

@@ -16,7 +16,7 @@ import torch
 from . import h5format
 from .data import PairDataset
 from .h5format import FOREGROUND_ABOVE, PairFileError
-from .metrics import depth_normals, detail_corr, normal_error_deg
+from .metrics import band_pass, depth_normals, detail_band_px, detail_corr, normal_error_deg
 from .report import save_png
 
 COLUMNS = ("model", "resolution", "images", "eq4_mae", "eq4_mae_mm", "face_mae_mm",
@@ -187,6 +187,32 @@ def heat_color(values: np.ndarray, vmax: float) -> np.ndarray:
     return (np.stack([r, g, b], axis=-1) * 255).astype(np.uint8)
 
 
+def signed_color(values: np.ndarray, vmax: float, shown: np.ndarray) -> np.ndarray:
+    """(H, W) signed values -> (H, W, 3) uint8: grey at 0, red toward +vmax
+    (farther from the viewer: a crease), blue toward -vmax (nearer: a ridge),
+    black where not ``shown``."""
+    t = np.clip(np.nan_to_num(values) / vmax, -1.0, 1.0)
+    grey = 90.0
+    rgb = np.stack([grey + (255 - grey) * np.clip(t, 0, 1) - grey * np.clip(-t, 0, 1),
+                    grey * (1 - np.abs(t)),
+                    grey + (255 - grey) * np.clip(-t, 0, 1) - grey * np.clip(t, 0, 1)], axis=-1)
+    return (rgb * shown[..., None]).astype(np.uint8)
+
+
+def detail_bands(coarse: np.ndarray, refined: np.ndarray, target: np.ndarray, mm: float,
+                 pixel_mm: float) -> tuple:
+    """(added, missing, valid): the two fields that ``detail_corr`` correlates,
+    BP(refined - coarse) and BP(target - coarse) in mm, over its pixels
+    ``valid`` (the target's face where coarse and refined have surface)."""
+    valid = ((target >= FOREGROUND_ABOVE) & (coarse >= FOREGROUND_ABOVE)
+             & (refined >= FOREGROUND_ABOVE))
+    fine, wide = detail_band_px(pixel_mm)
+    fields = torch.from_numpy(np.stack([refined - coarse, target - coarse])).double() * mm
+    mask = torch.from_numpy(valid)[None].expand(2, -1, -1)
+    added, missing = band_pass(fields, mask, fine, wide).numpy()
+    return added, missing, valid
+
+
 def normal_angles(prediction: np.ndarray, target: np.ndarray, mm: float, pixel_mm: float,
                   face: np.ndarray) -> np.ndarray:
     """(H, W) angle in degrees between the normals of two depth images ([-1,
@@ -216,17 +242,23 @@ def shade(depth: np.ndarray, mm: float, pixel_mm: float) -> np.ndarray:
     return grey.astype(np.uint8)
 
 
-def write_heatmaps(kept: list, out_dir, vmax_mm: float = 5.0, vmax_deg: float = 20.0) -> list:
+def write_heatmaps(kept: list, out_dir, vmax_mm: float = 5.0, vmax_deg: float = 20.0,
+                   vmax_band_mm: float = 0.5) -> list:
     """One PNG per kept image (as the paper's Fig. 4): above, |coarse -
     target| and |refined - target| depth error in mm from 0 (blue) to
     ``vmax_mm`` (red) over the pixels of Eq. 4; below, the angle between
     their normals and the target's from 0 to ``vmax_deg`` over the target's
     face; black elsewhere. Beside each, ``shaded_K.png``: coarse | refined |
-    target shaded. ``kept`` as :func:`evaluate` returns it. ValueError when
-    a vmax is not a finite positive number (the maps would be blank)."""
+    target shaded, and ``detail_K.png``: the detail the refinement added |
+    the detail the coarse input lacks (:func:`detail_bands`, what
+    ``detail_corr`` correlates), -``vmax_band_mm`` (blue) to +``vmax_band_mm``
+    (red) on one scale, so a faint prediction looks faint. ``kept`` as
+    :func:`evaluate` returns it. ValueError when a vmax is not a finite
+    positive number (the maps would be blank)."""
     from PIL import Image
 
-    for name, value in (("vmax_mm", vmax_mm), ("vmax_deg", vmax_deg)):
+    for name, value in (("vmax_mm", vmax_mm), ("vmax_deg", vmax_deg),
+                        ("vmax_band_mm", vmax_band_mm)):
         if not (isinstance(value, (int, float, np.integer, np.floating))
                 and np.isfinite(value) and value > 0):
             raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
@@ -254,5 +286,11 @@ def write_heatmaps(kept: list, out_dir, vmax_mm: float = 5.0, vmax_deg: float = 
                                  for d in (coarse, refined, target)], axis=1)
         save_png(out / f"shaded_{k:03d}.png", Image.fromarray(shaded).resize(
             (shaded.shape[1] * scale, shaded.shape[0] * scale), Image.NEAREST))
+        added, missing, valid = detail_bands(coarse, refined, target, mm, pixel_mm)
+        bands = np.concatenate([np.pad(signed_color(band, vmax_band_mm, valid),
+                                       ((2, 2), (2, 2), (0, 0))) for band in (added, missing)],
+                               axis=1)
+        save_png(out / f"detail_{k:03d}.png", Image.fromarray(bands).resize(
+            (bands.shape[1] * scale, bands.shape[0] * scale), Image.NEAREST))
         paths.append(path)
     return paths

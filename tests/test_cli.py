@@ -25,7 +25,7 @@ def test_demo_runs_the_main_job_and_writes_a_report(tmp_path):
                              "normal_error_deg,detail_corr,roughness")
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
     assert {"loss_curves.png", "detail_loss_curves.png", "refined/side_by_side.png",
-            "eval/heatmaps/shaded_000.png"} <= set(links)
+            "eval/heatmaps/shaded_000.png", "eval/heatmaps/detail_000.png"} <= set(links)
     for link in links:
         assert np.asarray(Image.open(out / link)).max() > 0, link
     assert (out / "refined" / "refined.ply").stat().st_size > 0

@@ -299,7 +299,7 @@ def test_dce_train_detail_options_exit_2(argv, option, capsys):
     (["--vmax-mm", "0"], "--vmax-mm"), (["--vmax-mm", "-1"], "--vmax-mm"),
     (["--vmax-mm", "nan"], "--vmax-mm"), (["--vmax-deg", "inf"], "--vmax-deg"),
     (["--batch-size", "0"], "--batch-size"), (["--heatmaps", "-1"], "--heatmaps"),
-    (["--resolution", "0"], "--resolution")])
+    (["--resolution", "0"], "--resolution"), (["--vmax-band-mm", "0"], "--vmax-band-mm")])
 def test_dce_eval_options_exit_2(argv, option, capsys):
     from dce.cli.evaluate import main
 
@@ -317,6 +317,8 @@ def test_heat_maps_refuse_a_vmax_that_would_blank_them():
             heat_color(np.ones((2, 2)), bad)
         with pytest.raises(ValueError, match="vmax_mm must be a finite number > 0"):
             write_heatmaps([], "unused", vmax_mm=bad)
+        with pytest.raises(ValueError, match="vmax_band_mm must be a finite number > 0"):
+            write_heatmaps([], "unused", vmax_band_mm=bad)
     # 0 -> blue (0, 0, 255); vmax -> red (255, 0, 0): the two ends of the scale.
     np.testing.assert_array_equal(heat_color(np.array([[0.0, 2.0]]), 2.0)[0],
                                   [[0, 0, 255], [255, 0, 0]])

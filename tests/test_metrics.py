@@ -335,3 +335,34 @@ def test_face_regions_follow_the_landmarks_per_image():
     masks = face_regions(batch, 256, 256)
     assert masks.shape == (2, 6, 256, 256)
     assert torch.equal(masks[1], torch.roll(masks[0], shifts=(-6, 9), dims=(1, 2)))
+
+
+def test_detail_pictures_show_what_detail_corr_compares(scene, tmp_path):
+    """detail_bands gives the two fields detail_corr correlates: refined ==
+    target adds exactly the missing band, refined == coarse adds none, and a
+    bump deeper than the coarse surface (a crease) is positive at its centre,
+    drawn red; write_heatmaps draws them side by side on one scale."""
+    from PIL import Image
+
+    from dce.gan.evaluate import detail_bands, write_heatmaps
+
+    coarse, target, face = (x[0].numpy() for x in scene)
+    mm = 100.0
+    added, missing, valid = detail_bands(coarse, target, target, mm, PIXEL_MM)
+    assert valid.sum() == face.sum()
+    np.testing.assert_array_equal(added, missing)
+    assert np.abs(missing[valid]).max() > 0.1  # 0.01 units x 100 mm, band-passed
+    nothing, _, _ = detail_bands(coarse, coarse, target, mm, PIXEL_MM)
+    assert np.abs(nothing).max() < 1e-9
+    ys, xs = np.mgrid[:256, :256]
+    crease = np.where(face, coarse + 0.004 * np.exp(-((xs - 128) ** 2 + (ys - 128) ** 2) / 18.0),
+                      coarse).astype(np.float32)
+    _, band, _ = detail_bands(coarse, coarse, crease, mm, PIXEL_MM)
+    assert band[128, 128] > 0.1
+    write_heatmaps([(coarse, coarse, crease, mm, PIXEL_MM)], tmp_path, vmax_band_mm=0.2)
+    picture = np.asarray(Image.open(tmp_path / "detail_000.png"))
+    left, right = picture[:, :260], picture[:, 260:]
+    assert picture.shape == (260, 520, 3)
+    assert (left[2:-2, 2:-2][face] == [90, 90, 90]).all()  # nothing added: grey
+    red, green, blue = right[2 + 128, 2 + 128]
+    assert red == 255 and green == 0 and blue == 0
