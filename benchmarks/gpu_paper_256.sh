@@ -20,7 +20,8 @@
 # stage's global checkpoint; default OUT/residual/last.pt), TRAIN_S / DETAIL_S
 # (seconds each training may run; at the limit it is interrupted, writes its
 # checkpoint and the script goes on with it), DETAIL_ITERS (default 3000),
-# DETAIL_BATCH (crops per step, default 16), WORKERS (data-loader processes).
+# DETAIL_BATCH (crops per step, default 16), DETAIL_ARGS (more dce-train-detail
+# options, e.g. "--width 64 --blocks 6"), WORKERS (data-loader processes).
 # The evaluations run after the trainings, not beside them: on the GPU
 # machine their CPU work slowed a concurrent detail stage's set-up fivefold.
 set -uo pipefail
@@ -35,6 +36,7 @@ train_s=${TRAIN_S:-250}
 detail_s=${DETAIL_S:-110}
 detail_iters=${DETAIL_ITERS:-3000}
 detail_batch=${DETAIL_BATCH:-16}
+read -r -a detail_args <<< "${DETAIL_ARGS:-}"
 workers=${WORKERS:-4}
 here=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$out"
@@ -71,10 +73,10 @@ if wants train; then
 fi
 
 if wants detail; then
-  stamp "detail stage over $global, $detail_iters iterations of $detail_batch crops"
+  stamp "detail stage over $global, $detail_iters iterations of $detail_batch crops ${detail_args[*]}"
   timeout -s INT -k 30 "$detail_s" $py -m dce.cli.train_detail "$data" "$global" \
     -o "$out/detail" --iterations "$detail_iters" --batch-size "$detail_batch" \
-    --device "$device" --log-every 250 > "$out/detail.log" 2>&1
+    --device "$device" --log-every 250 "${detail_args[@]}" > "$out/detail.log" 2>&1
   stamp "detail stage done (exit $?)"; tail -n 3 "$out/detail.log"
 fi
 
