@@ -4,8 +4,12 @@
   (forward, the pixel and gradient losses, backward, Adam), with and
   without the adversarial patch critic (its WGAN-GP step included);
 * inference: milliseconds per 256 x 256 image of the enhancer's forward
-  pass, batch 1 and batch 8, and with colour (``--channels 6``) of the
-  photo's shading residual that the stage reads too (dce.gan.shading).
+  pass, batch 1 and batch 8, in torch's default memory layout and in
+  channels-last (what ``Refiner`` uses on a CPU), and with colour
+  (``--channels 6``) of the photo's shading residual that the stage reads
+  too (dce.gan.shading);
+* scoring: milliseconds per 256 x 256 image of dce-eval's normal error and
+  detail correlation (dce.gan.metrics), on a batch of 8.
 
     python benchmarks/detail_speed.py [--crop 96] [--batch 8] [--width 32] [--blocks 4]
         [--channels 3] [--repeats 5] [--device cpu]
@@ -23,6 +27,7 @@ from common import timed  # noqa: E402
 
 from dce.gan.detail import LocalEnhancer, PatchCritic, gradient_term, pixel_term  # noqa: E402
 from dce.gan.losses import gradient_penalty  # noqa: E402
+from dce.gan.metrics import detail_corr, normal_error_deg  # noqa: E402
 from dce.gan.shading import shading_residual  # noqa: E402
 
 
@@ -91,16 +96,20 @@ def main():
         print(f"| training, {args.batch} crops of {args.crop} px, {label} | "
               f"{args.batch / t.min():.1f} crops/s (median {args.batch / float(sorted(t)[len(t) // 2]):.1f}) |")
     net = LocalEnhancer(input_channels(args), args.width, args.blocks).to(device).eval()
-    for batch in (1, 8):
-        x = torch.randn(batch, input_channels(args), 256, 256, device=device)
+    for layout, name in ((torch.contiguous_format, ""), (torch.channels_last, ", channels last")):
+        net = net.to(memory_format=layout)
+        for batch in (1, 8):
+            x = torch.randn(batch, input_channels(args), 256, 256,
+                            device=device).contiguous(memory_format=layout)
 
-        def infer():
-            with torch.no_grad():
-                net(x)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-        t = timed(infer, args.repeats)
-        print(f"| inference, 256 x 256, batch {batch} | {t.min() / batch * 1e3:.2f} ms per image |")
+            def infer():
+                with torch.no_grad():
+                    net(x)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+            t = timed(infer, args.repeats)
+            print(f"| inference, 256 x 256, batch {batch}{name} | "
+                  f"{t.min() / batch * 1e3:.2f} ms per image |")
     if args.channels == 6:
         coarse = torch.rand(1, 6, 256, 256, device=device) - 0.5  # all surface
 
@@ -110,6 +119,29 @@ def main():
                 torch.cuda.synchronize(device)
         t = timed(shading, args.repeats)
         print(f"| shading residual (colour), 256 x 256 | {t.min() * 1e3:.2f} ms per image |")
+    scoring = scoring_step(device)
+    t = timed(scoring, args.repeats)
+    print(f"| scoring (normal error, detail correlation), 256 x 256 | "
+          f"{t.min() / 8 * 1e3:.2f} ms per image |")
+
+
+def scoring_step(device):
+    """dce-eval's per-image figures on 8 smooth random faces of 256 px."""
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, 256), torch.linspace(-1, 1, 256), indexing="ij")
+    face = ((xx ** 2 + yy ** 2) < 0.8).expand(8, -1, -1).to(device)
+    base = (0.5 - 0.3 * (xx ** 2 + yy ** 2)).to(device)
+    coarse = base + 0.01 * torch.randn(8, 256, 256, device=device)
+    target = base + 0.01 * torch.randn(8, 256, 256, device=device)
+    refined = (coarse + target) / 2
+    mm = torch.full((8,), 50.0, device=device)
+    pixel_mm = torch.full((8,), 0.87, device=device)
+
+    def score():
+        normal_error_deg(refined, target, mm, pixel_mm, face)
+        detail_corr(refined, coarse, target, face, pixel_mm)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    return score
 
 
 if __name__ == "__main__":

@@ -124,11 +124,16 @@ class Refiner:
         colour = detail_stage.shading_colour(self.detail_settings, self.config)
         inputs = detail_stage.enhancer_input(x, base, depth, colour)
         # On a CPU one image at a time is faster (benchmarks/detail_speed.py: 84 ms per
-        # 256 px image alone, 201 ms in a batch of 8, whose activations leave the cache).
-        step = len(inputs) if self.device.type == "cuda" else 1
+        # 256 px image alone, 201 ms in a batch of 8, whose activations leave the cache),
+        # and channels-last memory 12 % faster again (oneDNN's native layout).
+        step, layout = len(inputs), torch.contiguous_format
+        if self.device.type == "cpu":
+            step, layout = 1, torch.channels_last
+        enhancer = self.enhancer.to(memory_format=layout)
         with torch.no_grad():
-            added = torch.cat([self.enhancer(inputs[k:k + step].to(self.device)).float().cpu()
-                               for k in range(0, len(inputs), step)]) / self.depth_mm_per_unit
+            added = torch.cat([
+                enhancer(inputs[k:k + step].to(self.device, memory_format=layout)).float().cpu()
+                for k in range(0, len(inputs), step)]) / self.depth_mm_per_unit
         refined = refined.clone()
         refined[:, out_depth:out_depth + 1] = torch.where(base >= FOREGROUND_ABOVE, base + added,
                                                           base)

