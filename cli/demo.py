@@ -88,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heatmaps", type=integer(0, 1000), default=8,
                    help="error heat maps written by the evaluation")
     p.add_argument("--workers", type=integer(1, MAX_WORKERS), default=None,
-                   help="processes for the build and data loading (default: all cores)")
+                   help="processes for the build, data loading and the 3D scoring "
+                        "(default: all cores)")
     p.add_argument("--device", default="auto",
                    help="torch device for training; auto = a GPU when there is one")
     p.add_argument("--data", type=Path, default=None,
@@ -154,7 +155,7 @@ def photo_view_samples(pairs: Path, limit: int) -> list:
 
 
 def evaluate_3d(out: Path, pairs: Path, model: Path, world: Path, limit: int,
-                device: str) -> dict:
+                device: str, workers: int = 1) -> dict:
     """Score held-out faces in 3D (OUT/eval_3d/): each of the
     :func:`photo_view_samples` refined by ``model`` to a coarse and a refined
     mesh as dce-refine makes them from a pair file, both in the coarse fit's
@@ -162,7 +163,7 @@ def evaluate_3d(out: Path, pairs: Path, model: Path, world: Path, limit: int,
     the fit's own 68 landmark vertices (the refined mesh's carried along
     with its surface); scored against the world's raw range scan with the
     exact scanner-frame landmarks of world.json, by dce-eval-mesh --metric's
-    protocol. {"faces", "table", "png", "folders"}."""
+    protocol, over ``workers`` processes. {"faces", "table", "png", "folders"}."""
     from dce.gan.inference import Refiner
     from dce.geom.io import load_mesh
     from dce.geom.landmark_formats import read_vertex_indices
@@ -207,7 +208,7 @@ def evaluate_3d(out: Path, pairs: Path, model: Path, world: Path, limit: int,
     for name in ("coarse", "refined"):
         print(f"  scoring the {name} meshes (dce-eval-mesh --metric)", flush=True)
         results[name] = evaluate_folders(folder / name, folder / "scans", folder / f"{name}_eval",
-                                         metric=True, error_plys=False,
+                                         metric=True, error_plys=False, workers=workers,
                                          log=lambda line: print("    " + line, flush=True))
     png = plot_cumulative(folder / "cumulative_error.png",
                           {name: r.distances for name, r in results.items()})
@@ -504,7 +505,7 @@ def main(argv=None) -> int:
     if args.faces_3d > 0:
         try:
             eval_3d = evaluate_3d(out, pairs, model, out / "world", args.faces_3d,
-                                  _torch_device(args))
+                                  _torch_device(args), workers)
         except (ValueError, OSError) as error:  # FormatError, AlignmentError, PairFileError
             raise SystemExit(f"dce-demo: the 3D evaluation failed: {error}") from None
     else:

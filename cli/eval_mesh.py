@@ -1,7 +1,7 @@
 """dce-eval-mesh: scan-to-mesh error of predicted face meshes against
 ground-truth scans, by the NoW challenge's protocol.
 
-  dce-eval-mesh --pred PRED_DIR --gt GT_DIR -o OUT [--metric] [--regions]
+  dce-eval-mesh --pred PRED_DIR --gt GT_DIR -o OUT [--metric] [--regions] [--workers N]
 
 Predictions PRED_DIR/<stem>.ply|.obj with their 3D landmarks
 PRED_DIR/<stem>.landmarks.txt (NoW's 7: outer/inner corner of the right
@@ -22,12 +22,14 @@ by its error: blue 0, red 4 mm and more).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from dce.cli.options import HelpFormatter
+    from dce.cli.build import MAX_WORKERS
+    from dce.cli.options import HelpFormatter, integer
 
     p = argparse.ArgumentParser(prog="dce-eval-mesh", description=__doc__,
                                 formatter_class=HelpFormatter)
@@ -43,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--regions", action="store_true",
                    help="also report forehead, nose, eyes, cheeks, mouth and chin (needs 68 "
                         "ground-truth landmarks; default: off)")
+    p.add_argument("--workers", type=integer(1, MAX_WORKERS), default=os.cpu_count(),
+                   help=f"processes scoring the pairs, 1 .. {MAX_WORKERS}, one per core; "
+                        "the figures do not depend on it")
     return p
 
 
@@ -58,7 +63,7 @@ def main(argv=None) -> int:
     try:
         check_output(args.out, [args.pred, args.gt], is_dir=True)
         result = evaluate_folders(args.pred, args.gt, args.out, metric=args.metric,
-                                  regions=args.regions, log=print)
+                                  regions=args.regions, log=print, workers=args.workers)
     except (ValueError, OSError) as error:  # FormatError, AlignmentError, unwritable OUT
         print(f"dce-eval-mesh: {error}", file=sys.stderr)
         return 2

@@ -7,6 +7,7 @@ See docs/evaluation.md (regions, folders).
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -415,15 +416,46 @@ class FolderEvaluation:
     distances: np.ndarray = field(repr=False)
 
 
+def _evaluate_pair(job: tuple) -> tuple:
+    """One prediction against its ground truth, (stem, pred_path, gt_path,
+    metric, regions) -> (stem, MeshEvaluation): a worker's task."""
+    stem, pred_path, gt_path, metric, regions = job
+    gt_V, gt_F, gt_lm = read_ground_truth(gt_path)
+    pred, pred_lm = read_prediction(pred_path)
+    if regions and len(gt_lm) != 68:
+        raise FormatError(f"{gt_path}: --regions needs its 68 iBUG landmarks, it has "
+                          f"{len(gt_lm)}")
+    try:
+        return stem, evaluate_mesh(gt_V, gt_F, gt_lm, pred.vertices, pred.faces, pred_lm,
+                                   metric=metric, regions=regions)
+    except AlignmentError as error:
+        raise AlignmentError(f"{pred_path.name} vs {gt_path}: {error}") from None
+
+
+def _evaluations(jobs: list, workers: int):
+    """(stem, MeshEvaluation) of each job in order, over ``workers``
+    processes (spawned: libigl and BLAS are not fork-safe once threads ran)."""
+    if workers > 1 and len(jobs) > 1:
+        context = multiprocessing.get_context("spawn")
+        with context.Pool(min(workers, len(jobs))) as pool:
+            yield from pool.imap(_evaluate_pair, jobs)
+    else:
+        yield from map(_evaluate_pair, jobs)
+
+
 def evaluate_folders(pred_dir, gt_dir, out_dir, metric: bool = False, regions: bool = False,
                      log: Callable[[str], None] | None = None,
-                     error_plys: bool = True) -> FolderEvaluation:
+                     error_plys: bool = True, workers: int = 1) -> FolderEvaluation:
     """Evaluate every prediction with a ground truth of the same stem and
     write to ``out_dir``: ``<stem>_error.ply`` (the cropped ground truth,
     coloured by error, with its ``error_mm`` per vertex; not with
     ``error_plys=False``, they take ~8 MB a scan), ``summary.json``,
-    ``summary.md`` and ``cumulative_error.png``. FormatError naming the file
-    for unusable inputs, AlignmentError naming the pair for unusable pairs."""
+    ``summary.md`` and ``cumulative_error.png``. ``workers`` processes
+    score the pairs (the figures do not depend on it). FormatError naming
+    the file for unusable inputs, AlignmentError naming the pair for unusable
+    pairs."""
+    if not (isinstance(workers, int) and workers >= 1):
+        raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
     pairs, missing, extra = find_pairs(pred_dir, gt_dir)
     if not pairs:
         raise FormatError(f"{pred_dir}: no prediction has a ground truth of the same stem in "
@@ -431,17 +463,8 @@ def evaluate_folders(pred_dir, gt_dir, out_dir, metric: bool = False, regions: b
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     per_mesh, pooled, pooled_regions = {}, [], []
-    for stem, pred_path, gt_path in pairs:
-        gt_V, gt_F, gt_lm = read_ground_truth(gt_path)
-        pred, pred_lm = read_prediction(pred_path)
-        if regions and len(gt_lm) != 68:
-            raise FormatError(f"{gt_path}: --regions needs its 68 iBUG landmarks, it has "
-                              f"{len(gt_lm)}")
-        try:
-            result = evaluate_mesh(gt_V, gt_F, gt_lm, pred.vertices, pred.faces, pred_lm,
-                                   metric=metric, regions=regions)
-        except AlignmentError as error:
-            raise AlignmentError(f"{pred_path.name} vs {gt_path}: {error}") from None
+    jobs = [(stem, pred_path, gt_path, metric, regions) for stem, pred_path, gt_path in pairs]
+    for stem, result in _evaluations(jobs, workers):
         if error_plys:
             write_scalar_ply(out / f"{stem}_error.ply", result.points, result.faces,
                              {"error_mm": result.distances}, error_colors(result.distances))

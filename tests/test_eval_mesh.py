@@ -24,6 +24,7 @@ from dce.geom.mesh_eval import (
     REGIONS,
     cumulative_curve,
     error_stats,
+    evaluate_folders,
     evaluate_mesh,
     face_regions,
     point_surface_distance,
@@ -346,6 +347,36 @@ def test_eval_mesh_bad_inputs_exit_2_naming_the_file(tmp_path, capsys):
         return "no prediction has a ground truth"
 
     case("none", no_match)
+
+
+def test_eval_mesh_workers_give_the_serial_figures_and_name_a_bad_file(tmp_path, capsys):
+    """Two processes score the pairs as one does, in the same order, and a
+    file that fails inside a worker is still named."""
+    gt, pred = tmp_path / "gt", tmp_path / "pred"
+    gt.mkdir()
+    pred.mkdir()
+    V, F, L = face(3.0)
+    Vb, _, _ = face(3.0, bump=6.0)
+    for k, stem in enumerate(("a", "b", "c")):
+        write_face(gt, stem, Vb if stem == "b" else V, F, L)
+        T = random_similarity(k)
+        write_face(pred, stem, T.apply(V), F, T.apply(L))
+    serial = evaluate_folders(pred, gt, tmp_path / "one", workers=1)
+    pooled = evaluate_folders(pred, gt, tmp_path / "two", workers=2)
+    assert json.loads((tmp_path / "one" / "summary.json").read_text()) == \
+        json.loads((tmp_path / "two" / "summary.json").read_text())
+    np.testing.assert_array_equal(serial.distances, pooled.distances)
+    assert list(pooled.summary["per_mesh"]) == ["a", "b", "c"]
+    with pytest.raises(ValueError, match="workers"):
+        evaluate_folders(pred, gt, tmp_path / "zero", workers=0)
+
+    lines = (pred / "b.landmarks.txt").read_text().splitlines()
+    lines[3] = "1 nan 2"
+    (pred / "b.landmarks.txt").write_text("\n".join(lines))
+    assert eval_mesh.main(["--pred", str(pred), "--gt", str(gt), "-o", str(tmp_path / "bad"),
+                           "--workers", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "b.landmarks.txt" in err and "NaN" in err and "Traceback" not in err, err
 
 
 # ----------------------------------------------------------------- real scan
