@@ -24,7 +24,8 @@ at 256 px for every row:
 
 ``DEMO`` is a finished ``dce-demo --out DEMO``. Finished trainings are
 kept (rerun to continue). About 7 minutes per row on 2 cores plus the
-bigger world's build. Writes ``benchmarks/results/detail_identities.md``.
+bigger world's build. Writes
+``benchmarks/results/detail_identities_<iterations>.md``.
 """
 from __future__ import annotations
 
@@ -173,7 +174,7 @@ def main():
         lines.append(f"| {n} | {images} | {np.nanmean(corr):.3f} ± {np.nanstd(corr):.3f} | "
                      f"{np.nanmean(refined['normal_error_deg']):.2f} | "
                      f"{np.nanmean(refined['face_mae_mm']):.3f} | {seconds:.0f} |")
-    result = ROOT / "benchmarks" / "results" / "detail_identities.md"
+    result = ROOT / "benchmarks" / "results" / f"detail_identities_{args.iterations}.md"
     result.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"wrote {result}")
