@@ -339,7 +339,8 @@ def evaluate_2d(pairs: Path, model: Path, folder: Path, heatmaps: int, device: s
     from dce.gan.h5format import PairFileError
 
     try:
-        scores, kept, info = evaluate(model, pairs, device=device, keep_images=heatmaps)
+        scores, kept, info = evaluate(model, pairs, device=device, keep_images=heatmaps,
+                                      log=lambda line: print(line, flush=True))
         md, csv_path = write_table(scores, folder, info)
         print(md.read_text(encoding="utf-8"))
         print(f"table: {md}, {csv_path}")

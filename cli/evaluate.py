@@ -57,7 +57,8 @@ def main(argv=None) -> int:
     try:
         scores, kept, info = evaluate(args.checkpoint, args.data, args.split, args.batch_size,
                                       args.device, keep_images=args.heatmaps,
-                                      resolution=args.resolution, detail=not args.no_detail)
+                                      resolution=args.resolution, detail=not args.no_detail,
+                                      log=lambda line: print(line, flush=True))
         md, csv_path = write_table(scores, args.out, info)
         print(md.read_text(encoding="utf-8"))
         print(f"table: {md}, {csv_path}")

@@ -7,6 +7,7 @@ See docs/evaluation.md (the table's columns).
 from __future__ import annotations
 
 import csv
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,12 +81,14 @@ def depth_roughness(depth: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 
 
 def evaluate(checkpoint, data, split: str = "test", batch_size: int = 8, device: str = "cpu",
-             keep_images: int = 0, resolution: int | None = None, detail: bool = True):
+             keep_images: int = 0, resolution: int | None = None, detail: bool = True,
+             log=None):
     """Scores of a checkpoint (dce-train's or a detail stage's) on a pair
     file's split at the file's resolution (or pooled to ``resolution``), and
     the first ``keep_images`` (coarse, refined, target depth in [-1, 1], mm
     per unit, pixel mm) for heat maps. ``detail=False`` scores a detail
-    stage's global network alone."""
+    stage's global network alone. ``log`` (a callable taking a line, or
+    None) hears the progress about every 10 seconds and at the end."""
     from .detail import pixel_sizes, require_finite_networks
     from .inference import Refiner
 
@@ -107,6 +110,7 @@ def evaluate(checkpoint, data, split: str = "test", batch_size: int = 8, device:
     target_roughness, kept = [], []
     if not (isinstance(batch_size, int) and batch_size >= 1):
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    t0 = last_report = time.perf_counter()
     for start in range(0, len(dataset), batch_size):
         items = dataset.fetch(range(start, min(start + batch_size, len(dataset))))
         x = torch.stack([it["coarse"] for it in items])
@@ -130,6 +134,10 @@ def evaluate(checkpoint, data, split: str = "test", batch_size: int = 8, device:
             if len(kept) < keep_images:
                 kept.append((coarse[n].numpy(), refined[n].numpy(), y[n].numpy(),
                              float(mm[n]), float(px[n])))
+        done, now = start + len(items), time.perf_counter()
+        if log is not None and (now - last_report >= 10.0 or done == len(dataset)):
+            log(f"  scored {done}/{len(dataset)} images ({now - t0:.0f} s)")
+            last_report = now
     scores = Scores(r, {m: {k: torch.cat(v).double().numpy() for k, v in figures.items()}
                         for m, figures in parts.items()},
                     torch.cat(target_roughness).double().numpy())

@@ -163,9 +163,12 @@ def test_pix2pix_baseline_trains_and_evaluates(pairs, tmp_path):
     assert [(st.resolution, st.stable_iters) for st in trainer.schedule] == [(32, 4)]
     trainer.train()
     assert trainer.iteration == 4
-    scores, _, info = evaluate(tmp_path / "last.pt", pairs)
+    lines = []
+    scores, _, info = evaluate(tmp_path / "last.pt", pairs, batch_size=3, log=lines.append)
     assert info["resolution"] == 32
     assert np.isfinite(scores.per_image["refined"]["eq4_mae_mm"]).all()
+    n = info["images"]
+    assert lines and lines[-1].startswith(f"  scored {n}/{n} images (")
 
 
 def _ddp_rank(rank, world, port, pairs, out):
