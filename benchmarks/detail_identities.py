@@ -98,10 +98,10 @@ def check_same_held_out(demo_pairs: Path, other: Path) -> None:
     with h5py.File(demo_pairs, "r") as a, h5py.File(other, "r") as b:
         ids_a = a["sample_id"].asstr()[:]
         rows_b = {s: k for k, s in enumerate(b["sample_id"].asstr()[:])}
-        held = np.flatnonzero(a[SPLIT][()] == TEST)
+        held, split_b = np.flatnonzero(a[SPLIT][()] == TEST), b[SPLIT][()]
         for k in held:
             j = rows_b.get(ids_a[k])
-            if j is None or b[SPLIT][j] != TEST:
+            if j is None or split_b[j] != TEST:
                 raise SystemExit(f"{other}: held-out sample {ids_a[k]} is missing or trains")
             for name in ("coarse", "target", "target_mask"):
                 if not np.array_equal(a[name][k], b[name][j]):

@@ -17,7 +17,7 @@ import torch
 from . import h5format
 from .data import PairDataset
 from .h5format import FOREGROUND_ABOVE, PairFileError
-from .metrics import band_pass, depth_normals, detail_band_px, detail_corr, normal_error_deg
+from .metrics import depth_normals, detail_corr, detail_fields, normal_error_deg
 from .report import save_png
 
 COLUMNS = ("model", "resolution", "images", "eq4_mae", "eq4_mae_mm", "face_mae_mm",
@@ -212,13 +212,11 @@ def detail_bands(coarse: np.ndarray, refined: np.ndarray, target: np.ndarray, mm
     """(added, missing, valid): the two fields that ``detail_corr`` correlates,
     BP(refined - coarse) and BP(target - coarse) in mm, over its pixels
     ``valid`` (the target's face where coarse and refined have surface)."""
-    valid = ((target >= FOREGROUND_ABOVE) & (coarse >= FOREGROUND_ABOVE)
-             & (refined >= FOREGROUND_ABOVE))
-    fine, wide = detail_band_px(pixel_mm)
-    fields = torch.from_numpy(np.stack([refined - coarse, target - coarse])).double() * mm
-    mask = torch.from_numpy(valid)[None].expand(2, -1, -1)
-    added, missing = band_pass(fields, mask, fine, wide).numpy()
-    return added, missing, valid
+    images = [torch.from_numpy(np.asarray(d, dtype=np.float64))[None]
+              for d in (refined, coarse, target)]
+    bands, valid = detail_fields(*images, images[2] >= FOREGROUND_ABOVE, pixel_mm)
+    added, missing = (bands[:, 0] * mm).numpy()
+    return added, missing, valid[0].numpy()
 
 
 def normal_angles(prediction: np.ndarray, target: np.ndarray, mm: float, pixel_mm: float,

@@ -135,6 +135,21 @@ def detail_band_px(pixel_mm, fine_mm: float = DETAIL_BAND_MM[0],
     return fine_mm / pixel, coarse_mm / pixel
 
 
+def detail_fields(refined: torch.Tensor, coarse: torch.Tensor, target: torch.Tensor,
+                  face: torch.Tensor, pixel_mm, band_mm=DETAIL_BAND_MM) -> tuple:
+    """(bands (2, N, H, W), valid (N, H, W)): the added detail BP(refined -
+    coarse) and the missing detail BP(target - coarse), in the images' units,
+    over ``valid``, the ``face`` pixels that are also foreground in coarse and
+    refined; the fields :func:`detail_corr` correlates (arguments as there)."""
+    valid = face & (coarse >= FOREGROUND_ABOVE) & (refined >= FOREGROUND_ABOVE)
+    n = len(refined)
+    pixels = torch.as_tensor(pixel_mm, dtype=torch.float64).reshape(-1).expand(n).repeat(2)
+    fields = torch.cat([refined - coarse, target - coarse])  # (2N, H, W): added, missing
+    bands = band_pass(fields, valid.repeat(2, 1, 1), band_mm[0] / pixels,
+                      band_mm[1] / pixels).unflatten(0, (2, n))
+    return bands, valid
+
+
 def detail_corr(refined: torch.Tensor, coarse: torch.Tensor, target: torch.Tensor,
                 face: torch.Tensor, pixel_mm, band_mm=DETAIL_BAND_MM) -> torch.Tensor:
     """Per-image Pearson correlation (N,) of the added detail
@@ -153,12 +168,7 @@ def detail_corr(refined: torch.Tensor, coarse: torch.Tensor, target: torch.Tenso
     image whose target band is flat or that has fewer than 16 such pixels
     scores NaN (average over images with ``nanmean``).
     """
-    valid = face & (coarse >= FOREGROUND_ABOVE) & (refined >= FOREGROUND_ABOVE)
-    n = len(refined)
-    pixels = torch.as_tensor(pixel_mm, dtype=torch.float64).reshape(-1).expand(n).repeat(2)
-    fields = torch.cat([refined - coarse, target - coarse])  # (2N, H, W): added, missing
-    bands = band_pass(fields, valid.repeat(2, 1, 1), band_mm[0] / pixels,
-                      band_mm[1] / pixels).unflatten(0, (2, n))
+    bands, valid = detail_fields(refined, coarse, target, face, pixel_mm, band_mm)
     # float64 for the sums over ~1e5 pixels.
     bands, w = bands.double(), valid.double()
     count = w.sum(dim=(1, 2))
