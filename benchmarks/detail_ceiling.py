@@ -26,6 +26,18 @@ on held fixed, and everything else drawn again from its distribution:
   landmarks only (each scan of an identity gets its own draw): what one
   coarse image's fit saw. Still an upper bound: the true pose and
   expression are held.
+- ``--redraw pose+scan+noise``: as ``scan+noise``, with the head's pose
+  (yaw, pitch, roll and the sideways translation) drawn jointly with the
+  identity coefficients from their posterior given that scan's landmarks
+  (linearized at the true pose; a flat prior on the pose): a coarse
+  image's fit places the face only as well as its landmarks do, and so
+  must any predictor. Still an upper bound: the true expression is held.
+- ``--redraw landmarks``: as ``pose+scan+noise``, with the expression
+  drawn too (neutral or one of the world's expressions at a weight, from
+  the world's prior weighed by the landmarks' evidence). Everything the
+  landmarks leave open is drawn again; a coarse image is made from those
+  landmarks alone, so no method that sees it can beat this ceiling (up to
+  the linearization of the pose).
 - ``--redraw posterior+noise``: as ``posterior``, and the scanner's noise
   too (``ScanPlan.noise_seed``: sensor noise, spikes, the pixels lost in
   the brows and hair, the photo's noise). With the seeds held, every copy
@@ -42,7 +54,8 @@ mean of the K redrawn copies' (target - coarse) (each pixel over the copies
 that have surface there), scored against copy 0; with K copies it keeps 1/K
 of the unpredictable variance, so it falls a little below the ceiling.
 
-    python benchmarks/detail_ceiling.py [--redraw posterior|posterior+noise|scan+noise|detail]
+    python benchmarks/detail_ceiling.py [--redraw posterior|posterior+noise|scan+noise|
+                                                  pose+scan+noise|landmarks|detail]
                                         [--copies 3]
                                         [--out out/ceiling]
 
@@ -112,6 +125,93 @@ def posterior_coefficients(world, identity, seed: int, copy: int, shot: int = 0)
     return mu + np.linalg.cholesky(cov) @ rng.standard_normal(len(mu))
 
 
+# Finite-difference steps of the pose: degrees (yaw, pitch, roll), then mm (x, y).
+POSE_STEPS = np.array([1e-3, 1e-3, 1e-3, 1e-3, 1e-3])
+# The world's expression weight, uniform on [0.6, 1] (draw_scan), on a grid.
+EXPRESSION_WEIGHTS = np.linspace(0.6, 1.0, 9)
+
+
+def landmark_posterior(world, identity, seed: int, shot: int, expression) -> tuple:
+    """(mean, covariance, log evidence) of theta = (yaw, pitch, roll degrees,
+    x, y mm, identity coefficients (K,)) given the noisy landmarks of scan
+    ``shot`` (the world's own, as its coarse fit saw them), were the face's
+    expression weights ``expression`` (E,): the landmarks linearized at the
+    true pose (they are linear in the coefficients), a flat prior on the
+    pose, N(0, I) on the coefficients. The log evidence is up to a constant
+    that all expressions share. The translation along the view ray does not
+    move an orthographic landmark and is not a parameter."""
+    from dce.geom import synthetic
+    from dce.geom.projection import rotation_from_euler
+
+    s = world.settings
+    r, c = world.landmark_fine_rc.T
+    base_fields = np.einsum("jk,jlx->klx", world.mixing,
+                            world.fine_identity[:, r, c].astype(np.float64))  # (K, 68, 3)
+    camera = synthetic.scanner_camera(s)
+    plan = synthetic.draw_scan(world, identity, seed, shot)
+    mean = world.fine_mean[r, c].astype(np.float64) + np.tensordot(
+        expression, world.fine_expression[:, r, c].astype(np.float64), 1)
+    K = len(identity.coefficients)
+
+    def pixels(theta):
+        R = rotation_from_euler(*theta[:3])
+        T = plan.translation + np.array([theta[3], theta[4], 0.0])
+        X = mean + np.tensordot(theta[5:], base_fields, 1)
+        return camera.project(X @ R.T + T)[:, :2].ravel()
+
+    theta0 = np.concatenate([[plan.yaw, plan.pitch, plan.roll, 0.0, 0.0],
+                             identity.coefficients])
+    x0 = pixels(theta0)
+    steps = np.concatenate([POSE_STEPS, np.ones(K)])  # the coefficients enter linearly
+    J = np.stack([(pixels(theta0 + h * e) - x0) / h for h, e in zip(steps, np.eye(5 + K))], 1)
+    exact = synthetic.ground_truth_surface(world, identity, plan.expression)[r, c]
+    exact = camera.project(exact @ plan.rotation.T + plan.translation)[:, :2]
+    noisy = exact + synthetic._rng(seed, 3, identity.index, shot).normal(
+        0.0, s.landmark_noise_px, (68, 2))
+    sigma2 = s.landmark_noise_px ** 2
+    y = noisy.ravel() - (x0 - J @ theta0)  # y = J theta + noise, linearized
+    precision = J.T @ J / sigma2 + np.diag(np.concatenate([np.zeros(5), np.ones(K)]))
+    h = J.T @ y / sigma2
+    cov = np.linalg.inv(precision)
+    mu = cov @ h
+    log_evidence = -0.5 * (y @ y / sigma2 - h @ mu + np.linalg.slogdet(precision)[1])
+    return mu, cov, log_evidence
+
+
+def landmark_draw(world, identity, seed: int, copy: int, shot: int,
+                  open_expression: bool) -> tuple:
+    """(ScanPlan, identity coefficients): scan ``shot`` of ``identity`` with
+    its pose and coefficients drawn from :func:`landmark_posterior`, and with
+    ``open_expression`` its expression too: neutral with prior 1/2, each of
+    the E expressions with 1/(2E) at a weight on EXPRESSION_WEIGHTS (the
+    world's prior), weighed by the landmarks' evidence."""
+    from dce.geom import synthetic
+
+    plan = synthetic.draw_scan(world, identity, seed, shot)
+    rng = np.random.default_rng(np.random.SeedSequence(40_000 + copy,
+                                                       spawn_key=(identity.index, shot)))
+    expression, name = plan.expression, plan.expression_name
+    if open_expression:
+        E = len(plan.expression)
+        names = ["neutral"] + [n for n in synthetic.EXPRESSION_NAMES
+                               for _ in EXPRESSION_WEIGHTS]
+        options = [np.zeros(E)] + [w * np.eye(E)[k] for k in range(E)
+                                   for w in EXPRESSION_WEIGHTS]
+        log_prior = np.log([0.5] + [0.5 / (E * len(EXPRESSION_WEIGHTS))] * (len(options) - 1))
+        log_post = log_prior + np.array([landmark_posterior(world, identity, seed, shot, w)[2]
+                                         for w in options])
+        p = np.exp(log_post - log_post.max())
+        pick = int(rng.choice(len(options), p=p / p.sum()))
+        expression, name = options[pick], names[pick]
+    mu, cov, _ = landmark_posterior(world, identity, seed, shot, expression)
+    theta = mu + np.linalg.cholesky(cov) @ rng.standard_normal(len(mu))
+    plan = dataclasses.replace(
+        plan, yaw=float(theta[0]), pitch=float(theta[1]), roll=float(theta[2]),
+        translation=plan.translation + np.array([theta[3], theta[4], 0.0]),
+        expression=expression, expression_name=name)
+    return plan, theta[5:]
+
+
 EXPRESSIONS_PER_IDENTITY = 1  # generate_world's default: scans 1 (neutral) and 2
 
 
@@ -143,7 +243,11 @@ def build_copy(out: Path, copy: int, redraw: str) -> Path:
         if redraw == "scan+noise":
             identity = dataclasses.replace(identity, coefficients=posterior_coefficients(
                 world_, world_identity, SEED, copy, plan.shot))
-        if redraw.endswith("+noise"):
+        if redraw in ("pose+scan+noise", "landmarks"):
+            plan, coefficients = landmark_draw(world_, world_identity, SEED, copy, plan.shot,
+                                               open_expression=redraw == "landmarks")
+            identity = dataclasses.replace(identity, coefficients=coefficients)
+        if redraw.endswith("+noise") or redraw == "landmarks":
             rng = np.random.default_rng(np.random.SeedSequence(
                 30_000 + copy, spawn_key=(identity.index, plan.shot)))
             plan = dataclasses.replace(plan, noise_seed=int(rng.integers(2 ** 31)))
@@ -199,7 +303,8 @@ def main():
 
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--redraw", choices=["posterior", "posterior+noise", "scan+noise", "detail"],
+    p.add_argument("--redraw", choices=["posterior", "posterior+noise", "scan+noise", "pose+scan+noise",
+                            "landmarks", "detail"],
                    default="posterior",
                    help="what the copies draw again (default: posterior)")
     p.add_argument("--copies", type=int, default=3,
