@@ -342,11 +342,20 @@ def main():
     shared = ((m_centred ** 2).sum(dim=(1, 2)) / n_px - within / (K + 1)).clamp(min=0)
     ceiling = torch.sqrt(shared / (shared + within))
 
-    # A real predictor: coarse + the copies' mean added depth where they have surface.
-    have = faces[1:].double()
-    added = ((targets[1:] - coarse) * have).sum(dim=0) / have.sum(dim=0).clamp(min=1)
-    predictor = torch.where(have.sum(dim=0) > 0, coarse + added, coarse)
+    def mean_of_others(j: int):
+        """A real predictor: coarse + the mean added depth of every copy but
+        ``j``, where they have surface."""
+        others = [k for k in range(K + 1) if k != j]
+        have = faces[others].double()
+        added = ((targets[others] - coarse) * have).sum(dim=0) / have.sum(dim=0).clamp(min=1)
+        return torch.where(have.sum(dim=0) > 0, coarse + added, coarse)
+
+    predictor = mean_of_others(0)
     oracle_corr = detail_corr(predictor, coarse, target0, face0, px)
+    # The ceiling assumes the world is one more draw like its copies: then
+    # the predictor scores alike against any copy j from the others' mean.
+    exchange = [mean_se(detail_corr(mean_of_others(j), coarse, targets[j], faces[j], px))[0]
+                for j in range(1, K + 1)]
     oracle_normal = normal_error_deg(predictor, target0, mm, px, face0)
     coarse_normal = normal_error_deg(coarse, target0, mm, px, face0)
     band_rms = torch.sqrt((d[0] ** 2 * w).sum((1, 2)) / n_px) * mm
@@ -362,6 +371,8 @@ def main():
         ("**ceiling of detail_corr**, mean ± s.e.", "{:.3f} ± {:.3f}".format(*mean_se(ceiling))),
         (f"predictor coarse + mean of {K} copies: detail_corr",
          "{:.3f} ± {:.3f}".format(*mean_se(oracle_corr))),
+        (f"the same predictor against each redrawn copy in turn (the mean of the {K} others)",
+         ", ".join(f"{c:.3f}" for c in exchange)),
         ("coarse normal error (°)", f"{n_coarse:.2f}"),
         (f"predictor coarse + mean of {K} copies: normal error (°)",
          f"{n_oracle:.2f} ({n_oracle / n_coarse:.2f}x coarse)"),
