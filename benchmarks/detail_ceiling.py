@@ -60,7 +60,8 @@ of the unpredictable variance, so it falls a little below the ceiling.
                                         [--out out/ceiling]
 
 About 3.5 minutes per copy on 2 cores (world, build); finished copies are
-kept. Writes ``benchmarks/results/detail_ceiling_<redraw>.md``.
+kept. Writes ``benchmarks/results/detail_ceiling_<redraw>.md`` and ``.png`` (three
+held-out images: the world's missing band beside the mean of the copies').
 """
 from __future__ import annotations
 
@@ -292,6 +293,29 @@ def held_out(path: Path):
     return coarse, target, face, px, mm, ids
 
 
+PICTURED = (0, 85, 170)  # held-out images of three identities (12 images each)
+
+
+def write_picture(path: Path, d: torch.Tensor, valid: torch.Tensor, mm: torch.Tensor,
+                  vmax_mm: float = 0.5) -> None:
+    """One row per pictured image: the world's missing band BP(target -
+    coarse) beside the mean of the redrawn copies' bands (the part the
+    landmarks fix, as far as K copies tell), red a crease and blue a ridge,
+    +-vmax_mm, as dce-eval's detail pictures."""
+    from PIL import Image
+
+    from dce.gan.evaluate import signed_color
+
+    rows = []
+    for i in PICTURED:
+        shown = valid[i].numpy()
+        world, copies = (float(mm[i]) * x for x in (d[0, i].numpy(), d[1:, i].mean(0).numpy()))
+        rows.append(np.hstack([signed_color(world, vmax_mm, shown),
+                               np.zeros((shown.shape[0], 8, 3), np.uint8),
+                               signed_color(copies, vmax_mm, shown)]))
+    Image.fromarray(np.vstack(rows)).save(path)
+
+
 def mean_se(x: torch.Tensor) -> tuple:
     x = x[torch.isfinite(x)].numpy()
     return float(x.mean()), float(x.std(ddof=1) / np.sqrt(len(x)))
@@ -379,6 +403,8 @@ def main():
     ]
     table = "| quantity | value |\n|---|---|\n" + "\n".join(f"| {a} | {b} |" for a, b in rows)
     print(table)
+    picture = ROOT / "benchmarks" / "results" / f"detail_ceiling_{args.redraw}.png"
+    write_picture(picture, d, valid, mm)
     out = ROOT / "benchmarks" / "results" / f"detail_ceiling_{args.redraw}.md"
     out.write_text(f"# Ceiling of detail_corr: copies with the {args.redraw} drawn again\n\n"
                    f"`python benchmarks/detail_ceiling.py --redraw {args.redraw} --copies {K}` "
