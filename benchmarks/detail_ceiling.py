@@ -79,6 +79,30 @@ from common import ROOT  # noqa: E402
 SEED = 0  # the default world's
 
 
+def at_landmarks(world, expression) -> tuple:
+    """(the mean face with expression weights ``expression`` (E,) (68, 3),
+    the identity fields (K, 68, 3)) at the landmarks' nodes of the fine grid."""
+    r, c = world.landmark_fine_rc.T
+    mean = world.fine_mean[r, c].astype(np.float64) + np.tensordot(
+        expression, world.fine_expression[:, r, c].astype(np.float64), 1)
+    fields = np.einsum("jk,jlx->klx", world.mixing,
+                       world.fine_identity[:, r, c].astype(np.float64))
+    return mean, fields
+
+
+def observed_landmarks(world, identity, seed: int, plan) -> np.ndarray:
+    """(68, 2) scanner pixels: what the world's coarse fit saw of scan
+    ``plan``, the rendered landmarks (creases included) plus their noise."""
+    from dce.geom import synthetic
+
+    r, c = world.landmark_fine_rc.T
+    camera = synthetic.scanner_camera(world.settings)
+    exact = synthetic.ground_truth_surface(world, identity, plan.expression)[r, c]
+    exact = camera.project(exact @ plan.rotation.T + plan.translation)[:, :2]
+    return exact + synthetic._rng(seed, 3, identity.index, plan.shot).normal(
+        0.0, world.settings.landmark_noise_px, (68, 2))
+
+
 def coefficient_posterior(world, identity, seed: int, shots) -> tuple:
     """(mean (K,), covariance (K, K)) of the identity coefficients given the
     noisy landmarks of ``identity``'s scans ``shots`` (the world's own, as its
@@ -87,28 +111,20 @@ def coefficient_posterior(world, identity, seed: int, shots) -> tuple:
     them counts as noise."""
     from dce.geom import synthetic
 
-    s = world.settings
-    sigma2 = s.landmark_noise_px ** 2
-    r, c = world.landmark_fine_rc.T
-    base_fields = np.einsum("jk,jlx->klx", world.mixing,
-                            world.fine_identity[:, r, c].astype(np.float64))  # (K, 68, 3)
-    camera = synthetic.scanner_camera(s)
+    sigma2 = world.settings.landmark_noise_px ** 2
+    camera = synthetic.scanner_camera(world.settings)
     precision = np.eye(len(identity.coefficients))
     rhs = np.zeros(len(identity.coefficients))
     for shot in shots:
         plan = synthetic.draw_scan(world, identity, seed, shot)
-        mean = world.fine_mean[r, c].astype(np.float64) + np.tensordot(
-            plan.expression, world.fine_expression[:, r, c].astype(np.float64), 1)
+        mean, base_fields = at_landmarks(world, plan.expression)
 
         def pixels(X):
             return camera.project(X @ plan.rotation.T + plan.translation)[:, :2]
 
         x0 = pixels(mean)
         A = np.stack([(pixels(mean + B) - x0).ravel() for B in base_fields], axis=1)
-        # what the world's fit saw: the rendered landmarks (creases included) plus noise
-        exact = pixels(synthetic.ground_truth_surface(world, identity, plan.expression)[r, c])
-        noisy = exact + synthetic._rng(seed, 3, identity.index, shot).normal(
-            0.0, s.landmark_noise_px, (68, 2))
+        noisy = observed_landmarks(world, identity, seed, plan)
         precision += A.T @ A / sigma2
         rhs += A.T @ (noisy - x0).ravel() / sigma2
     cov = np.linalg.inv(precision)
@@ -132,27 +148,21 @@ POSE_STEPS = np.array([1e-3, 1e-3, 1e-3, 1e-3, 1e-3])
 EXPRESSION_WEIGHTS = np.linspace(0.6, 1.0, 9)
 
 
-def landmark_posterior(world, identity, seed: int, shot: int, expression) -> tuple:
+def landmark_posterior(world, plan, noisy: np.ndarray, coefficients, expression) -> tuple:
     """(mean, covariance, log evidence) of theta = (yaw, pitch, roll degrees,
-    x, y mm, identity coefficients (K,)) given the noisy landmarks of scan
-    ``shot`` (the world's own, as its coarse fit saw them), were the face's
-    expression weights ``expression`` (E,): the landmarks linearized at the
-    true pose (they are linear in the coefficients), a flat prior on the
-    pose, N(0, I) on the coefficients. The log evidence is up to a constant
-    that all expressions share. The translation along the view ray does not
-    move an orthographic landmark and is not a parameter."""
+    x, y mm, identity coefficients (K,)) given the landmarks ``noisy`` (68,
+    2) of the scan ``plan`` shows (true coefficients ``coefficients``), were
+    the face's expression weights ``expression`` (E,): the landmarks
+    linearized at the true pose (they are linear in the coefficients), a
+    flat prior on the pose, N(0, I) on the coefficients. The log evidence is
+    up to a constant that all expressions share. The translation along the
+    view ray does not move an orthographic landmark and is not a parameter."""
     from dce.geom import synthetic
     from dce.geom.projection import rotation_from_euler
 
-    s = world.settings
-    r, c = world.landmark_fine_rc.T
-    base_fields = np.einsum("jk,jlx->klx", world.mixing,
-                            world.fine_identity[:, r, c].astype(np.float64))  # (K, 68, 3)
-    camera = synthetic.scanner_camera(s)
-    plan = synthetic.draw_scan(world, identity, seed, shot)
-    mean = world.fine_mean[r, c].astype(np.float64) + np.tensordot(
-        expression, world.fine_expression[:, r, c].astype(np.float64), 1)
-    K = len(identity.coefficients)
+    camera = synthetic.scanner_camera(world.settings)
+    mean, base_fields = at_landmarks(world, expression)
+    K = len(coefficients)
 
     def pixels(theta):
         R = rotation_from_euler(*theta[:3])
@@ -160,16 +170,11 @@ def landmark_posterior(world, identity, seed: int, shot: int, expression) -> tup
         X = mean + np.tensordot(theta[5:], base_fields, 1)
         return camera.project(X @ R.T + T)[:, :2].ravel()
 
-    theta0 = np.concatenate([[plan.yaw, plan.pitch, plan.roll, 0.0, 0.0],
-                             identity.coefficients])
+    theta0 = np.concatenate([[plan.yaw, plan.pitch, plan.roll, 0.0, 0.0], coefficients])
     x0 = pixels(theta0)
     steps = np.concatenate([POSE_STEPS, np.ones(K)])  # the coefficients enter linearly
     J = np.stack([(pixels(theta0 + h * e) - x0) / h for h, e in zip(steps, np.eye(5 + K))], 1)
-    exact = synthetic.ground_truth_surface(world, identity, plan.expression)[r, c]
-    exact = camera.project(exact @ plan.rotation.T + plan.translation)[:, :2]
-    noisy = exact + synthetic._rng(seed, 3, identity.index, shot).normal(
-        0.0, s.landmark_noise_px, (68, 2))
-    sigma2 = s.landmark_noise_px ** 2
+    sigma2 = world.settings.landmark_noise_px ** 2
     y = noisy.ravel() - (x0 - J @ theta0)  # y = J theta + noise, linearized
     precision = J.T @ J / sigma2 + np.diag(np.concatenate([np.zeros(5), np.ones(K)]))
     h = J.T @ y / sigma2
@@ -189,6 +194,7 @@ def landmark_draw(world, identity, seed: int, copy: int, shot: int,
     from dce.geom import synthetic
 
     plan = synthetic.draw_scan(world, identity, seed, shot)
+    noisy = observed_landmarks(world, identity, seed, plan)
     rng = np.random.default_rng(np.random.SeedSequence(40_000 + copy,
                                                        spawn_key=(identity.index, shot)))
     expression, name = plan.expression, plan.expression_name
@@ -199,12 +205,12 @@ def landmark_draw(world, identity, seed: int, copy: int, shot: int,
         options = [np.zeros(E)] + [w * np.eye(E)[k] for k in range(E)
                                    for w in EXPRESSION_WEIGHTS]
         log_prior = np.log([0.5] + [0.5 / (E * len(EXPRESSION_WEIGHTS))] * (len(options) - 1))
-        log_post = log_prior + np.array([landmark_posterior(world, identity, seed, shot, w)[2]
-                                         for w in options])
+        log_post = log_prior + np.array([
+            landmark_posterior(world, plan, noisy, identity.coefficients, w)[2] for w in options])
         p = np.exp(log_post - log_post.max())
         pick = int(rng.choice(len(options), p=p / p.sum()))
         expression, name = options[pick], names[pick]
-    mu, cov, _ = landmark_posterior(world, identity, seed, shot, expression)
+    mu, cov, _ = landmark_posterior(world, plan, noisy, identity.coefficients, expression)
     theta = mu + np.linalg.cholesky(cov) @ rng.standard_normal(len(mu))
     plan = dataclasses.replace(
         plan, yaw=float(theta[0]), pitch=float(theta[1]), roll=float(theta[2]),
