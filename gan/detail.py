@@ -327,22 +327,27 @@ def crop_batch(arrays: _Arrays, settings: DetailSettings, iteration: int) -> dic
     """The crops of ``iteration``: a pure function of (seed, iteration), so a
     resumed run sees the same batches. Each crop is centred on a random face
     pixel of a random training sample, mirrored left-right with probability
-    1/2 when ``flip`` (the faces' detail is roughly symmetric)."""
+    1/2 when ``flip`` (the faces' detail is roughly symmetric). ``sample``
+    and ``flipped`` (B,) say which training sample each crop is from and
+    whether it was mirrored."""
     rng = np.random.default_rng([settings.seed, iteration])
     n = len(arrays.valid)
     samples = rng.integers(0, n, settings.batch_size)
     half = settings.crop // 2
     out = {k: [] for k in ("inputs", "base", "detail", "valid", "coarse_depth",
                            "target_depth")}
+    flips = []
     for k in samples:
         centres = arrays.centres[k]
         r, c = (int(v) for v in centres[rng.integers(0, len(centres))])
         flip = settings.flip and rng.random() < 0.5
+        flips.append(flip)
         for name in out:
             window = getattr(arrays, name)[k, :, r - half:r + half, c - half:c + half]
             out[name].append(window.flip(-1) if flip else window)
     batch = {k: torch.stack(v) for k, v in out.items()}
     batch["mm_per_unit"] = arrays.mm_per_unit[torch.from_numpy(samples)]
+    batch["sample"], batch["flipped"] = torch.from_numpy(samples), torch.tensor(flips)
     return batch
 
 

@@ -98,6 +98,23 @@ def test_crops_are_a_function_of_seed_and_iteration(pairs, global_run, tmp_path)
     assert a["inputs"].shape == (2, 4, 16, 16) and a["valid"].any()
 
 
+def test_crops_name_their_sample_and_mirroring(pairs, global_run, tmp_path):
+    """Each crop is a window of the sample it names, mirrored when flagged."""
+    trainer = DetailTrainer(detail_settings(pairs, global_run, tmp_path), log=lambda *a: None)
+    from dce.gan.detail import prepare_arrays
+
+    arrays = prepare_arrays(trainer.s, trainer.refiner, trainer.device, log=lambda *a: None)
+    flags = []
+    for iteration in range(6):
+        batch = crop_batch(arrays, trainer.s, iteration)
+        for crop, k, flipped in zip(batch["inputs"], batch["sample"], batch["flipped"]):
+            seen = crop.flip(-1) if flipped else crop
+            windows = arrays.inputs[int(k)].unfold(1, 16, 1).unfold(2, 16, 1)  # (C, r, c, 16, 16)
+            assert (windows == seen[:, None, None]).flatten(3).all(-1).all(0).any()
+            flags.append(bool(flipped))
+    assert any(flags) and not all(flags)
+
+
 def test_stopped_and_resumed_detail_run_equals_an_uninterrupted_one(pairs, global_run,
                                                                     tmp_path):
     """Stopped (as by Ctrl-C) after 3 of 6 iterations, in the learning
