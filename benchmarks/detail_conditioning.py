@@ -156,7 +156,7 @@ def train(variant: str, settings: DetailSettings, log) -> tuple:
     else:
         encoder = image_encoder() if variant == "image" else vector_encoder(vectors.shape[1])
         net = ConditionedEnhancer(channels, encoder, settings.width, settings.blocks)
-    opt = torch.optim.Adam(net.parameters(), settings.lr, betas=(0.5, 0.99))
+    opt = torch.optim.Adam(net.parameters(), settings.lr, betas=(settings.beta1, 0.99))
     t0 = time.perf_counter()
     for it in range(settings.iterations):
         for group in opt.param_groups:

@@ -163,6 +163,32 @@ def test_learning_rate_is_constant_then_falls_linearly(pairs, global_run, tmp_pa
     assert logged == [1e-3] * 7 + [5e-4]
 
 
+def test_beta1_reaches_adam_and_an_older_checkpoint_resumes_with_its_own(pairs, global_run,
+                                                                         tmp_path):
+    """The generator's Adam takes ``beta1`` (0.9 by default); a checkpoint
+    from before beta1 was a setting (none in its settings) was trained with
+    0.5, so a default run refuses to resume it and a 0.5 run resumes it;
+    beta1 outside [0, 1) or NaN is refused."""
+    quiet = dict(log=lambda *a: None)
+    first = DetailTrainer(detail_settings(pairs, global_run, tmp_path, iterations=2), **quiet)
+    assert first.opt_g.param_groups[0]["betas"] == (0.9, 0.99)
+    first.train()
+    state = load_checkpoint(tmp_path / "last.pt")
+    del state["settings"]["beta1"]
+    state["opt_g"]["param_groups"][0]["betas"] = (0.5, 0.99)  # as such a run saved it
+    save_checkpoint(tmp_path / "last.pt", state)
+    again = DetailTrainer(detail_settings(pairs, global_run, tmp_path, iterations=4), **quiet)
+    with pytest.raises(ValueError, match="beta1=0.5, now 0.9"):
+        again.resume(tmp_path / "last.pt")
+    older = DetailTrainer(detail_settings(pairs, global_run, tmp_path, iterations=4, beta1=0.5),
+                          **quiet)
+    older.resume(tmp_path / "last.pt")
+    assert older.iteration == 2 and older.opt_g.param_groups[0]["betas"] == (0.5, 0.99)
+    for bad in (1.0, -0.1, float("nan")):
+        with pytest.raises(ValueError, match="beta1"):
+            detail_settings(pairs, global_run, tmp_path, beta1=bad)
+
+
 def test_adversarial_stage_trains(pairs, global_run, tmp_path):
     trainer = DetailTrainer(detail_settings(pairs, global_run, tmp_path,
                                             adversarial_weight=0.01), log=lambda *a: None)
