@@ -473,8 +473,7 @@ class DetailTrainer:
         except (TypeError, ValueError) as error:
             raise ckpt.CheckpointError(f"{path}: its settings are not usable ({error})") from None
         for key in ("global_checkpoint", "batch_size", "crop", "width", "blocks", "beta1",
-                    "highpass_mm",
-                    "denoise_mm", "pixel_loss", "edge_px", "clip_mm",
+                    "highpass_mm", "denoise_mm", "pixel_loss", "edge_px", "clip_mm",
                     "adversarial_weight", "seed", "flip", "shading"):
             if theirs.get(key) != getattr(self.s, key):
                 raise ValueError(f"{path}: trained with {key}={theirs.get(key)!r}, now "
