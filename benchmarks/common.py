@@ -1,6 +1,8 @@
 """Shared helpers of the benchmark scripts (run them from the repository root
 or anywhere: each puts this folder on sys.path)."""
+import argparse
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -26,3 +28,25 @@ def best_and_median(fn, repeats: int, unit: float = 1.0) -> tuple:
     """(best, median) of :func:`timed`, multiplied by ``unit`` (1e3 for ms)."""
     t = timed(fn, repeats) * unit
     return float(t.min()), float(np.median(t))
+
+
+def demo_stage_parser(doc: str) -> argparse.ArgumentParser:
+    """The parser of a benchmark that trains detail stages over a finished
+    demo's global network: ``--demo`` and ``--iterations`` (600, the demo's)."""
+    p = argparse.ArgumentParser(description=doc,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--demo", type=Path, required=True,
+                   help="a finished dce-demo --out folder (pairs.h5, run/last.pt)")
+    p.add_argument("--iterations", type=int, default=600,
+                   help="training iterations of each stage (default: 600, the demo's)")
+    return p
+
+
+def demo_global_run(demo: Path, who: str) -> tuple:
+    """(pairs.h5, run/last.pt) of the finished demo ``demo``; exits naming
+    the missing file."""
+    data, model = demo / "pairs.h5", demo / "run" / "last.pt"
+    for path in (data, model):
+        if not path.exists():
+            sys.exit(f"{who}: {path} is missing (run dce-demo --out {demo})")
+    return data, model

@@ -27,10 +27,10 @@ and ``world``). About 6 minutes per variant on 2 cores. Writes
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import h5py
@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT  # noqa: E402
+from common import ROOT, demo_global_run, demo_stage_parser  # noqa: E402
 
 from dce.gan.checkpoint import seed_everything  # noqa: E402
 from dce.gan.data import PairDataset  # noqa: E402
@@ -142,10 +142,19 @@ def context_of(variant: str, inputs, vectors, flipped):
     return None
 
 
-def train(variant: str, settings: DetailSettings, log) -> tuple:
-    """(network, trainer) after ``settings.iterations`` steps as DetailTrainer takes them."""
+def prepare(settings: DetailSettings) -> tuple:
+    """(DetailTrainer, its training arrays): the global network run once over
+    the training split, for every run with the same data, global network and
+    target settings (the seed and the step do not enter)."""
     trainer = DetailTrainer(settings, log=lambda *a: None)
-    arrays = prepare_arrays(settings, trainer.refiner, trainer.device, log=lambda *a: None)
+    return trainer, prepare_arrays(settings, trainer.refiner, trainer.device,
+                                   log=lambda *a: None)
+
+
+def train(variant: str, settings: DetailSettings, prepared: tuple, log) -> tuple:
+    """(network, trainer) after ``settings.iterations`` steps as DetailTrainer
+    takes them, over ``prepared`` (from :func:`prepare`)."""
+    trainer, arrays = prepared
     depth = trainer.refiner.config.generator_in.index("depth")
     images = whole_image(arrays.inputs, depth)
     vectors = fit_vectors(Path(settings.data), "train") if variant == "coefficients" else None
@@ -220,29 +229,21 @@ LABELS = {"plain": "the stage as dce-train-detail trains it",
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--demo", type=Path, required=True,
-                   help="a finished dce-demo --out folder (pairs.h5, run/last.pt, world)")
-    p.add_argument("--iterations", type=int, default=600,
-                   help="training iterations of each variant (default: 600, the demo's)")
+    p = demo_stage_parser(__doc__)  # the demo's world too, for the coefficients
     p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS),
                    help="which variants to train (default: all three)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0],
                    help="training seeds (crops and initial weights) of each variant; a "
                         "row each (default: 0)")
     args = p.parse_args()
-    data, model = args.demo / "pairs.h5", args.demo / "run" / "last.pt"
-    for path in (data, model):
-        if not path.exists():
-            sys.exit(f"detail_conditioning: {path} is missing (run dce-demo --out {args.demo})")
+    data, model = demo_global_run(args.demo, "detail_conditioning")
     rows = []
+    base = DetailSettings(data=str(data), out=str(ROOT / "out" / "conditioning"),
+                          global_checkpoint=str(model), iterations=args.iterations, device="cpu")
+    prepared = prepare(base)
     for variant in args.variants:
         for seed in args.seeds:
-            settings = DetailSettings(data=str(data), out=str(ROOT / "out" / "conditioning"),
-                                      global_checkpoint=str(model), iterations=args.iterations,
-                                      seed=seed, device="cpu")
-            net, trainer = train(variant, settings, print)
+            net, trainer = train(variant, replace(base, seed=seed), prepared, print)
             figures = score(variant, net, trainer, data)
             print(f"{variant}, seed {seed}: {figures}")
             rows.append(f"| {LABELS[variant]} | {seed} | "

@@ -14,7 +14,6 @@ cores. Writes ``benchmarks/results/detail_seeds.md``.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -22,37 +21,30 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT  # noqa: E402
-from detail_conditioning import score, train  # noqa: E402
+from common import ROOT, demo_global_run, demo_stage_parser  # noqa: E402
+from detail_conditioning import prepare, score, train  # noqa: E402
 
 from dce.gan.detail import DetailSettings  # noqa: E402
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--demo", type=Path, required=True,
-                   help="a finished dce-demo --out folder (pairs.h5, run/last.pt)")
-    p.add_argument("--iterations", type=int, default=600,
-                   help="training iterations of each run (default: 600, the demo's)")
+    p = demo_stage_parser(__doc__)
     p.add_argument("--beta1", nargs="+", type=float, default=[0.5, 0.9],
                    help="Adam first-moment decays to compare (default: 0.5 0.9)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3],
                    help="training seeds (crops and initial weights; default: 0 1 2 3)")
     args = p.parse_args()
-    data, model = args.demo / "pairs.h5", args.demo / "run" / "last.pt"
-    for path in (data, model):
-        if not path.exists():
-            sys.exit(f"detail_seeds: {path} is missing (run dce-demo --out {args.demo})")
+    data, model = demo_global_run(args.demo, "detail_seeds")
     base = DetailSettings(data=str(data), out=str(ROOT / "out" / "detail_seeds"),
                           global_checkpoint=str(model), iterations=args.iterations,
                           device="cpu")
+    prepared = prepare(base)
     rows, summary = [], []
     for beta1 in args.beta1:
         corrs = []
         for seed in args.seeds:
             settings = replace(base, beta1=beta1, seed=seed)
-            net, trainer = train("plain", settings, print)
+            net, trainer = train("plain", settings, prepared, print)
             figures = score("plain", net, trainer, data)
             print(f"beta1 {beta1}, seed {seed}: {figures}", flush=True)
             corrs.append(figures["detail_corr"][0])
