@@ -87,12 +87,17 @@ def evaluate(checkpoint, data, split: str = "test", batch_size: int = 8, device:
     file's split at the file's resolution (or pooled to ``resolution``), and
     the first ``keep_images`` (coarse, refined, target depth in [-1, 1], mm
     per unit, pixel mm) for heat maps. ``detail=False`` scores a detail
-    stage's global network alone. ``log`` (a callable taking a line, or
-    None) hears the progress about every 10 seconds and at the end."""
+    stage's global network alone. ``checkpoint`` may be a ready Refiner
+    (its own ``device`` and ``detail`` then stand). ``log`` (a callable
+    taking a line, or None) hears the progress about every 10 seconds and
+    at the end."""
     from .detail import pixel_sizes, require_finite_networks
     from .inference import Refiner
 
-    refiner = Refiner(checkpoint, device, detail=detail)
+    if isinstance(checkpoint, Refiner):
+        refiner, checkpoint = checkpoint, checkpoint.path
+    else:
+        refiner = Refiner(checkpoint, device, detail=detail)
     require_finite_networks(refiner, checkpoint)
     try:
         dataset = PairDataset(data, split, refiner.input_channels, ("depth",),

@@ -67,6 +67,7 @@ class Refiner:
 
     def __init__(self, checkpoint, device: str = "cpu", detail: bool = True):
         state = load_checkpoint(checkpoint, map_location=device)
+        self.path = checkpoint
         self.enhancer = None
         # How the images it was trained on were made (h5format.normalization);
         # None in a checkpoint from before dce stored it.

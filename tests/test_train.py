@@ -169,6 +169,13 @@ def test_pix2pix_baseline_trains_and_evaluates(pairs, tmp_path):
     assert np.isfinite(scores.per_image["refined"]["eq4_mae_mm"]).all()
     n = info["images"]
     assert lines and lines[-1].startswith(f"  scored {n}/{n} images (")
+    # A ready Refiner (benchmarks swap its detail stage) scores as its checkpoint does.
+    from dce.gan.inference import Refiner
+
+    again, _, _ = evaluate(Refiner(tmp_path / "last.pt"), pairs, batch_size=3)
+    for model, figures in scores.per_image.items():
+        for name, values in figures.items():
+            np.testing.assert_array_equal(again.per_image[model][name], values)
 
 
 def _ddp_rank(rank, world, port, pairs, out):
