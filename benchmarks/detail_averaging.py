@@ -110,8 +110,9 @@ def main():
     coarse = rows[0]["coarse"]
     lines = ["# Detail stages averaged at inference", "",
              f"`python benchmarks/detail_averaging.py --data {args.data.name} STAGES`: "
-             f"{int(coarse['images'])} held-out images at {int(coarse['resolution'])} px, "
-             "mean ± std over images (see the script's docstring).", "",
+             f"configuration {refiners[0].settings.config}, {int(coarse['images'])} held-out "
+             f"images at {int(coarse['resolution'])} px, mean ± std over images (see the "
+             "script's docstring).", "",
              "| detail | face MAE (mm) | normal error (°) | detail_corr |", "|---|---|---|---|",
              f"| coarse | {coarse['face_mae_mm']:.3f} | {coarse['normal_error_deg']:.2f} | 0 |"]
     for r in rows:
