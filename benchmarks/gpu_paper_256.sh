@@ -21,7 +21,8 @@
 # (seconds each training may run; at the limit it is interrupted, writes its
 # checkpoint and the script goes on with it), DETAIL_ITERS (default 3000),
 # DETAIL_BATCH (crops per step, default 16), DETAIL_ARGS (more dce-train-detail
-# options, e.g. "--width 64 --blocks 6"), WORKERS (data-loader processes).
+# options, e.g. "--width 48 --lr 5e-4": with colour the wider stage gains per
+# iteration, README "Training time"), WORKERS (data-loader processes).
 # The evaluations run after the trainings, not beside them: on the GPU
 # machine their CPU work slowed a concurrent detail stage's set-up fivefold.
 set -uo pipefail
