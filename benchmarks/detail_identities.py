@@ -1,35 +1,44 @@
-"""Does the DCE-only detail stage learn more from more people? Its held-out
+"""Does the detail stage learn more from more people? Its held-out
 ``detail_corr`` against the number of training identities.
 
 The demo's detail stage (40 training identities) scores 0.24 on the 20
 held-out identities, and 17 times its training on a GPU only 0.256: more
 passes over the same people do not help. This script asks whether more
-people would. Every row trains the detail stage with its default settings
-(``--iterations`` each) over the demo's global network and is scored by
-``dce-eval`` on the demo's pair file's held-out split, the same 240 images
-at 256 px for every row:
+people would, from the depth alone (``--demo``) or with the photo
+(``--pairs`` of a colour build and ``--global-checkpoint``, its global
+network). Every row trains the detail stage with its default settings
+(``--iterations`` each) over that global network and is scored by
+``dce-eval`` on the reference pair file's held-out split, the same 240
+images at 256 px for every row:
 
-- n up to the demo's 40: a copy of the demo's pair file whose training
-  split keeps n of its training identities (nested random subsets, seed 0;
-  the others are moved to the test split, which training never reads);
+- n up to the reference's 40: a copy of the reference pair file whose
+  training split keeps n of its training identities (nested random
+  subsets, seed 0; the others are moved to the test split, which training
+  never reads);
 - n above 40: a world of the same seed with ``n + 20`` identities. Identity
   k of a world is drawn from (seed, k) alone, so its first 60 are the
-  demo's, scan for scan; it is built the demo's way and its split set so
-  that the demo's 20 held-out identities are held out and every other one
-  trains. The script checks that those 240 coarse and target images equal
-  the demo file's, byte for byte.
+  reference's, scan for scan; it is built the reference's way (its
+  channels) and its split set so that the reference's 20 held-out
+  identities are held out and every other one trains. The script checks
+  that those 240 coarse and target images equal the reference file's,
+  byte for byte.
 
     python benchmarks/detail_identities.py --demo DEMO [--identities 10 20 40 100]
         [--iterations 600] [--out out/identities]
+    python benchmarks/detail_identities.py --pairs out/compare/pairs.h5
+        --global-checkpoint GLOBAL --identities 40 100 --iterations 6000
 
-``DEMO`` is a finished ``dce-demo --out DEMO``. Finished trainings are
-kept (rerun to continue). About 7 minutes per row on 2 cores plus the
+``DEMO`` is a finished ``dce-demo --out DEMO`` (its ``pairs.h5`` and
+``run/last.pt``). Finished trainings are kept (rerun to continue). About 7
+minutes per 600 iterations on 2 cores (twice that with colour) plus the
 bigger world's build. Writes
-``benchmarks/results/detail_identities_<iterations>.md``.
+``benchmarks/results/detail_identities_<iterations>.md`` (DCE only) or
+``detail_identities_rgb_<iterations>.md`` (a colour build).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -47,6 +56,12 @@ from dce.gan.h5format import SPLIT, TEST, TRAIN  # noqa: E402
 SEED = 0  # the demo's world and build
 
 
+def build_channels(path) -> str:
+    """The channels a pair file was built with ("DCE", "DCE+RGB", ...)."""
+    with h5py.File(path, "r") as f:
+        return json.loads(f.attrs["config"])["channels"]
+
+
 def subjects_and_split(path) -> tuple:
     """(subject (N,) str, split (N,) int) of a pair file."""
     with h5py.File(path, "r") as f:
@@ -62,40 +77,42 @@ def restrict_training(path, keep: set) -> None:
         f[SPLIT][...] = np.where(moved, TEST, split).astype(split.dtype)
 
 
-def subset_file(demo_pairs: Path, out: Path, keep: set) -> Path:
-    """A copy of the demo's pair file training on ``keep`` only."""
+def subset_file(reference: Path, out: Path, keep: set) -> Path:
+    """A copy of the reference pair file training on ``keep`` only."""
     path = out / f"pairs_{len(keep)}.h5"
     if not path.exists():
         partial = path.with_suffix(".partial")
-        shutil.copyfile(demo_pairs, partial)
+        shutil.copyfile(reference, partial)
         restrict_training(partial, keep)
         os.replace(partial, path)
     return path
 
 
-def bigger_world_file(demo_pairs: Path, out: Path, identities: int, test: set) -> Path:
-    """The pair file of a world of ``identities`` people built the demo's
-    way, the demo's held-out identities ``test`` held out, all others
-    training; its held-out images checked against the demo's."""
+def bigger_world_file(reference: Path, out: Path, identities: int, test: set) -> Path:
+    """The pair file of a world of ``identities`` people built the
+    reference's way, its held-out identities ``test`` held out, all others
+    training; its held-out images checked against the reference's."""
     from dce.cli.demo import build_pairs
 
-    path = out / f"pairs_world{identities}.h5"
+    channels = build_channels(reference)
+    tag = "" if channels == "DCE" else "_" + channels.replace("+", "_").lower()
+    path = out / f"pairs_world{identities}{tag}.h5"
     if not path.exists():
-        partial = out / f"pairs_world{identities}.partial.h5"
+        partial = out / f"pairs_world{identities}{tag}.partial.h5"
         build_pairs(out / f"world{identities}", partial, identities, 256, 5, SEED,
-                    os.cpu_count())
+                    os.cpu_count(), channels)
         subjects, split = subjects_and_split(partial)
         with h5py.File(partial, "r+") as f:
             f[SPLIT][...] = np.where(np.isin(subjects, sorted(test)), TEST,
                                      TRAIN).astype(split.dtype)
-        check_same_held_out(demo_pairs, partial)
+        check_same_held_out(reference, partial)
         os.replace(partial, path)
     return path
 
 
-def check_same_held_out(demo_pairs: Path, other: Path) -> None:
-    """The held-out samples of ``demo_pairs`` are in ``other``, identical."""
-    with h5py.File(demo_pairs, "r") as a, h5py.File(other, "r") as b:
+def check_same_held_out(reference: Path, other: Path) -> None:
+    """The held-out samples of ``reference`` are in ``other``, identical."""
+    with h5py.File(reference, "r") as a, h5py.File(other, "r") as b:
         ids_a = a["sample_id"].asstr()[:]
         rows_b = {s: k for k, s in enumerate(b["sample_id"].asstr()[:])}
         held, split_b = np.flatnonzero(a[SPLIT][()] == TEST), b[SPLIT][()]
@@ -105,18 +122,20 @@ def check_same_held_out(demo_pairs: Path, other: Path) -> None:
                 raise SystemExit(f"{other}: held-out sample {ids_a[k]} is missing or trains")
             for name in ("coarse", "target", "target_mask"):
                 if not np.array_equal(a[name][k], b[name][j]):
-                    raise SystemExit(f"{other}: {name} of {ids_a[k]} differs from the demo's")
+                    raise SystemExit(f"{other}: {name} of {ids_a[k]} differs from "
+                                     f"{reference}'s")
     print(f"  {len(held)} held-out samples identical to the demo's", flush=True)
 
 
-def train_and_score(pairs: Path, demo: Path, run: Path, iterations: int) -> tuple:
-    """(scores, seconds): the detail stage on ``pairs`` over the demo's
-    global network, scored on the demo's held-out split."""
+def train_and_score(pairs: Path, reference: Path, global_checkpoint: Path, run: Path,
+                    iterations: int) -> tuple:
+    """(scores, seconds): the detail stage on ``pairs`` over the global
+    network, scored on the reference pair file's held-out split."""
     from dce.gan.detail import DetailSettings, DetailTrainer
     from dce.gan.evaluate import evaluate
 
     settings = DetailSettings(data=str(pairs), out=str(run),
-                              global_checkpoint=str(demo / "run" / "last.pt"),
+                              global_checkpoint=str(global_checkpoint),
                               iterations=iterations, seed=SEED, device="cpu")
     trainer = DetailTrainer(settings)
     if (run / "last.pt").exists():
@@ -124,23 +143,35 @@ def train_and_score(pairs: Path, demo: Path, run: Path, iterations: int) -> tupl
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
-    scores, _, _ = evaluate(run / "last.pt", demo / "pairs.h5")
+    scores, _, _ = evaluate(run / "last.pt", reference)
     return scores, seconds
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--demo", type=Path, required=True, help="a finished dce-demo --out folder")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--demo", type=Path,
+                        help="a finished dce-demo --out folder (its pairs.h5 and run/last.pt)")
+    source.add_argument("--pairs", type=Path,
+                        help="the reference pair file (with --global-checkpoint)")
+    p.add_argument("--global-checkpoint", type=Path,
+                   help="with --pairs: the global network the stage refines")
     p.add_argument("--identities", type=int, nargs="+", default=[10, 20, 40, 100],
                    help="training identities per row (default: 10 20 40 100)")
     p.add_argument("--iterations", type=int, default=600,
                    help="detail-stage iterations per row (default: 600, the demo's)")
     p.add_argument("--out", type=Path, default=Path("out/identities"), help="work folder")
     args = p.parse_args()
+    if args.demo:
+        reference, global_checkpoint = args.demo / "pairs.h5", args.demo / "run" / "last.pt"
+    elif args.global_checkpoint:
+        reference, global_checkpoint = args.pairs, args.global_checkpoint
+    else:
+        p.error("--pairs needs --global-checkpoint")
     args.out.mkdir(parents=True, exist_ok=True)
-    demo_pairs = args.demo / "pairs.h5"
-    subjects, split = subjects_and_split(demo_pairs)
+    channels = build_channels(reference)
+    subjects, split = subjects_and_split(reference)
     train = sorted(set(subjects[split == TRAIN]))
     test = set(subjects[split == TEST])
     order = [train[k] for k in np.random.default_rng(SEED).permutation(len(train))]
@@ -148,11 +179,11 @@ def main():
     for n in args.identities:
         print(f"== {n} training identities", flush=True)
         if n <= len(train):
-            pairs = subset_file(demo_pairs, args.out, set(order[:n]))
+            pairs = subset_file(reference, args.out, set(order[:n]))
         else:
-            pairs = bigger_world_file(demo_pairs, args.out, n + len(test), test)
-        scores, seconds = train_and_score(pairs, args.demo, args.out / f"detail_{n}",
-                                          args.iterations)
+            pairs = bigger_world_file(reference, args.out, n + len(test), test)
+        scores, seconds = train_and_score(pairs, reference, global_checkpoint,
+                                          args.out / f"detail_{n}", args.iterations)
         refined = scores.per_image["refined"]
         corr = refined["detail_corr"]
         images = int((subjects_and_split(pairs)[1] == TRAIN).sum())
@@ -160,11 +191,16 @@ def main():
         print(f"  detail_corr {np.nanmean(corr):.3f} ± {np.nanstd(corr):.3f}, normal error "
               f"{np.nanmean(refined['normal_error_deg']):.2f}°, face MAE "
               f"{np.nanmean(refined['face_mae_mm']):.3f} mm ({seconds:.0f} s)", flush=True)
-    lines = ["# DCE-only detail against the number of training identities", "",
-             f"`python benchmarks/detail_identities.py --demo DEMO --identities "
+    command = ("--demo DEMO" if args.demo else
+               f"--pairs {args.pairs} --global-checkpoint GLOBAL")
+    kind = "DCE-only" if channels == "DCE" else channels
+    lines = [f"# {kind} detail against the number of training identities", "",
+             f"`python benchmarks/detail_identities.py {command} --identities "
              f"{' '.join(map(str, args.identities))} --iterations {args.iterations}`: the "
-             "detail stage (default settings) over the demo's global network, scored on the "
-             "demo's 240 held-out images at 256 px (see the script's docstring).", "",
+             f"detail stage (default settings) over the global network {global_checkpoint}, "
+             f"scored on {reference}'s 240 held-out images at 256 px (see the script's "
+             "docstring). Where a finished training was kept, a row's time is only its "
+             "preparation (the global network over the training split).", "",
              "| training identities | training images | detail_corr (mean ± std) | normal error (°) | "
              "face MAE (mm) | training time (s) |", "|---|---|---|---|---|---|"]
     coarse = rows[0][2]
@@ -174,7 +210,8 @@ def main():
         lines.append(f"| {n} | {images} | {np.nanmean(corr):.3f} ± {np.nanstd(corr):.3f} | "
                      f"{np.nanmean(refined['normal_error_deg']):.2f} | "
                      f"{np.nanmean(refined['face_mae_mm']):.3f} | {seconds:.0f} |")
-    result = ROOT / "benchmarks" / "results" / f"detail_identities_{args.iterations}.md"
+    tag = "" if channels == "DCE" else "rgb_"
+    result = ROOT / "benchmarks" / "results" / f"detail_identities_{tag}{args.iterations}.md"
     result.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"wrote {result}")

@@ -246,7 +246,7 @@ def _failed(what: str, error) -> SystemExit:
 
 
 def build_pairs(world: Path, pairs: Path, identities: int, size: int, poses: int, seed: int,
-                workers: int) -> None:
+                workers: int, channels: str = "DCE") -> None:
     """Step 1, as ``dce-build synthetic`` with a preview of 8 pairs: the
     synthetic world of ``identities`` (generated when missing) and its pair
     file; a finished file of these settings is kept, a partial one resumed."""
@@ -261,8 +261,8 @@ def build_pairs(world: Path, pairs: Path, identities: int, size: int, poses: int
                      replaceable=is_pair_file)
         ensure_world(world, identities, seed, workers)
         report = build(sources.synthetic_world(world), pairs,
-                       BuildConfig(size=size, poses=poses, seed=seed), command="synthetic",
-                       workers=workers)
+                       BuildConfig(size=size, channels=channels, poses=poses, seed=seed),
+                       command="synthetic", workers=workers)
     except store.EmptyBuildError as error:
         for pair_id, reason in error.failures:
             print(f"FAILED {pair_id}: {reason}", file=sys.stderr)
