@@ -38,7 +38,6 @@ bigger world's build. Writes
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -51,15 +50,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT  # noqa: E402
 
-from dce.gan.h5format import SPLIT, TEST, TRAIN  # noqa: E402
+from dce.gan.h5format import SPLIT, TEST, TRAIN, validate  # noqa: E402
 
 SEED = 0  # the demo's world and build
 
 
 def build_channels(path) -> str:
     """The channels a pair file was built with ("DCE", "DCE+RGB", ...)."""
-    with h5py.File(path, "r") as f:
-        return json.loads(f.attrs["config"])["channels"]
+    return validate(path)["config"]["channels"]
 
 
 def subjects_and_split(path) -> tuple:
