@@ -86,13 +86,14 @@ def subset_file(reference: Path, out: Path, keep: set) -> Path:
     return path
 
 
-def bigger_world_file(reference: Path, out: Path, identities: int, test: set) -> Path:
+def bigger_world_file(reference: Path, channels: str, out: Path, identities: int,
+                      test: set) -> Path:
     """The pair file of a world of ``identities`` people built the
-    reference's way, its held-out identities ``test`` held out, all others
-    training; its held-out images checked against the reference's."""
+    reference's way (with its ``channels``), its held-out identities
+    ``test`` held out, all others training; its held-out images checked
+    against the reference's."""
     from dce.cli.demo import build_pairs
 
-    channels = build_channels(reference)
     tag = "" if channels == "DCE" else "_" + channels.replace("+", "_").lower()
     path = out / f"pairs_world{identities}{tag}.h5"
     if not path.exists():
@@ -122,7 +123,7 @@ def check_same_held_out(reference: Path, other: Path) -> None:
                 if not np.array_equal(a[name][k], b[name][j]):
                     raise SystemExit(f"{other}: {name} of {ids_a[k]} differs from "
                                      f"{reference}'s")
-    print(f"  {len(held)} held-out samples identical to the demo's", flush=True)
+    print(f"  {len(held)} held-out samples identical to the reference's", flush=True)
 
 
 def train_and_score(pairs: Path, reference: Path, global_checkpoint: Path, run: Path,
@@ -179,7 +180,7 @@ def main():
         if n <= len(train):
             pairs = subset_file(reference, args.out, set(order[:n]))
         else:
-            pairs = bigger_world_file(reference, args.out, n + len(test), test)
+            pairs = bigger_world_file(reference, channels, args.out, n + len(test), test)
         scores, seconds = train_and_score(pairs, reference, global_checkpoint,
                                           args.out / f"detail_{n}", args.iterations)
         refined = scores.per_image["refined"]
