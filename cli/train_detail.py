@@ -19,6 +19,7 @@ from pathlib import Path
 def build_parser() -> argparse.ArgumentParser:
     from dce.cli.options import HelpFormatter, integer, number
     from dce.gan.detail import DetailSettings
+    from dce.gan.shading import FITS
     from dce.gan.train import MAX_SEED
 
     d = DetailSettings("", "", "")
@@ -58,12 +59,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "mean of an uncertain crease (a softened crease where it belongs), l1 "
                         "its median (often none)")
     p.add_argument("--gradient-weight", type=number(0.0), default=d.gradient_weight,
-                   help="weight of the L1 on the detail's gradient")
+                   help="weight of the penalty (--pixel-loss) on the detail's gradient, the "
+                        "error of its normals")
     p.add_argument("--adversarial-weight", type=number(0.0), default=d.adversarial_weight,
                    help="weight of the depth-only patch critic (WGAN-GP); 0 = off")
     p.add_argument("--no-shading", action="store_true",
                    help="with a colour configuration, do not feed the stage the photo's shading "
                         "left unexplained by the coarse surface (dce.gan.shading)")
+    p.add_argument("--shading-fit", choices=list(FITS), default=d.shading_fit,
+                   help="how the photo's luminance is fitted on the coarse surface before the "
+                        "residual is taken: lambert (linear in the unit normal), or quadratic "
+                        "(in the depth's slopes; the fit of stages trained before lambert)")
     p.add_argument("--no-flip", action="store_true",
                    help="no random left-right mirroring of the crops")
     p.add_argument("--device", default=d.device, help="auto, cpu, cuda ...")
@@ -102,7 +108,8 @@ def main(argv=None) -> int:
         beta1=args.beta1, highpass_mm=args.highpass_mm,
         denoise_mm=args.denoise_mm, pixel_loss=args.pixel_loss,
         gradient_weight=args.gradient_weight, adversarial_weight=args.adversarial_weight,
-        flip=not args.no_flip, shading=not args.no_shading, seed=args.seed, device=args.device,
+        flip=not args.no_flip, shading=not args.no_shading,
+        shading_fit=args.shading_fit, seed=args.seed, device=args.device,
         checkpoint_every=args.checkpoint_every, log_every=args.log_every)
     try:
         trainer = DetailTrainer(settings)

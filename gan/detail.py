@@ -25,7 +25,7 @@ from .h5format import FOREGROUND_ABOVE, PairFileError
 from .losses import gradient_penalty
 from .metrics import gaussian_blur_masked
 from .networks import LRELU_SLOPE
-from .shading import shading_residual
+from .shading import FITS, shading_residual
 
 # Inputs are the coarse channels in [-1, 1] and the global correction of the
 # depth, which is a few mm (a few hundredths in [-1, 1] units at a 50 mm
@@ -122,6 +122,9 @@ class DetailSettings:
     # instead of 0.22-0.23 (benchmarks/detail_seeds.py).
     beta1: float = 0.9
     shading: bool = True
+    # How the shading residual is fitted (dce.gan.shading.FITS): Lambert's
+    # law on the coarse normals; stages trained before it read "quadratic".
+    shading_fit: str = "lambert"
     highpass_mm: float = 4.0
     denoise_mm: float = 0.5
     pixel_loss: str = "l2"
@@ -163,6 +166,7 @@ class DetailSettings:
         check_float(who, "gp_lambda", self.gp_lambda, 0.0)
         check_flag(who, "flip", self.flip)
         check_flag(who, "shading", self.shading)
+        check_choice(who, "shading_fit", self.shading_fit, FITS)
         check_int(who, "seed", self.seed, 0, MAX_SEED)
         check_int(who, "checkpoint_every", self.checkpoint_every, 1)
         check_int(who, "log_every", self.log_every, 1)
@@ -205,18 +209,18 @@ def global_refiner(checkpoint, device="cpu"):
     return Refiner(checkpoint, device, detail=False)
 
 
-def enhancer_input(coarse, base_depth, depth_index: int, colour=()):
+def enhancer_input(coarse, base_depth, depth_index: int, colour=(), fit: str = "lambert"):
     """(N, C + 1 (+ 1), H, W): the coarse channels, the global correction of
     the depth (base - coarse, scaled by CORRECTION_GAIN, 0 off the surface)
     and, when ``colour`` names the r, g, b channels' indices, the photo's
-    shading residual (:func:`dce.gan.shading.shading_residual`)."""
+    shading residual by ``fit`` (:func:`dce.gan.shading.shading_residual`)."""
     coarse_depth = coarse[:, depth_index:depth_index + 1]
     surface = coarse_depth >= FOREGROUND_ABOVE
     correction = torch.where(surface, (base_depth - coarse_depth) * CORRECTION_GAIN,
                              torch.zeros_like(coarse_depth))
     parts = [coarse, correction]
     if colour:
-        parts.append(shading_residual(coarse, depth_index, colour))
+        parts.append(shading_residual(coarse, depth_index, colour, fit))
     return torch.cat(parts, dim=1)
 
 
@@ -306,7 +310,8 @@ def prepare_arrays(settings: DetailSettings, refiner, device, log=print) -> _Arr
                  & (coarse[:, depth] >= FOREGROUND_ABOVE) & (base >= FOREGROUND_ABOVE))
         detail = detail_target(target, base, valid, mm, pixel_mm[start:start + len(items)],
                                settings.highpass_mm, settings.denoise_mm)[:, None]
-        parts["inputs"].append(enhancer_input(coarse, base[:, None], depth, colour))
+        parts["inputs"].append(enhancer_input(coarse, base[:, None], depth, colour,
+                                              settings.shading_fit))
         parts["base"].append(base[:, None])
         parts["detail"].append(detail.clamp(-settings.clip_mm, settings.clip_mm))
         parts["valid"].append(erode(valid[:, None], settings.edge_px))
@@ -474,7 +479,7 @@ class DetailTrainer:
             raise ckpt.CheckpointError(f"{path}: its settings are not usable ({error})") from None
         for key in ("global_checkpoint", "batch_size", "crop", "width", "blocks", "beta1",
                     "highpass_mm", "denoise_mm", "pixel_loss", "edge_px", "clip_mm",
-                    "adversarial_weight", "seed", "flip", "shading"):
+                    "adversarial_weight", "seed", "flip", "shading", "shading_fit"):
             if theirs.get(key) != getattr(self.s, key):
                 raise ValueError(f"{path}: trained with {key}={theirs.get(key)!r}, now "
                                  f"{getattr(self.s, key)!r}; start a new run folder to change it")
@@ -597,9 +602,11 @@ def require_finite_networks(refiner, path) -> None:
 def stored_settings(saved: dict) -> DetailSettings:
     """The DetailSettings a checkpoint saved (unknown keys dropped); one
     from before the shading input had none (``shading`` False), one from
-    before ``beta1`` was a setting trained with 0.5."""
+    before ``beta1`` was a setting trained with 0.5, one from before the
+    Lambert fit read the quadratic one."""
     fields = {k: v for k, v in saved.items() if k in DetailSettings.__dataclass_fields__}
-    return DetailSettings(**{"shading": False, "beta1": 0.5, **fields})
+    return DetailSettings(**{"shading": False, "beta1": 0.5, "shading_fit": "quadratic",
+                             **fields})
 
 
 def load_enhancer(state: dict, path, device="cpu") -> tuple:

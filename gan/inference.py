@@ -126,7 +126,8 @@ class Refiner:
         out_depth = self.output_channels.index("depth")
         base = refined[:, out_depth:out_depth + 1]
         colour = detail_stage.shading_colour(self.detail_settings, self.config)
-        inputs = detail_stage.enhancer_input(x, base, depth, colour)
+        inputs = detail_stage.enhancer_input(x, base, depth, colour,
+                                             self.detail_settings.shading_fit)
         # On a CPU one image at a time is faster (benchmarks/detail_speed.py: 84 ms per
         # 256 px image alone, 201 ms in a batch of 8, whose activations leave the cache),
         # in the enhancer's channels-last layout.

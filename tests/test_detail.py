@@ -323,6 +323,31 @@ def test_a_colour_stage_reads_the_photos_shading(pairs, colour_run, tmp_path):
         again.resume(tmp_path / "False" / "last.pt")
 
 
+def test_a_stage_refines_with_the_shading_fit_it_was_trained_on(pairs, colour_run, tmp_path):
+    """A stage trained on the quadratic fit's residual refines with it; a
+    checkpoint from before the fit was a setting (no 'shading_fit') is one
+    of those; read through the Lambert fit the same weights give other
+    images; a Lambert run does not resume it."""
+    from dce.gan.inference import Refiner
+
+    quiet = dict(log=lambda *a: None)
+    coarse = np.stack([s["coarse"] for s in _samples(pairs, 2)])
+    out = tmp_path / "quadratic"
+    DetailTrainer(detail_settings(pairs, colour_run, out, shading_fit="quadratic"),
+                  **quiet).train()
+    refined = Refiner(out / "last.pt")(coarse)
+    state = load_checkpoint(out / "last.pt")
+    del state["settings"]["shading_fit"]
+    save_checkpoint(out / "last.pt", state)
+    assert np.array_equal(Refiner(out / "last.pt")(coarse), refined)
+    state["settings"]["shading_fit"] = "lambert"
+    save_checkpoint(tmp_path / "as_lambert.pt", state)
+    assert not np.allclose(Refiner(tmp_path / "as_lambert.pt")(coarse), refined)
+    again = DetailTrainer(detail_settings(pairs, colour_run, out, iterations=8), **quiet)
+    with pytest.raises(ValueError, match="shading_fit='quadratic', now 'lambert'"):
+        again.resume(out / "last.pt")
+
+
 def _samples(path, n):
     from dce.gan.data import PairDataset
 
