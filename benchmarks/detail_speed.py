@@ -2,7 +2,9 @@
 
 * training: crops per second of one optimizer step of the LocalEnhancer
   (forward, the pixel and gradient losses, backward, Adam), with and
-  without the adversarial patch critic (its WGAN-GP step included);
+  without the adversarial patch critic (its WGAN-GP step included), in
+  channels-last as dce-train-detail trains, and once in torch's default
+  memory layout for comparison;
 * inference: milliseconds per 256 x 256 image of the enhancer's forward
   pass, batch 1 and batch 8, in torch's default memory layout and in
   channels-last (what ``Refiner`` uses on a CPU), and with colour
@@ -36,14 +38,18 @@ def input_channels(args) -> int:
     return args.channels + 1 + (1 if args.channels == 6 else 0)
 
 
-def training_step(args, device, adversarial: bool):
-    net = LocalEnhancer(input_channels(args), args.width, args.blocks).to(device)
+def training_step(args, device, adversarial: bool, layout=torch.channels_last):
+    """One optimizer step as dce-train-detail takes it (the enhancer in
+    channels-last, ``layout``)."""
+    net = LocalEnhancer(input_channels(args), args.width, args.blocks).to(
+        device, memory_format=layout)
     torch.nn.init.normal_(net.out.weight, std=0.01)
     opt = torch.optim.Adam(net.parameters(), 1e-3)
     critic = PatchCritic().to(device) if adversarial else None
     opt_d = torch.optim.Adam(critic.parameters(), 1e-3) if adversarial else None
     shape = (args.batch, 1, args.crop, args.crop)
-    x = torch.randn(args.batch, input_channels(args), args.crop, args.crop, device=device)
+    x = torch.randn(args.batch, input_channels(args), args.crop, args.crop,
+                    device=device).contiguous(memory_format=layout)
     target = torch.randn(shape, device=device) * 0.2
     valid = torch.rand(shape, device=device) > 0.2
     cond = torch.rand(shape, device=device)
@@ -90,9 +96,12 @@ def main():
     print(f"{device}, {torch.get_num_threads()} threads; enhancer width {args.width}, "
           f"{args.blocks} blocks, {input_channels(args)} input channels")
     print("| measure | value |\n|---|---|")
-    for adversarial in (False, True):
-        t = timed(training_step(args, device, adversarial), args.repeats)
+    for adversarial, layout in ((False, torch.channels_last), (True, torch.channels_last),
+                                (False, torch.contiguous_format)):
+        t = timed(training_step(args, device, adversarial, layout), args.repeats)
         label = "with the patch critic" if adversarial else "L2 + gradient losses"
+        if layout == torch.contiguous_format:
+            label += ", default memory layout (before)"
         print(f"| training, {args.batch} crops of {args.crop} px, {label} | "
               f"{args.batch / t.min():.1f} crops/s (median {args.batch / float(sorted(t)[len(t) // 2]):.1f}) |")
     net = LocalEnhancer(input_channels(args), args.width, args.blocks).to(device).eval()

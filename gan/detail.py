@@ -421,7 +421,10 @@ class DetailTrainer:
                              f"{self.image_size} px images (pass a smaller --crop)")
         ckpt.seed_everything(settings.seed)
         channels = enhancer_channels(settings, self.refiner.config)
-        self.G = LocalEnhancer(channels, settings.width, settings.blocks).to(self.device)
+        # Channels-last: 1.25x the training crops/s on a 2-core CPU (50 against
+        # 40, benchmarks/detail_speed.py), as for the Refiner's inference.
+        self.G = LocalEnhancer(channels, settings.width, settings.blocks).to(
+            self.device, memory_format=torch.channels_last)
         self.D = PatchCritic().to(self.device) if settings.adversarial_weight > 0 else None
         self.opt_g = torch.optim.Adam(self.G.parameters(), settings.lr,
                                       betas=(settings.beta1, 0.99))
@@ -508,7 +511,7 @@ class DetailTrainer:
             for group in (opt.param_groups if opt is not None else ()):
                 group["lr"] = lr
         b = {k: v.to(dev) for k, v in batch.items()}
-        detail = self.G(b["inputs"])
+        detail = self.G(b["inputs"].contiguous(memory_format=torch.channels_last))
         valid = b["valid"]
         pixel = pixel_term(detail, b["detail"], valid, self.s.pixel_loss)
         grad = gradient_term(detail, b["detail"], valid, self.s.pixel_loss)
