@@ -421,8 +421,8 @@ class DetailTrainer:
                              f"{self.image_size} px images (pass a smaller --crop)")
         ckpt.seed_everything(settings.seed)
         channels = enhancer_channels(settings, self.refiner.config)
-        # Channels-last: 1.25x the training crops/s on a 2-core CPU (50 against
-        # 40, benchmarks/detail_speed.py), as for the Refiner's inference.
+        # Channels-last: 1.25x the training crops/s on a 2-core CPU (47 against
+        # 38, benchmarks/detail_speed.py --channels 6), as for the Refiner.
         self.G = LocalEnhancer(channels, settings.width, settings.blocks).to(
             self.device, memory_format=torch.channels_last)
         self.D = PatchCritic().to(self.device) if settings.adversarial_weight > 0 else None
