@@ -177,9 +177,10 @@ def learning_rate(settings: DetailSettings, iteration: int) -> float:
     last ``lr_decay`` share of ``iterations`` falling linearly to lr / k at
     the last of those k iterations. Annealing pays: 2,000 more iterations
     decaying from 1e-3 took the colour stage from detail_corr 0.438 to 0.469
-    (README, "Training time"). A run resumed with more ``iterations`` climbs
-    back to ``lr`` and decays again at its new end; a second such restart at
-    1e-3 blew the colour stage up, so resume a long run with a lower ``lr``."""
+    (docs/detail-findings.md, "Training time"). A run resumed with more
+    ``iterations`` climbs back to ``lr`` and decays again at its new end; a
+    second such restart at 1e-3 blew the colour stage up, so resume a long
+    run with a lower ``lr``."""
     start = settings.iterations * (1.0 - settings.lr_decay)
     if iteration < start:
         return settings.lr
