@@ -210,6 +210,18 @@ def global_refiner(checkpoint, device="cpu"):
     return Refiner(checkpoint, device, detail=False)
 
 
+def same_global_network(stored, current) -> bool:
+    """Whether a detail checkpoint's embedded global network (``stored``) is
+    the one loaded now: by its weights and iteration, not its file's path, so
+    a run resumes after the global checkpoint is moved or named another way."""
+    if not isinstance(stored, dict) or stored.get("iteration") != current["iteration"]:
+        return False
+    theirs, ours = stored.get("G"), current["G"]
+    return (isinstance(theirs, dict) and theirs.keys() == ours.keys()
+            and all(torch.is_tensor(theirs[k]) and theirs[k].shape == ours[k].shape
+                    and torch.equal(theirs[k].to(ours[k].device), ours[k]) for k in ours))
+
+
 def enhancer_input(coarse, base_depth, depth_index: int, colour=(), fit: str = "lambert"):
     """(N, C + 1 (+ 1), H, W): the coarse channels, the global correction of
     the depth (base - coarse, scaled by CORRECTION_GAIN, 0 off the surface)
@@ -481,7 +493,10 @@ class DetailTrainer:
             theirs = asdict(stored_settings(state["settings"]))
         except (TypeError, ValueError) as error:
             raise ckpt.CheckpointError(f"{path}: its settings are not usable ({error})") from None
-        for key in ("global_checkpoint", "batch_size", "crop", "width", "blocks", "beta1",
+        if not same_global_network(state.get("global"), self.refiner.checkpoint_state):
+            raise ValueError(f"{path}: was trained over another global network than "
+                             f"{self.s.global_checkpoint}; start a new run folder to change it")
+        for key in ("batch_size", "crop", "width", "blocks", "beta1",
                     "highpass_mm", "denoise_mm", "pixel_loss", "edge_px", "clip_mm",
                     "adversarial_weight", "seed", "flip", "shading", "shading_fit"):
             if theirs.get(key) != getattr(self.s, key):

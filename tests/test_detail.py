@@ -1,6 +1,7 @@
 """The detail stage: its target, its crops, exact resume, refinement through
 the Refiner, the evaluation at the file's resolution, and bad checkpoints."""
 import csv
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -187,6 +188,28 @@ def test_beta1_reaches_adam_and_an_older_checkpoint_resumes_with_its_own(pairs, 
     for bad in (1.0, -0.1, float("nan")):
         with pytest.raises(ValueError, match="beta1"):
             detail_settings(pairs, global_run, tmp_path, beta1=bad)
+
+
+def test_resume_knows_the_global_network_by_its_weights_not_its_path(pairs, global_run,
+                                                                     tmp_path):
+    """A run resumes over a moved copy of its global checkpoint; a global
+    network with one weight changed, at the original path, is refused."""
+    quiet = dict(log=lambda *a: None)
+    run = tmp_path / "run"
+    DetailTrainer(detail_settings(pairs, global_run, run, iterations=2), **quiet).train()
+    moved = tmp_path / "elsewhere" / "global.pt"
+    moved.parent.mkdir()
+    moved.write_bytes(Path(global_run).read_bytes())
+    again = DetailTrainer(detail_settings(pairs, moved, run), **quiet)
+    again.resume(run / "last.pt")
+    assert again.iteration == 2
+    state = load_checkpoint(moved)
+    name = next(iter(state["G"]))
+    state["G"][name] = state["G"][name] + 1e-3
+    save_checkpoint(moved, state)
+    other = DetailTrainer(detail_settings(pairs, moved, run), **quiet)
+    with pytest.raises(ValueError, match="another global network than .*global.pt"):
+        other.resume(run / "last.pt")
 
 
 def test_adversarial_stage_trains(pairs, global_run, tmp_path):
