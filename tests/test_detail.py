@@ -193,7 +193,7 @@ def test_beta1_reaches_adam_and_an_older_checkpoint_resumes_with_its_own(pairs, 
 def test_resume_knows_the_global_network_by_its_weights_not_its_path(pairs, global_run,
                                                                      tmp_path):
     """A run resumes over a moved copy of its global checkpoint; a global
-    network with one weight changed, at the original path, is refused."""
+    network with one weight changed is refused."""
     quiet = dict(log=lambda *a: None)
     run = tmp_path / "run"
     DetailTrainer(detail_settings(pairs, global_run, run, iterations=2), **quiet).train()
