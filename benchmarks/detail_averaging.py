@@ -33,25 +33,22 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT  # noqa: E402
 
+from dce.gan.detail import MirrorAveraged  # noqa: E402
 from dce.gan.evaluate import evaluate  # noqa: E402
 from dce.gan.inference import Refiner  # noqa: E402
 
 
 class AveragedEnhancer(nn.Module):
     """The mean detail of ``stages`` (LocalEnhancers over the same inputs),
-    each also on the mirrored input, mirrored back, when ``mirror``:
+    each mirror-averaged (``MirrorAveraged``) when ``mirror``:
     (N, C, H, W) -> (N, 1, H, W)."""
 
     def __init__(self, stages: list, mirror: bool):
         super().__init__()
-        self.stages = nn.ModuleList(stages)
-        self.mirror = mirror
+        self.stages = nn.ModuleList([MirrorAveraged(s) if mirror else s for s in stages])
 
     def forward(self, x):
-        outputs = [stage(x) for stage in self.stages]
-        if self.mirror:
-            outputs += [stage(x.flip(-1)).flip(-1) for stage in self.stages]
-        return torch.stack(outputs).mean(0)
+        return torch.stack([stage(x) for stage in self.stages]).mean(0)
 
 
 def averaged_refiner(refiners: list, mirror: bool) -> Refiner:
@@ -102,7 +99,7 @@ def main():
         sys.exit("detail_averaging: every checkpoint must be a detail stage (dce-train-detail)")
     rows = [row_of(described(r), r, args.data) for r in refiners]
     rows.append(row_of(f"{described(refiners[0])}, mirror-averaged",
-                       averaged_refiner(refiners[:1], True), args.data))
+                       Refiner(args.stages[0], mirror_average=True), args.data))
     if len(refiners) > 1:
         rows.append(row_of(f"all {len(refiners)} averaged", averaged_refiner(refiners, False),
                            args.data))

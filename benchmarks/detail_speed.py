@@ -7,7 +7,8 @@
   memory layout for comparison;
 * inference: milliseconds per 256 x 256 image of the enhancer's forward
   pass, batch 1 and batch 8, in torch's default memory layout and in
-  channels-last (what ``Refiner`` uses on a CPU), and with colour
+  channels-last (what ``Refiner`` uses on a CPU), mirror-averaged
+  (``Refiner(mirror_average=True)``, dce-eval --mirror-average), and with colour
   (``--channels 6``) of the photo's shading residual that the stage reads
   too (dce.gan.shading);
 * scoring: milliseconds per 256 x 256 image of dce-eval's normal error and
@@ -27,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import timed  # noqa: E402
 
-from dce.gan.detail import LocalEnhancer, PatchCritic, gradient_term, pixel_term  # noqa: E402
+from dce.gan.detail import LocalEnhancer, MirrorAveraged, PatchCritic, gradient_term, pixel_term  # noqa: E402
 from dce.gan.losses import gradient_penalty  # noqa: E402
 from dce.gan.metrics import detail_corr, normal_error_deg  # noqa: E402
 from dce.gan.shading import FITS, shading_residual  # noqa: E402
@@ -119,6 +120,16 @@ def main():
             t = timed(infer, args.repeats)
             print(f"| inference, 256 x 256, batch {batch}{name} | "
                   f"{t.min() / batch * 1e3:.2f} ms per image |")
+    averaged = MirrorAveraged(net)  # as Refiner(mirror_average=True) runs it on a CPU
+
+    def infer_averaged():
+        with torch.no_grad():
+            averaged(x[:1])
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    t = timed(infer_averaged, args.repeats)
+    print(f"| inference, 256 x 256, batch 1, channels last, mirror-averaged | "
+          f"{t.min() * 1e3:.2f} ms per image |")
     if args.channels == 6:
         coarse = torch.rand(1, 6, 256, 256, device=device) - 0.5  # all surface
 

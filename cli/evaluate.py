@@ -38,6 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "file's own size, e.g. 256)")
     p.add_argument("--no-detail", action="store_true",
                    help="score a detail-stage checkpoint's global network alone")
+    p.add_argument("--mirror-average", action="store_true",
+                   help="average the detail stage's output with its output on the mirrored "
+                        "image, mirrored back (a self-ensemble; twice the stage's time; "
+                        "docs/detail-stage.md)")
     p.add_argument("--batch-size", type=integer(1), default=8,
                    help="images per batch")
     p.add_argument("--device", default="cpu", help="torch device")
@@ -58,6 +62,7 @@ def main(argv=None) -> int:
         scores, kept, info = evaluate(args.checkpoint, args.data, args.split, args.batch_size,
                                       args.device, keep_images=args.heatmaps,
                                       resolution=args.resolution, detail=not args.no_detail,
+                                      mirror_average=args.mirror_average,
                                       log=lambda line: print(line, flush=True))
         md, csv_path = write_table(scores, args.out, info)
         print(md.read_text(encoding="utf-8"))

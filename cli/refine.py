@@ -116,6 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output folder")
     p.add_argument("--format", default="ply", choices=["ply", "obj"],
                    help="mesh file format")
+    p.add_argument("--mirror-average", action="store_true",
+                   help="average a detail stage's output with its output on the mirrored "
+                        "image, mirrored back (a self-ensemble; twice the stage's time; "
+                        "docs/detail-stage.md)")
     p.add_argument("--device", default="cpu", help="torch device")
     return p
 
@@ -238,7 +242,7 @@ def main(argv=None) -> int:
         if args.landmarks_out is not None:
             check_output(args.landmarks_out, [args.landmarks, args.landmarks_3d, args.mesh],
                          replaceable=lambda p: p.suffix.lower() == ".txt")
-        refiner = Refiner(args.checkpoint, args.device)
+        refiner = Refiner(args.checkpoint, args.device, mirror_average=args.mirror_average)
         settings = resolve_settings(args, refiner.normalization)
         if args.pairs is not None:
             coarse = coarse_from_pairs(args.pairs, refiner, args.sample,

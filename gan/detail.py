@@ -83,6 +83,22 @@ class LocalEnhancer(nn.Module):
         return self.out(act(self.tail(torch.cat([h, front], dim=1))))
 
 
+class MirrorAveraged(nn.Module):
+    """A detail network averaged with itself on the mirrored image:
+    (N, C, H, W) -> (N, 1, H, W), (net(x) + mirror(net(mirror(x)))) / 2 with
+    mirror a left-right flip. The self-ensemble of Lim et al. 2017 (EDSR+),
+    with the one transform the stage trains on (``crop_batch`` mirrors half
+    the crops): what it adds to a mirrored face is the mirror of what it adds
+    to the face. Twice the network's time."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return 0.5 * (self.net(x) + self.net(x.flip(-1)).flip(-1))
+
+
 class PatchCritic(nn.Module):
     """The paper's conditional depth-only critic, on patches: (N, 2, H, W)
     (coarse depth, refined or real depth) -> (N,) mean of a map of scores,

@@ -82,13 +82,15 @@ def depth_roughness(depth: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 
 def evaluate(checkpoint, data, split: str = "test", batch_size: int = 8, device: str = "cpu",
              keep_images: int = 0, resolution: int | None = None, detail: bool = True,
-             log=None):
+             mirror_average: bool = False, log=None):
     """Scores of a checkpoint (dce-train's or a detail stage's) on a pair
     file's split at the file's resolution (or pooled to ``resolution``), and
     the first ``keep_images`` (coarse, refined, target depth in [-1, 1], mm
     per unit, pixel mm) for heat maps. ``detail=False`` scores a detail
-    stage's global network alone. ``checkpoint`` may be a ready Refiner
-    (its own ``device`` and ``detail`` then stand). ``log`` (a callable
+    stage's global network alone; ``mirror_average`` averages the detail
+    stage with its mirror (``Refiner``). ``checkpoint`` may be a ready
+    Refiner (its own ``device``, ``detail`` and ``mirror_average`` then
+    stand). ``log`` (a callable
     taking a line, or None) hears the progress about every 10 seconds and
     at the end."""
     from .detail import pixel_sizes, require_finite_networks
@@ -97,7 +99,7 @@ def evaluate(checkpoint, data, split: str = "test", batch_size: int = 8, device:
     if isinstance(checkpoint, Refiner):
         refiner, checkpoint = checkpoint, checkpoint.path
     else:
-        refiner = Refiner(checkpoint, device, detail=detail)
+        refiner = Refiner(checkpoint, device, detail=detail, mirror_average=mirror_average)
     require_finite_networks(refiner, checkpoint)
     try:
         dataset = PairDataset(data, split, refiner.input_channels, ("depth",),
@@ -148,6 +150,7 @@ def evaluate(checkpoint, data, split: str = "test", batch_size: int = 8, device:
                     torch.cat(target_roughness).double().numpy())
     return scores, kept, {"resolution": r, "config": refiner.settings.config, "split": split,
                           "images": len(dataset), "detail": refiner.enhancer is not None,
+                          "mirror_average": refiner.mirror_average,
                           "trained_resolution": refiner.resolution}
 
 
@@ -162,7 +165,8 @@ def write_table(scores: Scores, out_dir, info: dict) -> tuple:
         writer.writeheader()
         writer.writerows(rows)
     model = f"configuration {info['config']}, trained to {info['trained_resolution']} px" + (
-        " + detail stage" if info.get("detail") else "")
+        " + detail stage" if info.get("detail") else "") + (
+        ", mirror-averaged" if info.get("mirror_average") else "")
     which = SPLIT_WORDS[info["split"]]
     lines = [f"{info['images']} {which} at {info['resolution']} px; {model}", "",
              markdown_table(rows)]

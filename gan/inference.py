@@ -62,13 +62,18 @@ class Refiner:
     (``dce-train-detail``), which holds its global network: the global
     network refines, then the detail stage adds its depth detail to images of
     the size it was trained at (``refiner.detail_size``); ``detail=False``
-    uses the global network alone.
+    uses the global network alone. ``mirror_average`` averages the detail
+    stage's output with its output on the mirrored image, mirrored back
+    (``detail.MirrorAveraged``; twice the stage's time), for a stage trained
+    on mirrored crops (ValueError naming the checkpoint otherwise).
     """
 
-    def __init__(self, checkpoint, device: str = "cpu", detail: bool = True):
+    def __init__(self, checkpoint, device: str = "cpu", detail: bool = True,
+                 mirror_average: bool = False):
         state = load_checkpoint(checkpoint, map_location=device)
         self.path = checkpoint
         self.enhancer = None
+        self.mirror_average = mirror_average
         # How the images it was trained on were made (h5format.normalization);
         # None in a checkpoint from before dce stored it.
         self.normalization = state.get("normalization") if isinstance(state, dict) else None
@@ -77,7 +82,16 @@ class Refiner:
              self.depth_mm_per_unit) = detail_stage.load_enhancer(state, checkpoint, device)
             if detail:
                 self.enhancer = enhancer
+            if detail and mirror_average:
+                if not self.detail_settings.flip:
+                    raise ValueError(f"{checkpoint}: its detail stage was trained without "
+                                     "mirrored crops (--no-flip); it cannot be mirror-averaged")
+                self.enhancer = detail_stage.MirrorAveraged(enhancer)
             state = state["global"]
+        if mirror_average and self.enhancer is None:
+            raise ValueError(f"{checkpoint}: mirror averaging applies to a detail stage, and "
+                             + ("this is not a dce-train-detail checkpoint" if detail else
+                                "it is left out (detail=False)"))
         self.generator, self.settings, self.resolution, self.alpha = generator_from_state(
             state, checkpoint, device)
         # What a detail stage embeds of its global network (checked by generator_from_state).

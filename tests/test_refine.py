@@ -1,6 +1,7 @@
 """Depth image -> mesh reconstruction (dce.geom.reconstruct) and the
 dce-refine command, checked against analytic surfaces and hand counts."""
 import json
+from pathlib import Path
 
 import igl
 import numpy as np
@@ -351,6 +352,7 @@ def test_bad_inputs_give_clean_messages(setup, tmp_path, capsys):
         ([ckpt, "--pairs", str(tmp_path / "none.h5")], "none.h5"),
         ([ckpt, "--pairs", pairs, "--sample", "nobody/pose0"], "pairs.h5"),
         ([ckpt, "--pairs", pairs, "--sample", "99"], "pairs.h5"),
+        ([ckpt, "--pairs", pairs, "--mirror-average"], Path(ckpt).name),  # no detail stage
         ([ckpt, "--pairs", str(depth_only)], "depth.h5"),
         ([ckpt, "--mesh", str(bad_mesh), "--camera", str(bad_camera)], "bad.ply"),
         ([ckpt, "--mesh", str(tmp_path / "nothing.ply"), "--camera", str(bad_camera)],
