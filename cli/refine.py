@@ -262,8 +262,10 @@ def main(argv=None) -> int:
             OSError) as error:
         print(f"dce-refine: {error}", file=sys.stderr)
         return 2
+    stage = (f" + detail stage{', mirror-averaged' if refiner.mirror_average else ''}"
+             if refiner.enhancer is not None else "")
     print(f"refined with {args.checkpoint} ({refiner.settings.config}, network at "
-          f"{refiner.resolution} px)")
+          f"{refiner.resolution} px{stage})")
     try:
         files = save_refinement(args.out, result, args.format, landmarks_out=args.landmarks_out,
                                 displacement_ply=args.displacement_ply,

@@ -90,9 +90,8 @@ def evaluate(checkpoint, data, split: str = "test", batch_size: int = 8, device:
     stage's global network alone; ``mirror_average`` averages the detail
     stage with its mirror (``Refiner``). ``checkpoint`` may be a ready
     Refiner (its own ``device``, ``detail`` and ``mirror_average`` then
-    stand). ``log`` (a callable
-    taking a line, or None) hears the progress about every 10 seconds and
-    at the end."""
+    stand). ``log`` (a callable taking a line, or None) hears the progress
+    about every 10 seconds and at the end."""
     from .detail import pixel_sizes, require_finite_networks
     from .inference import Refiner
 

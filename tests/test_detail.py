@@ -292,11 +292,12 @@ class _Mirrored(torch.nn.Module):
 
 
 def test_refiner_mirror_averages_a_stage_trained_on_mirrored_crops(pairs, global_run,
-                                                                   tmp_path):
+                                                                   tmp_path, capsys):
     """The detail the Refiner adds with mirror_average is the mean of the
     stage's detail and its detail on the mirrored image, mirrored back;
-    dce-eval says so in mae.md. Refused, naming the file: a global network
-    alone, a stage left out, a stage trained without mirrored crops."""
+    dce-eval and dce-refine say so. Refused, naming the file: a global
+    network alone, a stage left out, a stage trained without mirrored crops."""
+    from dce.cli import refine
     from dce.cli.evaluate import main
     from dce.gan.inference import Refiner
 
@@ -316,6 +317,10 @@ def test_refiner_mirror_averages_a_stage_trained_on_mirrored_crops(pairs, global
 
     assert main([str(pairs), str(stage), "-o", str(tmp_path / "eval"), "--mirror-average"]) == 0
     assert "detail stage, mirror-averaged" in (tmp_path / "eval" / "mae.md").read_text()
+    capsys.readouterr()
+    assert refine.main([str(stage), "--pairs", str(pairs), "--mirror-average",
+                        "-o", str(tmp_path / "refined")]) == 0
+    assert "+ detail stage, mirror-averaged)" in capsys.readouterr().out
     with pytest.raises(ValueError, match=r"global.*last\.pt.*not a dce-train-detail"):
         Refiner(global_run, mirror_average=True)
     with pytest.raises(ValueError, match=r"d/last\.pt.*left out"):
