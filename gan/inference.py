@@ -80,13 +80,12 @@ class Refiner:
         if isinstance(state, dict) and state.get("format") == detail_stage.FORMAT:
             (enhancer, self.detail_settings, self.detail_size,
              self.depth_mm_per_unit) = detail_stage.load_enhancer(state, checkpoint, device)
+            if detail and mirror_average and not self.detail_settings.flip:
+                raise ValueError(f"{checkpoint}: its detail stage was trained without "
+                                 "mirrored crops (--no-flip); it cannot be mirror-averaged")
             if detail:
-                self.enhancer = enhancer
-            if detail and mirror_average:
-                if not self.detail_settings.flip:
-                    raise ValueError(f"{checkpoint}: its detail stage was trained without "
-                                     "mirrored crops (--no-flip); it cannot be mirror-averaged")
-                self.enhancer = detail_stage.MirrorAveraged(enhancer)
+                self.enhancer = (detail_stage.MirrorAveraged(enhancer) if mirror_average
+                                 else enhancer)
             state = state["global"]
         if mirror_average and self.enhancer is None:
             raise ValueError(f"{checkpoint}: mirror averaging applies to a detail stage, and "
