@@ -33,7 +33,7 @@ images at 256 px for every row:
 minutes per 600 iterations on 2 cores (twice that with colour) plus the
 bigger world's build. Writes
 ``benchmarks/results/detail_identities_<iterations>.md`` (DCE only) or
-``detail_identities_rgb_<iterations>.md`` (a colour build).
+``detail_identities_rgb_<iterations>.md`` (a colour build), or ``--results``.
 """
 from __future__ import annotations
 
@@ -161,6 +161,9 @@ def main():
     p.add_argument("--iterations", type=int, default=600,
                    help="detail-stage iterations per row (default: 600, the demo's)")
     p.add_argument("--out", type=Path, default=Path("out/identities"), help="work folder")
+    p.add_argument("--results", type=Path,
+                   help="the results file (default: benchmarks/results/"
+                        "detail_identities[_rgb]_<iterations>.md)")
     args = p.parse_args()
     if args.demo:
         reference, global_checkpoint = args.demo / "pairs.h5", args.demo / "run" / "last.pt"
@@ -210,7 +213,8 @@ def main():
                      f"{np.nanmean(refined['normal_error_deg']):.2f} | "
                      f"{np.nanmean(refined['face_mae_mm']):.3f} | {seconds:.0f} |")
     tag = "" if channels == "DCE" else "rgb_"
-    result = ROOT / "benchmarks" / "results" / f"detail_identities_{tag}{args.iterations}.md"
+    result = args.results or (ROOT / "benchmarks" / "results" /
+                              f"detail_identities_{tag}{args.iterations}.md")
     result.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"wrote {result}")
