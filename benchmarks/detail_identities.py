@@ -198,7 +198,8 @@ def main():
     kind = "DCE-only" if channels == "DCE" else channels
     lines = [f"# {kind} detail against the number of training identities", "",
              f"`python benchmarks/detail_identities.py {command} --identities "
-             f"{' '.join(map(str, args.identities))} --iterations {args.iterations}`: the "
+             f"{' '.join(map(str, args.identities))} --iterations {args.iterations}"
+             f"{f' --out OUT --results {args.results}' if args.results else ''}`: the "
              f"detail stage (default settings) over the global network {global_checkpoint}, "
              f"scored on {reference}'s 240 held-out images at 256 px (see the script's "
              "docstring). Where a finished training was kept, a row's time is only its "
