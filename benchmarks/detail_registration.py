@@ -1,0 +1,277 @@
+"""What a coarse fit keeps of what its landmarks say, and what that is worth
+to the missing detail band, on the built-in world.
+
+``detail_ceiling.py --redraw landmarks`` bounds ``detail_corr`` by 0.483 for
+any predictor of the band given the landmarks the coarse fit saw, while
+every trained detail stage stays near 0.24, where a plain mean band in
+template coordinates lies (``detail_probes.py``). This script measures the
+two ways the landmarks could say more than a coarse image shows:
+
+1. *The face's shape.* The identity coefficients (K) of each scan as the
+   coarse fit found them, and as the landmarks' posterior mean
+   (``detail_ceiling.landmark_posterior``: pose and coefficients given this
+   scan's noisy landmarks, the scanner's own camera, true expression),
+   against the truth: R^2 = 1 - sum (estimate - true)^2 / sum true^2 over
+   the scans, per group of components. Then what each estimate is worth:
+   the training images' missing band BP(target - coarse) regressed per
+   1 mm template bin (at each pixel's coarse-fit template coordinates, as
+   ``detail_probes.py``) on a constant and the coefficients, scored on the
+   held-out images with each estimate, and with the true coefficients (an
+   oracle), and on the fit's coefficients, expression weights and the log
+   ratio of the coarse and target cameras' scales (the face's size in mm,
+   which a fit with a free camera scale does not know).
+2. *Registration.* Each held-out pixel's template coordinates (x, y mm on
+   the model's mean face) as the coarse fit places them, and as the
+   posterior-mean face in its posterior-mean pose places them, against
+   the true face in its true pose: RMS mm over the face, in the photo's
+   view (pose 0) and in the rotated views. Then the mean band with the
+   anatomy placed exactly (table and prediction at the true template
+   coordinates, an oracle) and placed by the landmarks (table at the true
+   coordinates, prediction at the posterior's).
+
+    python benchmarks/detail_registration.py --data pairs.h5 --world world
+
+``--data`` a pair file built from ``--world`` (``dce-build synthetic``;
+``detail_identities.py`` builds bigger worlds whose held-out images are the
+default world's). Writes ``benchmarks/results/detail_registration.md``.
+About 25 minutes on 2 cores for a world of 220 identities (2,400 training
+images), most of it rendering the true faces.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import detail_probes as probes  # noqa: E402
+from common import ROOT  # noqa: E402
+from detail_ceiling import landmark_posterior, observed_landmarks  # noqa: E402
+
+from dce.gan import h5format as fmt  # noqa: E402
+from dce.gan.metrics import band_pass, detail_band_px  # noqa: E402
+from dce.geom import synthetic as S  # noqa: E402
+from dce.geom.projection import camera_from_array, rotation_from_euler  # noqa: E402
+from dce.geom.raster import rasterize  # noqa: E402
+
+BIN_MM = 1.0
+RIDGE = 5.0  # per-bin ridge penalty, in pixels (a bin holds thousands)
+SHAPE_GROUPS = {"0-2": slice(0, 3), "3-16": slice(3, None)}
+
+
+def missing_band(r: dict) -> np.ndarray:
+    """BP(target - coarse) mm of one row over its face, as dce-eval's
+    ``detail_corr`` band-passes it."""
+    valid = r["coarse_mask"] & r["face"]
+    fine, coarse = detail_band_px(r["pixel_mm"])
+    return band_pass(torch.from_numpy((r["target"] - r["coarse"]) * r["mm"])[None],
+                     torch.from_numpy(valid)[None], fine, coarse)[0].numpy()
+
+
+class TemplateGrid:
+    """1 mm bins over the template box; ``bins`` maps template (x, y) to a
+    bin index."""
+
+    def __init__(self):
+        self.x0, self.y0, width, height = probes.TEMPLATE_BOX
+        self.nx, self.ny = int(width / BIN_MM), int(height / BIN_MM)
+        self.size = self.nx * self.ny
+
+    def bins(self, uv: np.ndarray, where: np.ndarray) -> np.ndarray:
+        bx = np.clip(((uv[0][where] - self.x0) / BIN_MM).astype(int), 0, self.nx - 1)
+        by = np.clip(((uv[1][where] - self.y0) / BIN_MM).astype(int), 0, self.ny - 1)
+        return by * self.nx + bx
+
+
+def bin_sums(grid: TemplateGrid, bands: dict, uv: dict, drawn: dict) -> tuple:
+    """(pixel counts, band sums), each (training rows, bins), of the
+    training rows' bands binned at template coordinates ``uv``."""
+    rows = sorted(bands)
+    counts = np.zeros((len(rows), grid.size), np.float32)
+    sums = np.zeros_like(counts)
+    for k, i in enumerate(rows):
+        band, valid = bands[i]
+        where = valid & drawn[i]
+        b = grid.bins(uv[i], where)
+        counts[k] = np.bincount(b, minlength=grid.size)
+        sums[k] = np.bincount(b, band[where], minlength=grid.size)
+    return counts, sums
+
+
+def regression_table(counts, sums, Z: np.ndarray) -> np.ndarray:
+    """(bins, D): per bin, the band regressed on the rows' features Z
+    (rows, D) (first column the constant, not penalized), every pixel of
+    the bin weighed alike."""
+    D = Z.shape[1]
+    outer = (Z[:, :, None] * Z[:, None, :]).reshape(len(Z), D * D).astype(np.float32)
+    gram = (counts.T @ outer).astype(np.float64).reshape(-1, D, D)
+    moment = (sums.T @ Z.astype(np.float32)).astype(np.float64)
+    penalty = np.diag(np.r_[1e-6, np.full(D - 1, RIDGE)])
+    return np.linalg.solve(gram + penalty, moment[..., None])[..., 0]
+
+
+def predicted_score(grid, table, z, uv, drawn, r) -> float:
+    """``detail_corr`` of the coarse image plus the table's band at the
+    template coordinates ``uv`` (2, H, W) for features ``z`` (D,)."""
+    where = r["coarse_mask"] & drawn
+    band = np.zeros_like(r["coarse"])
+    band[where] = table[grid.bins(uv, where)] @ z
+    return probes.score(np.where(r["coarse_mask"], r["coarse"] + band / r["mm"], r["coarse"]), r)
+
+
+def posed_template(world, pairs, i, identity, coefficients, expression, rotation,
+                   translation) -> tuple:
+    """Template (x, y) mm (2, H, W) of ``identity``'s face with
+    ``coefficients`` (no detail) at a pose, rendered with row ``i``'s target
+    camera, and where drawn."""
+    P = probes.fine_surface(world, identity, coefficients, expression)
+    Q = camera_from_array(pairs.f["target_camera"][i]).project(P @ rotation.T + translation)
+    H, W = pairs.f["coarse_mask"].shape[1:]
+    image, drawn = rasterize(Q, world.fine_faces, world.fine_mean[..., :2].reshape(-1, 2), H, W)
+    return image.transpose(2, 0, 1), drawn
+
+
+def r2(estimate: np.ndarray, truth: np.ndarray) -> float:
+    """1 - SSE / sum of squares about the prior mean 0."""
+    return float(1.0 - np.square(estimate - truth).sum() / np.square(truth).sum())
+
+
+def mean_se(values) -> str:
+    v = np.asarray(values, float)
+    v = v[np.isfinite(v)]
+    return f"{v.mean():.3f} ± {v.std(ddof=1) / np.sqrt(len(v)):.3f}"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, required=True, help="pair file built from --world")
+    p.add_argument("--world", type=Path, required=True, help="the world's folder")
+    args = p.parse_args()
+    started = time.perf_counter()
+    pairs = probes.Pairs(args.data)
+    manifest = S.load_world(args.world)
+    world, seed = S.build_world(S.settings_of(manifest)), manifest.get("seed", 0)
+    records = {r["stem"]: r for r in manifest["scans"]}
+    record = [records[sid.split("/")[0]] for sid in pairs.ids]
+    train = np.flatnonzero(pairs.split == fmt.TRAIN)
+    test = np.flatnonzero(pairs.split == fmt.TEST)
+
+    # 1. the coefficients: the fit's, the landmarks' posterior mean, the truth
+    posterior = {}
+    for r in manifest["scans"]:
+        identity = S.draw_identity(world, seed, r["identity_index"])
+        plan = S.draw_scan(world, identity, seed, r["shot"])
+        noisy = observed_landmarks(world, identity, seed, plan)
+        mu, _, _ = landmark_posterior(world, plan, noisy, identity.coefficients, plan.expression)
+        posterior[r["stem"]] = (mu, identity, plan)
+    true = np.array([r["identity"] for r in manifest["scans"]])
+    fit = np.array([r["fit"]["identity"] for r in manifest["scans"]])
+    post = np.array([posterior[r["stem"]][0][5:] for r in manifest["scans"]])
+    print(f"posteriors of {len(true)} scans ({time.perf_counter() - started:.0f} s)", flush=True)
+
+    # 2. the training bands, binned at the coarse fit's and the true template coordinates
+    coarse_uv, coarse_drawn = probes.template_images(pairs, args.world, world.model.mean)
+    rows = {i: pairs.row(i) for i in np.r_[train, test]}
+    bands = {i: (missing_band(rows[i]), rows[i]["coarse_mask"] & rows[i]["face"]) for i in train}
+    true_uv, true_drawn = {}, {}
+    for n, i in enumerate(np.r_[train, test]):
+        _, identity, plan = posterior[record[i]["stem"]]
+        true_uv[i], true_drawn[i] = posed_template(
+            world, pairs, i, identity, identity.coefficients, plan.expression, plan.rotation,
+            plan.translation)
+        if n % 400 == 0:
+            print(f"true template coordinates: {n} of {len(train) + len(test)} rows "
+                  f"({time.perf_counter() - started:.0f} s)", flush=True)
+    grid = TemplateGrid()
+    at_coarse = bin_sums(grid, bands, coarse_uv, coarse_drawn)
+    at_true = bin_sums(grid, bands, true_uv, true_drawn)
+
+    log_ratio = np.log(pairs.cameras[:, 3, 0] / pairs.f["target_camera"][()][:, 3, 0])
+    one = np.ones(1)
+    features = {  # name: (features of row i, trained at the coarse fit's coordinates)
+        "the mean band": lambda i: one,
+        "the fit's identity coefficients": lambda i: np.r_[one, record[i]["fit"]["identity"]],
+        "the fit's identity and expression, and the log scale ratio of the cameras":
+            lambda i: np.r_[one, record[i]["fit"]["identity"], record[i]["fit"]["expression"],
+                            10.0 * log_ratio[i]],
+        "the landmarks' posterior-mean identity coefficients":
+            lambda i: np.r_[one, posterior[record[i]["stem"]][0][5:]],
+        "the true identity coefficients (oracle)": lambda i: np.r_[one, record[i]["identity"]],
+        "the true coefficients 0-2 (oracle)": lambda i: np.r_[one, record[i]["identity"][:3]],
+        "the true coefficients 3-16 (oracle)": lambda i: np.r_[one, record[i]["identity"][3:]],
+    }
+    scores = {}
+    for name, z in features.items():
+        table = regression_table(*at_coarse, np.stack([z(i) for i in train]))
+        scores[name] = [predicted_score(grid, table, z(i), coarse_uv[i], coarse_drawn[i], rows[i])
+                        for i in test]
+    # the true table applied with the estimates: the linear map from the
+    # shape to the band, known exactly, fed each estimate of the shape
+    z_true = features["the true identity coefficients (oracle)"]
+    table = regression_table(*at_coarse, np.stack([z_true(i) for i in train]))
+    for name, z in (("the fit's", features["the fit's identity coefficients"]),
+                    ("the posterior-mean",
+                     features["the landmarks' posterior-mean identity coefficients"])):
+        scores[f"the true coefficients' table, fed {name} coefficients"] = [
+            predicted_score(grid, table, z(i), coarse_uv[i], coarse_drawn[i], rows[i])
+            for i in test]
+    print(f"shape regressions ({time.perf_counter() - started:.0f} s)", flush=True)
+
+    # 3. registration: the coarse fit's and the posterior's template coordinates against the truth
+    mean_at_true = regression_table(*at_true, np.ones((len(train), 1)))
+    errors = {"the coarse fit": {True: [], False: []},
+              "the landmarks' posterior mean (shape and pose)": {True: [], False: []}}
+    registered = {"exact (oracle)": [], "by the landmarks' posterior mean": []}
+    for i in test:
+        mu, identity, plan = posterior[record[i]["stem"]]
+        rotation = rotation_from_euler(*mu[:3])
+        translation = plan.translation + np.array([mu[3], mu[4], 0.0])
+        post_uv, post_drawn = posed_template(world, pairs, i, identity, mu[5:], plan.expression,
+                                             rotation, translation)
+        face = true_drawn[i] & rows[i]["coarse_mask"] & rows[i]["face"]
+        photo_view = pairs.ids[i].endswith("/pose0")
+        for name, (uv, drawn) in zip(errors, ((coarse_uv[i], coarse_drawn[i]),
+                                              (post_uv, post_drawn))):
+            where = face & drawn
+            errors[name][photo_view].append(
+                np.sqrt(np.square(uv[:, where] - true_uv[i][:, where]).sum(0).mean()))
+        registered["exact (oracle)"].append(
+            predicted_score(grid, mean_at_true, one, true_uv[i], true_drawn[i], rows[i]))
+        registered["by the landmarks' posterior mean"].append(
+            predicted_score(grid, mean_at_true, one, post_uv, post_drawn, rows[i]))
+
+    lines = ["# What the coarse fit keeps of its landmarks (built-in world)", "",
+             f"`python benchmarks/detail_registration.py --data {args.data.name} --world "
+             f"{args.world.name}`: {len(true)} scans, {len(train)} training and {len(test)} "
+             f"held-out images at {pairs.f['coarse'].shape[-1]} px (see the script's docstring).",
+             "", "## The identity coefficients: R² against the truth, all scans", "",
+             "| estimate | " + " | ".join(f"components {g}" for g in SHAPE_GROUPS) + " |",
+             "|---|" + "---|" * len(SHAPE_GROUPS)]
+    for name, estimate in (("the coarse fit", fit), ("the landmarks' posterior mean", post)):
+        lines.append(f"| {name} | " + " | ".join(
+            f"{r2(estimate[:, g], true[:, g]):.2f}" for g in SHAPE_GROUPS.values()) + " |")
+    lines += ["", "## Registration: RMS error (mm) of the held-out pixels' template coordinates",
+              "", "| placed by | photo's view (pose 0) | rotated views |", "|---|---|---|"]
+    for name, e in errors.items():
+        lines.append(f"| {name} | {np.mean(e[True]):.2f} | {np.mean(e[False]):.2f} |")
+    lines += ["", "## The missing band predicted in template coordinates: held-out `detail_corr`",
+              "", "| the band per 1 mm template bin, regressed on | detail_corr, mean ± s.e. |",
+              "|---|---|"]
+    lines += [f"| {name} | {mean_se(v)} |" for name, v in scores.items()]
+    lines += [f"| the mean band, anatomy placed {name} | {mean_se(v)} |"
+              for name, v in registered.items()]
+    lines += ["", f"{time.perf_counter() - started:.0f} s on the machine that ran it."]
+    out = ROOT / "benchmarks" / "results" / "detail_registration.md"
+    out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print("\n".join(lines))
+    print(f"-> {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
