@@ -148,7 +148,8 @@ POSE_STEPS = np.array([1e-3, 1e-3, 1e-3, 1e-3, 1e-3])
 EXPRESSION_WEIGHTS = np.linspace(0.6, 1.0, 9)
 
 
-def landmark_posterior(world, plan, noisy: np.ndarray, coefficients, expression) -> tuple:
+def landmark_posterior(world, plan, noisy: np.ndarray, coefficients, expression,
+                       free_scale: bool = False) -> tuple:
     """(mean, covariance, log evidence) of theta = (yaw, pitch, roll degrees,
     x, y mm, identity coefficients (K,)) given the landmarks ``noisy`` (68,
     2) of the scan ``plan`` shows (true coefficients ``coefficients``), were
@@ -156,27 +157,35 @@ def landmark_posterior(world, plan, noisy: np.ndarray, coefficients, expression)
     linearized at the true pose (they are linear in the coefficients), a
     flat prior on the pose, N(0, I) on the coefficients. The log evidence is
     up to a constant that all expressions share. The translation along the
-    view ray does not move an orthographic landmark and is not a parameter."""
+    view ray does not move an orthographic landmark and is not a parameter.
+    ``free_scale``: the scanner's mm per pixel unknown, as to a fit with a
+    free camera scale: theta gains the face's log size (flat prior) after
+    the translation, the face scaled about the model's origin."""
     from dce.geom import synthetic
     from dce.geom.projection import rotation_from_euler
 
     camera = synthetic.scanner_camera(world.settings)
     mean, base_fields = at_landmarks(world, expression)
-    K = len(coefficients)
+    K, n_pose = len(coefficients), 6 if free_scale else 5
 
     def pixels(theta):
         R = rotation_from_euler(*theta[:3])
         T = plan.translation + np.array([theta[3], theta[4], 0.0])
-        X = mean + np.tensordot(theta[5:], base_fields, 1)
+        X = mean + np.tensordot(theta[n_pose:], base_fields, 1)
+        if free_scale:
+            X = X * np.exp(theta[5])
         return camera.project(X @ R.T + T)[:, :2].ravel()
 
-    theta0 = np.concatenate([[plan.yaw, plan.pitch, plan.roll, 0.0, 0.0], coefficients])
+    theta0 = np.concatenate([[plan.yaw, plan.pitch, plan.roll, 0.0, 0.0],
+                             np.zeros(n_pose - 5), coefficients])
     x0 = pixels(theta0)
-    steps = np.concatenate([POSE_STEPS, np.ones(K)])  # the coefficients enter linearly
-    J = np.stack([(pixels(theta0 + h * e) - x0) / h for h, e in zip(steps, np.eye(5 + K))], 1)
+    # the coefficients enter linearly; the pose (and the size) by finite differences
+    steps = np.concatenate([POSE_STEPS, np.full(n_pose - 5, 1e-3), np.ones(K)])
+    J = np.stack([(pixels(theta0 + h * e) - x0) / h for h, e in zip(steps, np.eye(n_pose + K))],
+                 1)
     sigma2 = world.settings.landmark_noise_px ** 2
     y = noisy.ravel() - (x0 - J @ theta0)  # y = J theta + noise, linearized
-    precision = J.T @ J / sigma2 + np.diag(np.concatenate([np.zeros(5), np.ones(K)]))
+    precision = J.T @ J / sigma2 + np.diag(np.concatenate([np.zeros(n_pose), np.ones(K)]))
     h = J.T @ y / sigma2
     cov = np.linalg.inv(precision)
     mu = cov @ h

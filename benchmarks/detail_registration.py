@@ -19,7 +19,8 @@ two ways the landmarks could say more than a coarse image shows:
    held-out images with each estimate, and with the true coefficients (an
    oracle), and on the fit's coefficients, expression weights and the log
    ratio of the coarse and target cameras' scales (the face's size in mm,
-   which a fit with a free camera scale does not know).
+   which a fit with a free camera scale does not know), and on the view
+   direction of the coarse camera (its z axis, to second order).
 2. *Registration.* Each held-out pixel's template coordinates (x, y mm on
    the model's mean face) as the coarse fit places them, and as the
    posterior-mean face in its posterior-mean pose places them, against
@@ -28,18 +29,32 @@ two ways the landmarks could say more than a coarse image shows:
    anatomy placed exactly (table and prediction at the true template
    coordinates, an oracle) and placed by the landmarks (table at the true
    coordinates, prediction at the posterior's).
+3. *The face drawn again.* A predictor of the target depth made of a face
+   of the world's model drawn in the scanner's frame, the pair's target
+   camera: the posterior-mean face in its posterior-mean pose (with the
+   true expression, so a little generous), alone and with the mean detail
+   (``detail_field`` averaged over DETAIL_DRAWS identities' creases); the
+   same without the scanner's mm per pixel (``free_scale``: the face's
+   size estimated with its pose and shape, as a fit with a free camera
+   scale must); the coarse fit's own face (its coefficients and
+   expression) in the posterior's pose;
+   and, as oracles, the true face with the mean detail and with its own
+   creases (no pores, no scanner noise), in the true pose. Each is scored
+   as a refinement: ``detail_corr`` of the coarse image with the predicted
+   depth where both have surface.
 
     python benchmarks/detail_registration.py --data pairs.h5 --world world
 
 ``--data`` a pair file built from ``--world`` (``dce-build synthetic``;
 ``detail_identities.py`` builds bigger worlds whose held-out images are the
 default world's). Writes ``benchmarks/results/detail_registration.md``.
-About 25 minutes on 2 cores for a world of 220 identities (2,400 training
+About 10 minutes on 2 cores for a world of 220 identities (2,400 training
 images), most of it rendering the true faces.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -55,12 +70,16 @@ from detail_ceiling import landmark_posterior, observed_landmarks  # noqa: E402
 from dce.gan import h5format as fmt  # noqa: E402
 from dce.gan.metrics import band_pass, detail_band_px  # noqa: E402
 from dce.geom import synthetic as S  # noqa: E402
+from dce.geom.face_detail import detail_field, draw_detail  # noqa: E402
 from dce.geom.projection import camera_from_array, rotation_from_euler  # noqa: E402
 from dce.geom.raster import rasterize  # noqa: E402
+from dce.geom.synthetic_world import _radial  # noqa: E402
 
 BIN_MM = 1.0
 RIDGE = 5.0  # per-bin ridge penalty, in pixels (a bin holds thousands)
 SHAPE_GROUPS = {"0-2": slice(0, 3), "3-16": slice(3, None)}
+DETAIL_DRAWS = 100  # identities' creases averaged into the mean detail
+NO_PORES = 2.0  # a grid step (mm) past detail_field's 1.25 mm: the creases without pores
 
 
 def missing_band(r: dict) -> np.ndarray:
@@ -135,6 +154,55 @@ def posed_template(world, pairs, i, identity, coefficients, expression, rotation
     return image.transpose(2, 0, 1), drawn
 
 
+def mean_detail(world, expression, cache: dict) -> np.ndarray:
+    """(nv, nu) mm: the creases of DETAIL_DRAWS drawn identities at
+    ``expression``, averaged (without pores, whose mean is 0)."""
+    key = tuple(np.round(expression, 6))
+    if key not in cache:
+        rng = np.random.default_rng(0)
+        cache[key] = np.mean([detail_field(draw_detail(rng), expression, world.fine_u,
+                                           world.fine_v, NO_PORES)
+                              for _ in range(DETAIL_DRAWS)], axis=0)
+    return cache[key]
+
+
+def drawn_face_score(world, pairs, i, r, identity, coefficients, expression, detail,
+                     rotation, translation, size: float = 1.0) -> float:
+    """``detail_corr`` of row ``i``'s coarse image with the depth of the
+    face ``coefficients`` at ``expression`` plus ``detail`` ((nv, nu) mm or
+    None), scaled by ``size`` about the model's origin, at a pose, drawn
+    with the row's target camera where both have surface."""
+    P = S.ground_truth_surface(world, dataclasses.replace(identity, coefficients=coefficients),
+                               expression, detail=False)
+    if detail is not None:
+        P = P + _radial(detail, world.fine_u[None, :])
+    Q = camera_from_array(pairs.f["target_camera"][i]).project(
+        size * P.reshape(-1, 3) @ rotation.T + translation)
+    image, drawn = rasterize(Q, world.fine_faces, Q[:, 2], *r["coarse"].shape)
+    offset, scale = pairs.f["target_offset"][i, 0], pairs.f["target_scale"][i, 0]
+    return probes.score(np.where(r["coarse_mask"] & drawn, (image[..., 0] - offset) / scale,
+                                 r["coarse"]), r)
+
+
+def cross_validated_r2(X: np.ndarray, Y: np.ndarray, folds: int = 5) -> np.ndarray:
+    """(columns of Y,) R^2 of least squares Y ~ [1, X], each fold predicted
+    by the others."""
+    X = np.c_[np.ones(len(X)), X[:, X.std(axis=0) > 1e-9]]
+    fold = np.arange(len(X)) % folds
+    predicted = np.zeros_like(Y)
+    for k in range(folds):
+        w = np.linalg.lstsq(X[fold != k], Y[fold != k], rcond=None)[0]
+        predicted[fold == k] = X[fold == k] @ w
+    return 1.0 - np.square(predicted - Y).sum(0) / np.square(Y - Y.mean(0)).sum(0)
+
+
+def view_features(camera: np.ndarray) -> np.ndarray:
+    """The view direction of a camera array (its rotation's z row, x and y
+    components, and the roll), with the direction's second-order terms."""
+    a, b, roll = 3.0 * camera[2, 0], 3.0 * camera[2, 1], 3.0 * camera[1, 0]
+    return np.array([a, b, roll, a * a, b * b, a * b])
+
+
 def r2(estimate: np.ndarray, truth: np.ndarray) -> float:
     """1 - SSE / sum of squares about the prior mean 0."""
     return float(1.0 - np.square(estimate - truth).sum() / np.square(truth).sum())
@@ -162,13 +230,23 @@ def main() -> int:
     test = np.flatnonzero(pairs.split == fmt.TEST)
 
     # 1. the coefficients: the fit's, the landmarks' posterior mean, the truth
-    posterior = {}
+    posterior, free = {}, {}
     for r in manifest["scans"]:
         identity = S.draw_identity(world, seed, r["identity_index"])
         plan = S.draw_scan(world, identity, seed, r["shot"])
         noisy = observed_landmarks(world, identity, seed, plan)
         mu, _, _ = landmark_posterior(world, plan, noisy, identity.coefficients, plan.expression)
         posterior[r["stem"]] = (mu, identity, plan)
+        free[r["stem"]] = landmark_posterior(world, plan, noisy, identity.coefficients,
+                                             plan.expression, free_scale=True)[0]
+    photo_rows = [i for i, sid in enumerate(pairs.ids) if sid.endswith("/pose0")]
+    fit_parameters = np.array([np.r_[record[i]["fit"]["identity"], record[i]["fit"]["expression"],
+                                     pairs.cameras[i].ravel()] for i in photo_rows])
+    free_posterior = np.array([free[record[i]["stem"]] for i in photo_rows])
+    refit_r2 = {"its pose (yaw, pitch, roll)": cross_validated_r2(fit_parameters,
+                                                                  free_posterior[:, :3]),
+                "its identity coefficients": cross_validated_r2(fit_parameters,
+                                                                free_posterior[:, 6:])}
     true = np.array([r["identity"] for r in manifest["scans"]])
     fit = np.array([r["fit"]["identity"] for r in manifest["scans"]])
     post = np.array([posterior[r["stem"]][0][5:] for r in manifest["scans"]])
@@ -201,6 +279,8 @@ def main() -> int:
                             10.0 * log_ratio[i]],
         "the landmarks' posterior-mean identity coefficients":
             lambda i: np.r_[one, posterior[record[i]["stem"]][0][5:]],
+        "the coarse camera's view direction (to second order)":
+            lambda i: np.r_[one, view_features(pairs.cameras[i])],
         "the true identity coefficients (oracle)": lambda i: np.r_[one, record[i]["identity"]],
         "the true coefficients 0-2 (oracle)": lambda i: np.r_[one, record[i]["identity"][:3]],
         "the true coefficients 3-16 (oracle)": lambda i: np.r_[one, record[i]["identity"][3:]],
@@ -227,6 +307,15 @@ def main() -> int:
     errors = {"the coarse fit": {True: [], False: []},
               "the landmarks' posterior mean (shape and pose)": {True: [], False: []}}
     registered = {"exact (oracle)": [], "by the landmarks' posterior mean": []}
+    drawn_faces = {name: [] for name in (
+        "the landmarks' posterior-mean face + the mean detail",
+        "the landmarks' posterior-mean face",
+        "the landmarks' posterior-mean face, the scanner's mm per pixel unknown (its size "
+        "estimated too)",
+        "the coarse fit's face (its coefficients and expression)",
+        "the true face + the mean detail, true pose (oracle)",
+        "the true face + its own creases, true pose (oracle)")}
+    details = {}
     for i in test:
         mu, identity, plan = posterior[record[i]["stem"]]
         rotation = rotation_from_euler(*mu[:3])
@@ -244,6 +333,26 @@ def main() -> int:
             predicted_score(grid, mean_at_true, one, true_uv[i], true_drawn[i], rows[i]))
         registered["by the landmarks' posterior mean"].append(
             predicted_score(grid, mean_at_true, one, post_uv, post_drawn, rows[i]))
+        average = mean_detail(world, plan.expression, details)
+        own = detail_field(identity.detail, plan.expression, world.fine_u, world.fine_v,
+                           NO_PORES)
+        fitted = record[i]["fit"]
+        unscaled = free[record[i]["stem"]]
+        for name, (coefficients, expression, detail, R, T, size) in zip(drawn_faces, (
+                (mu[5:], plan.expression, average, rotation, translation, 1.0),
+                (mu[5:], plan.expression, None, rotation, translation, 1.0),
+                (unscaled[6:], plan.expression, None, rotation_from_euler(*unscaled[:3]),
+                 plan.translation + np.array([unscaled[3], unscaled[4], 0.0]),
+                 np.exp(unscaled[5])),
+                (np.asarray(fitted["identity"]), np.asarray(fitted["expression"]), None,
+                 rotation, translation, 1.0),
+                (identity.coefficients, plan.expression, average, plan.rotation,
+                 plan.translation, 1.0),
+                (identity.coefficients, plan.expression, own, plan.rotation,
+                 plan.translation, 1.0))):
+            drawn_faces[name].append(drawn_face_score(world, pairs, i, rows[i], identity,
+                                                      coefficients, expression, detail, R, T,
+                                                      size))
 
     lines = ["# What the coarse fit keeps of its landmarks (built-in world)", "",
              f"`python benchmarks/detail_registration.py --data {args.data.name} --world "
@@ -255,6 +364,12 @@ def main() -> int:
     for name, estimate in (("the coarse fit", fit), ("the landmarks' posterior mean", post)):
         lines.append(f"| {name} | " + " | ".join(
             f"{r2(estimate[:, g], true[:, g]):.2f}" for g in SHAPE_GROUPS.values()) + " |")
+    lines += ["", "The landmarks' posterior mean without the scanner's mm per pixel, from the "
+              "coarse fit's coefficients, expression weights and camera by one linear map "
+              f"({len(photo_rows)} scans in the photo's view, 5-fold cross-validated R², "
+              "lowest and median over the parameters):", "",
+              "| the posterior's | lowest R² | median R² |", "|---|---|---|"]
+    lines += [f"| {name} | {v.min():.2f} | {np.median(v):.2f} |" for name, v in refit_r2.items()]
     lines += ["", "## Registration: RMS error (mm) of the held-out pixels' template coordinates",
               "", "| placed by | photo's view (pose 0) | rotated views |", "|---|---|---|"]
     for name, e in errors.items():
@@ -265,6 +380,11 @@ def main() -> int:
     lines += [f"| {name} | {mean_se(v)} |" for name, v in scores.items()]
     lines += [f"| the mean band, anatomy placed {name} | {mean_se(v)} |"
               for name, v in registered.items()]
+    lines += ["", "## A face of the world's model drawn in the scanner's frame: held-out "
+              "`detail_corr`", "",
+              "| the predicted target depth, in the landmarks' posterior-mean pose unless "
+              "named | detail_corr, mean ± s.e. |", "|---|---|"]
+    lines += [f"| {name} | {mean_se(v)} |" for name, v in drawn_faces.items()]
     lines += ["", f"{time.perf_counter() - started:.0f} s on the machine that ran it."]
     out = ROOT / "benchmarks" / "results" / "detail_registration.md"
     out.write_text("\n".join(lines) + "\n", encoding="utf-8")
