@@ -37,7 +37,12 @@ two ways the landmarks could say more than a coarse image shows:
    same without the scanner's mm per pixel (``free_scale``: the face's
    size estimated with its pose and shape, as a fit with a free camera
    scale must); the coarse fit's own face (its coefficients and
-   expression) in the posterior's pose;
+   expression) in the posterior's pose; a learned re-fit, which needs no
+   landmarks and no posterior: the training scans' true pose and identity
+   coefficients regressed (least squares) on their coarse fit's
+   coefficients, expression weights and the two cameras of the photo's
+   view, the held-out scans' face drawn from that regression with the
+   fit's expression weights, alone and with the mean detail;
    and, as oracles, the true face with the mean detail and with its own
    creases (no pores, no scanner noise), in the true pose. Each is scored
    as a refinement: ``detail_corr`` of the coarse image with the predicted
@@ -302,6 +307,26 @@ def main() -> int:
             for i in test]
     print(f"shape regressions ({time.perf_counter() - started:.0f} s)", flush=True)
 
+    # a re-fit learned from the training scans: their true pose and coefficients
+    # regressed on the coarse fit's parameters and the cameras of the photo's view
+    scan_row = {record[i]["stem"]: i for i in photo_rows}
+    target_cameras = pairs.f["target_camera"][()]
+
+    def refit_features(stem: str) -> np.ndarray:
+        i = scan_row[stem]
+        return np.r_[record[i]["fit"]["identity"], record[i]["fit"]["expression"],
+                     pairs.cameras[i].ravel(), target_cameras[i].ravel()]
+
+    def true_pose_and_coefficients(stem: str) -> np.ndarray:
+        _, identity, plan = posterior[stem]
+        return np.r_[plan.yaw, plan.pitch, plan.roll, plan.translation[:2], identity.coefficients]
+
+    train_scans = sorted({record[i]["stem"] for i in train} & set(scan_row))
+    X = np.array([refit_features(stem) for stem in train_scans])
+    varies = X.std(axis=0) > 1e-9
+    refit_map = np.linalg.lstsq(np.c_[np.ones(len(X)), X[:, varies]], np.array(
+        [true_pose_and_coefficients(stem) for stem in train_scans]), rcond=None)[0]
+
     # 3. registration: the coarse fit's and the posterior's template coordinates against the truth
     mean_at_true = regression_table(*at_true, np.ones((len(train), 1)))
     errors = {"the coarse fit": {True: [], False: []},
@@ -313,6 +338,8 @@ def main() -> int:
         "the landmarks' posterior-mean face, the scanner's mm per pixel unknown (its size "
         "estimated too)",
         "the coarse fit's face (its coefficients and expression)",
+        "a learned re-fit of the coarse fit, in its own pose: the face its parameters imply",
+        "... + the mean detail",
         "the true face + the mean detail, true pose (oracle)",
         "the true face + its own creases, true pose (oracle)")}
     details = {}
@@ -338,6 +365,9 @@ def main() -> int:
                            NO_PORES)
         fitted = record[i]["fit"]
         unscaled = free[record[i]["stem"]]
+        guess = np.r_[1.0, refit_features(record[i]["stem"])[varies]] @ refit_map
+        guess_expression = np.clip(fitted["expression"], 0.0, None)
+        guess_pose = (rotation_from_euler(*guess[:3]), np.r_[guess[3:5], plan.translation[2]])
         for name, (coefficients, expression, detail, R, T, size) in zip(drawn_faces, (
                 (mu[5:], plan.expression, average, rotation, translation, 1.0),
                 (mu[5:], plan.expression, None, rotation, translation, 1.0),
@@ -346,6 +376,9 @@ def main() -> int:
                  np.exp(unscaled[5])),
                 (np.asarray(fitted["identity"]), np.asarray(fitted["expression"]), None,
                  rotation, translation, 1.0),
+                (guess[5:], guess_expression, None, *guess_pose, 1.0),
+                (guess[5:], guess_expression, mean_detail(world, guess_expression, details),
+                 *guess_pose, 1.0),
                 (identity.coefficients, plan.expression, average, plan.rotation,
                  plan.translation, 1.0),
                 (identity.coefficients, plan.expression, own, plan.rotation,
