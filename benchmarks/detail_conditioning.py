@@ -4,7 +4,7 @@
 image can tell of the missing band is mostly mid-scale shape that depends on
 the whole face (cheeks, nose, folds), while the stage sees 96 px crops. Here
 the stage's half-resolution features are modulated (FiLM: x (1 + gamma) +
-beta, starting at the identity) by a code of the whole face, in two forms:
+beta, starting at the identity) by a code of the whole face, in three forms:
 
 - ``image``: an encoder of the whole coarse depth and global correction,
   pooled to 64 px (four stride-2 convolutions, 64 numbers);
