@@ -30,6 +30,22 @@ def best_and_median(fn, repeats: int, unit: float = 1.0) -> tuple:
     return float(t.min()), float(np.median(t))
 
 
+def mean_se(values) -> str:
+    """"mean ± standard error" (3 decimals) of the finite values."""
+    v = np.asarray(values, float)
+    v = v[np.isfinite(v)]
+    return f"{v.mean():.3f} ± {v.std(ddof=1) / np.sqrt(len(v)):.3f}"
+
+
+def write_report(lines: list, out: Path) -> int:
+    """Write a results file's ``lines``, print them and where they went; 0
+    (a script's exit status)."""
+    out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print("\n".join(lines))
+    print(f"-> {out}")
+    return 0
+
+
 def demo_stage_parser(doc: str) -> argparse.ArgumentParser:
     """The parser of a benchmark that trains detail stages over a finished
     demo's global network: ``--demo`` and ``--iterations`` (600, the demo's)."""

@@ -52,7 +52,7 @@ import torch
 from scipy.ndimage import gaussian_filter
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT  # noqa: E402
+from common import ROOT, mean_se, write_report  # noqa: E402
 from detail_ceiling import coefficient_posterior  # noqa: E402
 
 from dce.gan import h5format as fmt  # noqa: E402
@@ -266,16 +266,9 @@ def main() -> int:
              f"{n} held-out images at {pairs.f['coarse'].shape[-1]} px; predictors without "
              "training (see the script's docstring), scored with dce-eval's detail_corr.", "",
              "| predictor | detail_corr, mean ± s.e. |", "|---|---|"]
-    for name, values in scores.items():
-        v = np.asarray(values, float)
-        v = v[np.isfinite(v)]
-        lines.append(f"| {name} | {v.mean():.3f} ± {v.std(ddof=1) / np.sqrt(len(v)):.3f} |")
+    lines += [f"| {name} | {mean_se(values)} |" for name, values in scores.items()]
     lines += ["", f"{time.perf_counter() - started:.0f} s on the machine that ran it."]
-    out = ROOT / "benchmarks" / "results" / "detail_probes.md"
-    out.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    print("\n".join(lines))
-    print(f"-> {out}")
-    return 0
+    return write_report(lines, ROOT / "benchmarks" / "results" / "detail_probes.md")
 
 
 if __name__ == "__main__":

@@ -73,7 +73,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import detail_probes as probes  # noqa: E402
-from common import ROOT  # noqa: E402
+from common import ROOT, mean_se, write_report  # noqa: E402
 from detail_ceiling import landmark_posterior, observed_landmarks  # noqa: E402
 
 from dce.gan import h5format as fmt  # noqa: E402
@@ -227,12 +227,6 @@ def view_features(camera: np.ndarray) -> np.ndarray:
 def r2(estimate: np.ndarray, truth: np.ndarray) -> float:
     """1 - SSE / sum of squares about the prior mean 0."""
     return float(1.0 - np.square(estimate - truth).sum() / np.square(truth).sum())
-
-
-def mean_se(values) -> str:
-    v = np.asarray(values, float)
-    v = v[np.isfinite(v)]
-    return f"{v.mean():.3f} ± {v.std(ddof=1) / np.sqrt(len(v)):.3f}"
 
 
 def main() -> int:
@@ -443,11 +437,7 @@ def main() -> int:
         lines.append(f"| {name} | {mean_se(v[:, 0])} | {np.nanmean(v[:, 1]):.2f} | "
                      f"{np.nanmean(v[:, 2]):.3f} |")
     lines += ["", f"{time.perf_counter() - started:.0f} s on the machine that ran it."]
-    out = ROOT / "benchmarks" / "results" / "detail_registration.md"
-    out.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    print("\n".join(lines))
-    print(f"-> {out}")
-    return 0
+    return write_report(lines, ROOT / "benchmarks" / "results" / "detail_registration.md")
 
 
 if __name__ == "__main__":
