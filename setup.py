@@ -47,6 +47,7 @@ setup(
             "dce-eval-mesh=dce.cli.eval_mesh:main",
             "dce-landmarks=dce.cli.landmarks:main",
             "dce-refine=dce.cli.refine:main",
+            "dce-refit=dce.cli.refit:main",
             "dce-train=dce.cli.train:main",
             "dce-train-detail=dce.cli.train_detail:main",
         ],

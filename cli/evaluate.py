@@ -3,7 +3,7 @@ dce-train-detail) on a pair file's held-out split, at the file's resolution
 whatever resolution the model was trained to: the paper's MAE (Eq. 4) in
 normalized units and mm, the face MAE, the normal error (degrees), the
 detail correlation and the roughness, for the coarse input and the refined
-output (mean +- std over images), written as mae.md and mae.csv, with
+output (mean +- std over images; with --refit also the re-fit coarse images), written as mae.md and mae.csv, with
 optional error heat maps (paper Fig. 4; depth and normal error) and shaded
 coarse | refined | target pictures."""
 from __future__ import annotations
@@ -42,6 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="average the detail stage's output with its output on the mirrored "
                         "image, mirrored back (a self-ensemble; twice the stage's time; "
                         "docs/detail-stage.md)")
+    p.add_argument("--refit", type=Path, default=None, metavar="REFIT.h5",
+                   help="a re-fit of DATA written by dce-refit: the model reads its coarse "
+                        "images, a 'refit' row scores them alone, and every row is still "
+                        "measured against DATA's coarse input (default: none)")
     p.add_argument("--batch-size", type=integer(1), default=8,
                    help="images per batch")
     p.add_argument("--device", default="cpu", help="torch device")
@@ -62,7 +66,7 @@ def main(argv=None) -> int:
         scores, kept, info = evaluate(args.checkpoint, args.data, args.split, args.batch_size,
                                       args.device, keep_images=args.heatmaps,
                                       resolution=args.resolution, detail=not args.no_detail,
-                                      mirror_average=args.mirror_average,
+                                      mirror_average=args.mirror_average, refit=args.refit,
                                       log=lambda line: print(line, flush=True))
         md, csv_path = write_table(scores, args.out, info)
         print(md.read_text(encoding="utf-8"))

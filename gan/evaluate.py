@@ -82,7 +82,7 @@ def depth_roughness(depth: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 
 def evaluate(checkpoint, data, split: str = "test", batch_size: int = 8, device: str = "cpu",
              keep_images: int = 0, resolution: int | None = None, detail: bool = True,
-             mirror_average: bool = False, log=None):
+             mirror_average: bool = False, refit=None, log=None):
     """Scores of a checkpoint (dce-train's or a detail stage's) on a pair
     file's split at the file's resolution (or pooled to ``resolution``), and
     the first ``keep_images`` (coarse, refined, target depth in [-1, 1], mm
@@ -90,7 +90,10 @@ def evaluate(checkpoint, data, split: str = "test", batch_size: int = 8, device:
     stage's global network alone; ``mirror_average`` averages the detail
     stage with its mirror (``Refiner``). ``checkpoint`` may be a ready
     Refiner (its own ``device``, ``detail`` and ``mirror_average`` then
-    stand). ``log`` (a callable taking a line, or None) hears the progress
+    stand). ``refit``: a re-fit pair file of ``data`` (``dce-refit``): the
+    network then reads its coarse images, and a ``refit`` row scores them
+    as they are; every figure is still taken against ``data``'s coarse
+    input. ``log`` (a callable taking a line, or None) hears the progress
     about every 10 seconds and at the end."""
     from .detail import pixel_sizes, require_finite_networks
     from .inference import Refiner
@@ -108,25 +111,32 @@ def evaluate(checkpoint, data, split: str = "test", batch_size: int = 8, device:
                             f"{list(refiner.input_channels)})") from None
     h5format.check_normalization(refiner.normalization, h5format.normalization(dataset.summary),
                                  checkpoint, data)
+    inputs = dataset if refit is None else refit_inputs(refit, data, dataset, refiner, split,
+                                                        resolution, checkpoint)
     r = dataset.resolution
     pixel_mm = torch.from_numpy(pixel_sizes(data, dataset.indices) * (dataset.height / r))
     depth_in = refiner.input_channels.index("depth")
     depth_out = refiner.output_channels.index("depth")
-    parts = {m: {k: [] for k in METRICS} for m in ("coarse", "refined")}
+    models = ("coarse", "refined") if refit is None else ("coarse", "refit", "refined")
+    parts = {m: {k: [] for k in METRICS} for m in models}
     target_roughness, kept = [], []
     if not (isinstance(batch_size, int) and batch_size >= 1):
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     t0 = last_report = time.perf_counter()
     for start in range(0, len(dataset), batch_size):
-        items = dataset.fetch(range(start, min(start + batch_size, len(dataset))))
+        batch = range(start, min(start + batch_size, len(dataset)))
+        items = dataset.fetch(batch)
         x = torch.stack([it["coarse"] for it in items])
+        x_in = x if inputs is dataset else torch.stack([it["coarse"] for it in inputs.fetch(batch)])
         y = torch.stack([it["target"] for it in items])[:, 0]
         face = torch.stack([it["target_mask"] for it in items])[:, 0] > 0
         mm = torch.stack([it["target_scale"][0] for it in items]).abs().float()
         px = pixel_mm[start:start + len(items)].float()
         coarse = x[:, depth_in]
-        refined = torch.from_numpy(refiner(x.numpy()))[:, depth_out]
-        for name, prediction in (("coarse", coarse), ("refined", refined)):
+        refined = torch.from_numpy(refiner(x_in.numpy()))[:, depth_out]
+        predictions = {"coarse": coarse, "refit": x_in[:, depth_in], "refined": refined}
+        for name in models:
+            prediction = predictions[name]
             figures = parts[name]
             mae = image_mae(prediction, y)
             figures["eq4_mae"].append(mae / 2)
@@ -150,7 +160,25 @@ def evaluate(checkpoint, data, split: str = "test", batch_size: int = 8, device:
     return scores, kept, {"resolution": r, "config": refiner.settings.config, "split": split,
                           "images": len(dataset), "detail": refiner.enhancer is not None,
                           "mirror_average": refiner.mirror_average,
-                          "trained_resolution": refiner.resolution}
+                          "trained_resolution": refiner.resolution,
+                          "refit": None if refit is None else str(refit)}
+
+
+def refit_inputs(refit, data, dataset, refiner, split: str, resolution, checkpoint):
+    """The :class:`PairDataset` of a re-fit pair file of ``data``, refused
+    (PairFileError naming both) unless it holds the same samples in the same
+    split and normalization."""
+    from .data import PairDataset
+
+    inputs = PairDataset(refit, split, refiner.input_channels, ("depth",),
+                         resolution=resolution, augment=False)
+    ours, theirs = (list(np.asarray(d._ids)[d.indices]) for d in (dataset, inputs))
+    if ours != theirs:
+        raise PairFileError(f"{refit}: not a re-fit of {data}: its {split} samples differ "
+                            f"({len(theirs)} vs {len(ours)}; run dce-refit on {data})")
+    h5format.check_normalization(refiner.normalization, h5format.normalization(inputs.summary),
+                                 checkpoint, refit)
+    return inputs
 
 
 def write_table(scores: Scores, out_dir, info: dict) -> tuple:
@@ -165,7 +193,9 @@ def write_table(scores: Scores, out_dir, info: dict) -> tuple:
         writer.writerows(rows)
     model = f"configuration {info['config']}, trained to {info['trained_resolution']} px" + (
         " + detail stage" if info.get("detail") else "") + (
-        ", mirror-averaged" if info.get("mirror_average") else "")
+        ", mirror-averaged" if info.get("mirror_average") else "") + (
+        f", reading the re-fit coarse images of {Path(info['refit']).name}"
+        if info.get("refit") else "")
     which = SPLIT_WORDS[info["split"]]
     lines = [f"{info['images']} {which} at {info['resolution']} px; {model}", "",
              markdown_table(rows)]

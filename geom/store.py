@@ -323,9 +323,11 @@ class PairWriter:
         self._segments[seg] = {r["sample_id"] for r in self._pending}
         self._pending = []
 
-    def finalize(self, seed: int, test_fraction: float = fmt.DEFAULT_TEST_FRACTION) -> dict:
+    def finalize(self, seed: int, test_fraction: float = fmt.DEFAULT_TEST_FRACTION,
+                 subject_split: dict | None = None) -> dict:
         """Sort the samples by id, assign the split (``seed``, ``test_fraction``
-        of the subjects to test), write ``path`` atomically and delete the
+        of the subjects to test; or ``subject_split``, {subject: TRAIN or
+        TEST}, e.g. another file's), write ``path`` atomically and delete the
         partial build; returns ``h5format.validate(path)``."""
         if self._closed:
             raise ValueError(f"{self.partial}: writer is closed")
@@ -337,7 +339,7 @@ class PairWriter:
             raise EmptyBuildError(f"{os.fspath(self.path)}: no sample was built, so no file "
                                   f"is written")
         _assemble(sorted(self._segments), self.path, self.channels, self.height, self.width,
-                  self.config, self.compression, self.shard, seed, test_fraction)
+                  self.config, self.compression, self.shard, seed, test_fraction, subject_split)
         self._closed = True
         self._release_lock()
         shutil.rmtree(self.partial)
@@ -360,11 +362,12 @@ def _same_storage(a: h5py.Dataset, b: h5py.Dataset) -> bool:
 
 
 def _assemble(paths, out_path: str, channels, H: int, W: int, config: dict, compression,
-              shard, seed: int, test_fraction: float) -> None:
+              shard, seed: int, test_fraction: float, subject_split: dict | None = None) -> None:
     """Write the samples of the pair files ``paths`` (segments or shards) to
-    ``out_path`` sorted by sample_id, with the split, via ``<out>.tmp`` and an
-    atomic rename. Sources are opened one at a time (a build may have
-    thousands of segments)."""
+    ``out_path`` sorted by sample_id, with the split (``subject_split``
+    {subject: TRAIN or TEST} when given, else drawn from ``seed`` and
+    ``test_fraction``), via ``<out>.tmp`` and an atomic rename. Sources are
+    opened one at a time (a build may have thousands of segments)."""
     ids = []
     for s, p in enumerate(paths):
         with h5py.File(p, "r") as f:
@@ -405,7 +408,11 @@ def _assemble(paths, out_path: str, channels, H: int, W: int, config: dict, comp
             for name, values in small.items():
                 out[name][...] = values if name in fmt.STRING_DATASETS else np.stack(values)
         subjects = small["subject"]
-        which = fmt.split_subjects(subjects, seed, test_fraction)
+        which = (fmt.split_subjects(subjects, seed, test_fraction) if subject_split is None
+                 else subject_split)
+        unknown = sorted(set(subjects) - set(which))
+        if unknown:
+            raise fmt.PairFileError(f"{out_path}: no split given for subjects {unknown[:5]}")
         split = _create(g, fmt.SPLIT, N, C, H, W, compression)
         if N:
             split[...] = np.array([which[x] for x in subjects], dtype=np.uint8)
