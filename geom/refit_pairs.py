@@ -80,15 +80,21 @@ def photo_view_rows(sample_ids, poses) -> dict:
     return rows
 
 
-def coarse_mesh_of(provenance: str, where: str) -> str:
-    """The coarse mesh file a row's provenance names; refused when the
-    coarse side was not a mesh file (a fit made during the build)."""
+def coarse_mesh_of(provenance: str, where: str, pairs: PathLike = ".") -> Path:
+    """The coarse mesh file a row's provenance names. A relative path is
+    the build's working folder's: tried from the current folder, then from
+    the pair file's folder and each one above it. Refused when no such
+    file exists (e.g. the coarse side was a fit made during the build)."""
     coarse = json.loads(provenance).get("coarse", "")
-    if not Path(coarse).is_file():
-        raise FormatError(f"{where}: its coarse side {coarse!r} is not a mesh file that exists; "
-                          "a re-fit reads the coarse meshes the pair file was built from "
-                          "(dce-build synthetic, or --coarse-dir with meshes of the model)")
-    return coarse
+    path = Path(coarse)
+    bases = [Path.cwd()] + ([] if path.is_absolute() else list(Path(pairs).resolve().parents))
+    for base in bases:
+        if (base / path).is_file():
+            return base / path
+    raise FormatError(f"{where}: its coarse side {coarse!r} is not a mesh file found from "
+                      f"{bases[0]} or the pair file's folders; a re-fit reads the coarse meshes "
+                      "the pair file was built from (dce-build synthetic, or --coarse-dir with "
+                      "meshes of the model)")
 
 
 def target_depth(f: h5py.File, i: int) -> tuple:
@@ -116,7 +122,7 @@ def _pair_fit(job: tuple) -> tuple:
     model, f = _open(model_path, pairs_path)
     where = f"{pairs_path}: {pair_id}"
     identity, expression = model_coefficients(
-        model, load_mesh(coarse_mesh_of(f["provenance"][i], where)).vertices, where)
+        model, load_mesh(coarse_mesh_of(f["provenance"][i], where, pairs_path)).vertices, where)
     camera = camera_from_array(f["coarse_camera"][i])
     features = refit_features(identity, expression, camera)
     if not train:
@@ -260,8 +266,8 @@ def refit_pairs(pairs: PathLike, model_path: PathLike, out: PathLike, *,
                         j = photo_rows[pid]
                         where = f"{pairs}: {pid}"
                         identity, expression = model_coefficients(
-                            model, load_mesh(coarse_mesh_of(f["provenance"][j], where)).vertices,
-                            where)
+                            model, load_mesh(coarse_mesh_of(f["provenance"][j], where, pairs))
+                            .vertices, where)
                     photo = camera_from_array(f["coarse_camera"][photo_rows[pid]])
                     fits[pid] = place_refit(model, refit_map.predict(identity, expression, photo),
                                             FaceFit(identity, expression), photo,
