@@ -28,7 +28,9 @@ from pathlib import Path
 
 def build_parser() -> argparse.ArgumentParser:
     from dce.cli.options import HelpFormatter, integer, number
+    from dce.geom.refit_pairs import RefitSettings
 
+    defaults = RefitSettings()
     p = argparse.ArgumentParser(prog="dce-refit", description=__doc__,
                                 formatter_class=HelpFormatter)
     p.add_argument("pairs", type=Path, help="DCE pair file from dce-build")
@@ -37,11 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "world/world_model.npz; a .npz, .h5 or .mat model dce-build reads)")
     p.add_argument("-o", "--out", type=Path, default=Path("refit.h5"),
                    help="the re-fit pair file to write; its map goes to OUT.map.npz")
-    p.add_argument("--iterations", type=integer(1), default=6,
+    p.add_argument("--iterations", type=integer(1), default=defaults.iterations,
                    help="Gauss-Newton steps of each training pair's dense fit")
-    p.add_argument("--ridge", type=number(0.0), default=1e-3,
+    p.add_argument("--ridge", type=number(0.0), default=defaults.ridge,
                    help="ridge penalty of the map, per training pair, on standardized features")
-    p.add_argument("--workers", type=integer(1), default=1,
+    p.add_argument("--workers", type=integer(1), default=defaults.workers,
                    help="processes for the dense fits")
     return p
 
@@ -51,13 +53,13 @@ def main(argv=None) -> int:
     from dce.cli.options import OutputError, check_output, is_pair_file
     from dce.gan.h5format import PairFileError
     from dce.geom.records import FormatError
-    from dce.geom.refit_pairs import refit_pairs
+    from dce.geom.refit_pairs import RefitSettings, refit_pairs
 
     try:
         check_output(args.out, [args.pairs, args.model], replaceable=is_pair_file,
                      what="re-fit pair file")
-        report = refit_pairs(args.pairs, args.model, args.out, iterations=args.iterations,
-                             ridge=args.ridge, workers=args.workers)
+        settings = RefitSettings(args.iterations, args.ridge, args.workers)
+        report = refit_pairs(args.pairs, args.model, args.out, settings=settings)
     except (OutputError, PairFileError, FormatError, ValueError, OSError) as error:
         print(f"dce-refit: error: {error}", file=sys.stderr)
         return 2

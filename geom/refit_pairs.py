@@ -49,6 +49,17 @@ from .refit import (
 GEOMETRY = ("depth", "curvature", "elevation")
 
 
+@dataclass(frozen=True)
+class RefitSettings:
+    """How :func:`refit_pairs` learns its map: Gauss-Newton ``iterations``
+    per training pair's dense fit, the map's ``ridge`` (per training pair,
+    on standardized features) and ``workers`` processes for the fits."""
+
+    iterations: int = 6
+    ridge: float = 1e-3
+    workers: int = 1
+
+
 @dataclass
 class RefitReport:
     """What :func:`refit_pairs` did: the pair file written, the map (learned
@@ -169,12 +180,13 @@ def refit_sample(f: h5py.File, i: int, model, placed: PlacedRefit, config: dict,
                   f["pose"][i], camera_array(camera), f["target_camera"][i], source)
 
 
-def _learn(pairs_path: str, model_path: str, f: h5py.File, photo_rows: dict, split, iterations,
-           ridge, workers, log) -> tuple:
+def _learn(pairs_path: str, model_path: str, photo_rows: dict, split,
+           settings: RefitSettings, log) -> tuple:
     """(the map, {pair id: (identity, expression, features)}) from the
     training pairs' dense fits."""
-    jobs = [(model_path, pairs_path, pid, i, split[i] == fmt.TRAIN, iterations)
+    jobs = [(model_path, pairs_path, pid, i, split[i] == fmt.TRAIN, settings.iterations)
             for pid, i in sorted(photo_rows.items())]
+    workers = settings.workers
     results, t0, last = [], time.perf_counter(), time.perf_counter()
     context = multiprocessing.get_context("spawn")
     pool = context.Pool(workers) if workers > 1 else None
@@ -197,21 +209,20 @@ def _learn(pairs_path: str, model_path: str, f: h5py.File, photo_rows: dict, spl
                          "least 2")
     X, Y, rms = (np.array(a) for a in zip(*trained))
     model = _open(model_path, pairs_path)[0]
-    refit_map = learn_refit_map(X, Y, model.n_identity, model.n_expression, ridge,
+    refit_map = learn_refit_map(X, Y, model.n_identity, model.n_expression, settings.ridge,
                                 model=str(model_path), pairs=len(trained),
                                 fit_rms_mm=float(rms.mean()))
     return refit_map, coarse
 
 
 def refit_pairs(pairs: PathLike, model_path: PathLike, out: PathLike, *,
-                map_path: PathLike | None = None, iterations: int = 6, ridge: float = 1e-3,
-                workers: int = 1, log=print) -> RefitReport:
+                map_path: PathLike | None = None, settings: RefitSettings = RefitSettings(),
+                log=print) -> RefitReport:
     """Write ``out``: ``pairs`` with its coarse images re-fitted (module
     docstring), and the map at ``map_path`` (default :func:`map_path_of`).
     A map already there, learned from this same pair file (its text
     digest) with this model, is reused; otherwise it is learned from the
-    training split with ``iterations`` Gauss-Newton steps per dense fit and
-    ``ridge``. Rendering resumes an interrupted run (the file is written
+    training split with ``settings``. Rendering resumes an interrupted run (the file is written
     whole at the end, :class:`~dce.geom.store.PairWriter`)."""
     start = time.perf_counter()
     pairs, model_path, out = Path(pairs), Path(model_path), Path(out)
@@ -243,8 +254,8 @@ def refit_pairs(pairs: PathLike, model_path: PathLike, out: PathLike, *,
             log(f"dce-refit: {len(photo_rows)} pairs; the model fitted densely to the "
                 f"{int(sum(split[i] == fmt.TRAIN for i in photo_rows.values()))} training "
                 f"pairs' targets")
-            refit_map, coarse = _learn(str(pairs), str(model_path), f, photo_rows, split,
-                                       iterations, ridge, workers, log)
+            refit_map, coarse = _learn(str(pairs), str(model_path), photo_rows, split,
+                                       settings, log)
             refit_map = refit_map.with_digest(digest)
             save_refit_map(map_path, refit_map)
             log(f"dce-refit: map learned from {refit_map.pairs} pairs (dense fits "

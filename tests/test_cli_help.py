@@ -8,7 +8,17 @@ import re
 
 import pytest
 
-from dce.cli import build, demo, eval_mesh, evaluate, landmarks, refine, train, train_detail
+from dce.cli import (
+    build,
+    demo,
+    eval_mesh,
+    evaluate,
+    landmarks,
+    refine,
+    refit,
+    train,
+    train_detail,
+)
 from dce.gan.detail import DetailSettings
 from dce.gan.h5format import DEFAULT_TEST_FRACTION
 from dce.gan.train import TrainSettings
@@ -24,6 +34,7 @@ COMMANDS = [
     ("dce-eval-mesh", eval_mesh.build_parser, ["--pred", "p", "--gt", "g"]),
     ("dce-landmarks", landmarks.build_parser, ["photo.png"]),
     ("dce-demo", demo.build_parser, []),
+    ("dce-refit", refit.build_parser, ["pairs.h5", "--model", "model.npz"]),
 ]
 BUILD_SUBCOMMANDS = {
     "synthetic": [], "frgc": ["root"], "bosphorus": ["root"], "manifest": ["pairs.csv"],

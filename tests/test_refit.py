@@ -4,6 +4,7 @@ fit that finds a planted face and pose again, the pixel Jacobian against
 re-rendered differences, a map that recovers a planted linear relation,
 and the pair file pass end to end on a tiny world."""
 import json
+import re
 
 import h5py
 import numpy as np
@@ -26,7 +27,7 @@ from dce.geom.refit import (
     refit_features,
     save_refit_map,
 )
-from dce.geom.refit_pairs import map_path_of, photo_view_rows, refit_pairs
+from dce.geom.refit_pairs import RefitSettings, map_path_of, photo_view_rows, refit_pairs
 
 SIZE = 128
 
@@ -178,7 +179,8 @@ def tiny(tmp_path_factory):
 def test_refit_pairs_end_to_end(tiny):
     pairs, out = tiny / "pairs.h5", tiny / "refit.h5"
     lines = []
-    report = refit_pairs(pairs, tiny / "world" / "world_model.npz", out, iterations=3,
+    report = refit_pairs(pairs, tiny / "world" / "world_model.npz", out,
+                         settings=RefitSettings(iterations=3),
                          log=lines.append)
     summary = validate(out)
     assert summary["channels"] == validate(pairs)["channels"]
@@ -263,8 +265,8 @@ def test_eval_reads_the_refit_images_and_scores_them_against_the_coarse(tiny, tm
 
     pairs, refit = tiny / "pairs.h5", tiny / "refit.h5"
     if not refit.exists():
-        refit_pairs(pairs, tiny / "world" / "world_model.npz", refit, iterations=3,
-                    log=lambda *a: None)
+        refit_pairs(pairs, tiny / "world" / "world_model.npz", refit,
+                    settings=RefitSettings(iterations=3), log=lambda *a: None)
     settings = TrainSettings(data=str(pairs), out=str(tmp_path / "run"), preset="tiny",
                              batch_size=2, workers=0, iters_per_resolution=2, log_every=1000,
                              checkpoint_every=1000)
@@ -297,3 +299,38 @@ def test_eval_reads_the_refit_images_and_scores_them_against_the_coarse(tiny, tm
                 workers=1, progress=False, log=lambda *a: None)
     with pytest.raises(PairFileError, match=r"photo_views\.h5: not a re-fit of .*pairs\.h5"):
         evaluate(checkpoint, pairs, refit=other)
+
+
+def test_coarse_mesh_paths_relative_to_the_build_folder(tmp_path, monkeypatch):
+    from dce.geom.refit_pairs import coarse_mesh_of
+
+    mesh = tmp_path / "demo" / "world" / "coarse" / "a.ply"
+    mesh.parent.mkdir(parents=True)
+    mesh.write_text("ply")
+    provenance = json.dumps({"coarse": "demo/world/coarse/a.ply"})
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert coarse_mesh_of(provenance, "p", tmp_path / "demo" / "pairs.h5") == mesh
+    fitted = json.dumps({"coarse": "fit of ict.npz to the 2D landmarks (residual 1.2 px)"})
+    with pytest.raises(FormatError, match=r"p: its coarse side 'fit of ict\.npz.*not a mesh"):
+        coarse_mesh_of(fitted, "p", tmp_path / "demo" / "pairs.h5")
+
+
+def test_dce_refit_command(tiny, tmp_path, capsys):
+    from dce.cli import refit as refit_cli
+
+    assert refit_cli.main([str(tmp_path / "missing.h5"), "--model",
+                           str(tiny / "world" / "world_model.npz"),
+                           "-o", str(tmp_path / "out.h5")]) == 2
+    assert "missing.h5" in capsys.readouterr().err
+    pairs = tiny / "pairs.h5"
+    assert refit_cli.main([str(pairs), "--model", str(tiny / "world" / "world_model.npz"),
+                           "-o", str(pairs)]) == 2
+    assert "one of the command's inputs" in capsys.readouterr().err
+    out = tmp_path / "refit.h5"
+    assert refit_cli.main([str(pairs), "--model", str(tiny / "world" / "world_model.npz"),
+                           "-o", str(out), "--iterations", "2", "--workers", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert re.search(r"\d+ images of \d+ pairs re-fitted ->", printed)
+    assert validate(out)["n_samples"] == validate(pairs)["n_samples"]
