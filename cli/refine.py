@@ -74,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the mesh's 68 landmarks: vertex indices (.txt one a line, .npy, .npz) "
                         "or x y z points in mm (.txt); required with --landmarks/--photo "
                         "(default: none)")
+    p.add_argument("--refit", type=Path, default=None, metavar="MAP.npz",
+                   help="with --mesh (a face of the map's morphable model): refine the mesh's "
+                        "learned re-fit (a dce-refit map, OUT.map.npz; docs/refit.md) instead "
+                        "of the mesh (default: none)")
     # The rendering options default to the normalization the checkpoint
     # carries (that of the pair file it was trained on); a checkpoint from
     # before dce stored one gets the build's defaults.
@@ -136,8 +140,9 @@ def parse_args(argv=None):
         if args.camera is None and args.landmarks_3d is None:
             p.error(f"{given[0]} needs --landmarks-3d (the mesh's 68 landmarks)")
     elif any(v is not None for v in (args.camera, args.landmarks, args.photo,
-                                     args.landmarks_3d)):
-        p.error("--camera, --landmarks, --photo and --landmarks-3d go with --mesh")
+                                     args.landmarks_3d, args.refit)):
+        p.error("--camera, --landmarks, --photo, --landmarks-3d and --refit go with --mesh "
+                "(a re-fit pair file goes to --pairs as it is)")
     if args.pairs is None and args.sample is not None:
         p.error("--sample goes with --pairs")
     if not args.keep_topology and (args.blend_mm is not None or args.displacement_ply):
@@ -183,7 +188,7 @@ def mesh_coarse(args, refiner, settings):
     from dce.geom.io import FormatError, load_mesh, read_landmarks
     from dce.geom.landmarks import NoFaceError, detect_landmarks, load_image
     from dce.geom.projection import read_camera
-    from dce.geom.refine import coarse_from_mesh
+    from dce.geom.refine import coarse_from_mesh, refit_mesh
 
     mesh = load_mesh(args.mesh)
     landmarks_3d = camera = landmarks_2d = photo = None
@@ -207,11 +212,29 @@ def mesh_coarse(args, refiner, settings):
         raise ValueError(f"--size {settings.size} is not a multiple of the resolution of "
                          f"{args.checkpoint} ({refiner.resolution} px)")
     try:  # e.g. landmarks that do not fit, or RGB channels of a mesh without colours
+        if args.refit is not None:
+            mesh, landmarks_3d, camera = refit_mesh(
+                mesh, *_refit_map_and_model(args.refit), settings, camera=camera,
+                landmarks_2d=landmarks_2d, landmarks_3d=landmarks_3d, name=args.mesh)
+            landmarks_2d = None
+            print(f"refining the learned re-fit of {args.mesh} ({args.refit})")
         return coarse_from_mesh(mesh, refiner, settings, camera=camera,
                                 landmarks_2d=landmarks_2d, photo=photo,
                                 landmarks_3d=landmarks_3d, model_name=args.checkpoint)
     except ValueError as error:
         raise FormatError(f"{args.mesh}: {error}") from None
+
+
+def _refit_map_and_model(path):
+    """A dce-refit map and the morphable model it draws (its recorded path)."""
+    from dce.geom.io import FormatError
+    from dce.geom.morphable import load_model
+    from dce.geom.refit import load_refit_map
+
+    refit_map = load_refit_map(path)
+    if not Path(refit_map.model).is_file():
+        raise FormatError(f"{path}: the map draws the model {refit_map.model}, which is missing")
+    return refit_map, load_model(refit_map.model)
 
 
 def report(result, files) -> None:
@@ -238,7 +261,8 @@ def main(argv=None) -> int:
 
     try:
         check_output(args.out, [args.checkpoint, args.pairs, args.mesh, args.camera,
-                                args.landmarks, args.photo, args.landmarks_3d], is_dir=True)
+                                args.landmarks, args.photo, args.landmarks_3d, args.refit],
+                     is_dir=True)
         if args.landmarks_out is not None:
             check_output(args.landmarks_out, [args.landmarks, args.landmarks_3d, args.mesh],
                          replaceable=lambda p: p.suffix.lower() == ".txt")

@@ -31,8 +31,9 @@ from .mesh_eval import signed_colors, write_scalar_ply
 from .mesh_formats import save_mesh
 from .projection import OrthographicCamera, write_camera
 from .reconstruct import depth_image_mesh
-from .records import Landmarks, Mesh, PathLike
+from .records import IBUG68_NOSE_TIP, Landmarks, Mesh, PathLike
 from .refined_mesh import RefinedMeshes, refine_dce_image, refine_meshes
+from .refit import FaceFit, face_vertices, model_coefficients, pivoted_camera, place_refit
 from .store import SampleImages, read_sample
 
 _BUILD = BuildConfig()
@@ -172,6 +173,39 @@ def coarse_from_mesh(mesh: Mesh, refiner, settings: ViewSettings, *,
         movable[index] = True
     return CoarseFace(side.mesh, image, rgb, base=mesh, movable=movable,
                       landmarks=side.landmarks_3d)
+
+
+def refit_mesh(mesh: Mesh, refit_map, model, settings: ViewSettings, *,
+               camera: OrthographicCamera | None = None,
+               landmarks_2d: np.ndarray | None = None,
+               landmarks_3d: np.ndarray | None = None, name: PathLike = "the mesh") -> tuple:
+    """The learned re-fit (:mod:`dce.geom.refit`, ``dce-refit``'s map
+    ``refit_map``) of ``mesh``, a face of ``model``, for
+    :func:`coarse_from_mesh`: (the re-fit mesh, its 68 landmarks with the
+    nose tip at its pivot, the camera to render it with). The photo view is
+    the one :func:`coarse_from_mesh` would render the mesh with (``camera``,
+    or framed on ``landmarks_2d`` and ``landmarks_3d``). ValueError when
+    the map was learned on images framed otherwise than ``settings``."""
+    if refit_map.image_size and (refit_map.image_size != settings.size
+                                 or (landmarks_2d is not None
+                                     and not np.isclose(refit_map.margin, settings.margin))):
+        raise ValueError(f"the re-fit map was learned on {refit_map.image_size} px images framed "
+                         f"with margin {refit_map.margin}, and this view is {settings.size} px "
+                         f"with margin {settings.margin}: its camera features would not apply")
+    _, view = dataset.prepare_view(mesh, landmarks_3d, camera, landmarks_2d, None,
+                                   settings.size, settings.curvature, settings.margin,
+                                   radius=settings.crop_radius)
+    identity, expression = model_coefficients(model, mesh.vertices, name)
+    coarse = FaceFit(identity, expression)
+    anchor = None if landmarks_3d is None else np.asarray(landmarks_3d)[IBUG68_NOSE_TIP]
+    placed = place_refit(model, refit_map.predict(identity, expression, view), coarse, view,
+                         settings.size, anchor=anchor)
+    V = face_vertices(model, placed.fit)
+    landmarks = V[model.landmarks_68] if model.landmarks_68 is not None else None
+    if landmarks is not None:
+        landmarks[IBUG68_NOSE_TIP] = placed.pivot
+    return (Mesh(V, model.faces), landmarks,
+            pivoted_camera(view, placed.pivot, placed.anchor))
 
 
 @dataclass

@@ -239,11 +239,14 @@ class PlacedRefit:
 
 
 def place_refit(model: MorphableModel, fit: FaceFit, coarse: FaceFit,
-                photo_camera: OrthographicCamera, size: int, nose: int = 30) -> PlacedRefit:
+                photo_camera: OrthographicCamera, size: int, nose: int = 30,
+                anchor: np.ndarray | None = None) -> PlacedRefit:
     """:class:`PlacedRefit` of ``fit``, re-fitted from the coarse face
     ``coarse`` seen by ``photo_camera`` (the ``size`` px photo view, which
-    puts the coarse nose tip, landmark ``nose``, on the nose-tip pixel)."""
-    anchor = face_vertices(model, coarse)[model.landmarks_68[nose]]
+    puts the coarse nose tip on the nose-tip pixel): ``anchor`` (3,) mm,
+    default the model's landmark ``nose`` on the coarse face."""
+    if anchor is None:
+        anchor = face_vertices(model, coarse)[model.landmarks_68[nose]]
     pixel = photo_camera.project(anchor[None])[0, :2]
     return PlacedRefit(fit, surface_point(model, fit, photo_camera, pixel, size), anchor)
 
@@ -274,7 +277,9 @@ class RefitMap:
     (:func:`learn_refit_map`; None: not blended). ``model`` names
     the morphable model it draws; ``pairs`` the training pairs it was
     learned on; ``fit_rms_mm`` their dense fits' mean RMS depth error;
-    ``pairs_digest`` the pair file's text digest."""
+    ``pairs_digest`` the pair file's text digest; ``image_size`` (px) and
+    ``margin`` how its images were framed (the camera features depend on
+    it; 0 and NaN: unknown)."""
 
     weights: np.ndarray
     feature_mean: np.ndarray
@@ -287,6 +292,8 @@ class RefitMap:
     fit_rms_mm: float = float("nan")
     ridge: float = 0.0
     pairs_digest: str = ""
+    image_size: int = 0
+    margin: float = float("nan")
 
     def with_digest(self, pairs_digest: str) -> RefitMap:
         """The map, recording the text digest of the pair file it came from."""
@@ -367,7 +374,8 @@ def save_refit_map(path: PathLike, refit_map: RefitMap) -> Path:
     """Write the map as ``.npz`` (its arrays, the rest as JSON)."""
     path = Path(path)
     meta = {k: getattr(refit_map, k) for k in ("n_identity", "n_expression", "model", "pairs",
-                                                "fit_rms_mm", "ridge", "pairs_digest")}
+                                                "fit_rms_mm", "ridge", "pairs_digest",
+                                                "image_size", "margin")}
     with open(path, "wb") as fh:
         blend = {} if refit_map.identity_blend is None else {
             "identity_blend": refit_map.identity_blend}

@@ -181,7 +181,7 @@ def refit_sample(f: h5py.File, i: int, model, placed: PlacedRefit, config: dict,
 
 
 def _learn(pairs_path: str, model_path: str, photo_rows: dict, split,
-           settings: RefitSettings, log) -> tuple:
+           settings: RefitSettings, framing: tuple, log) -> tuple:
     """(the map, {pair id: (identity, expression, features)}) from the
     training pairs' dense fits."""
     jobs = [(model_path, pairs_path, pid, i, split[i] == fmt.TRAIN, settings.iterations)
@@ -211,7 +211,8 @@ def _learn(pairs_path: str, model_path: str, photo_rows: dict, split,
     model = _open(model_path, pairs_path)[0]
     refit_map = learn_refit_map(X, Y, model.n_identity, model.n_expression, settings.ridge,
                                 model=str(model_path), pairs=len(trained),
-                                fit_rms_mm=float(rms.mean()))
+                                fit_rms_mm=float(rms.mean()), image_size=framing[0],
+                                margin=framing[1])
     return refit_map, coarse
 
 
@@ -225,7 +226,7 @@ def refit_pairs(pairs: PathLike, model_path: PathLike, out: PathLike, *,
     training split with ``settings``. Rendering resumes an interrupted run (the file is written
     whole at the end, :class:`~dce.geom.store.PairWriter`)."""
     start = time.perf_counter()
-    pairs, model_path, out = Path(pairs), Path(model_path), Path(out)
+    pairs, model_path, out = Path(pairs), Path(model_path).resolve(), Path(out)
     map_path = Path(map_path) if map_path is not None else map_path_of(out)
     summary = fmt.validate(pairs)
     config = dict(summary["config"])
@@ -255,7 +256,9 @@ def refit_pairs(pairs: PathLike, model_path: PathLike, out: PathLike, *,
                 f"{int(sum(split[i] == fmt.TRAIN for i in photo_rows.values()))} training "
                 f"pairs' targets")
             refit_map, coarse = _learn(str(pairs), str(model_path), photo_rows, split,
-                                       settings, log)
+                                       settings, (int(summary["height"]),
+                                                  float(config.get("margin", float("nan")))),
+                                       log)
             refit_map = refit_map.with_digest(digest)
             save_refit_map(map_path, refit_map)
             log(f"dce-refit: map learned from {refit_map.pairs} pairs (dense fits "

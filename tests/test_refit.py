@@ -334,3 +334,62 @@ def test_dce_refit_command(tiny, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert re.search(r"\d+ images of \d+ pairs re-fitted ->", printed)
     assert validate(out)["n_samples"] == validate(pairs)["n_samples"]
+
+
+def test_dce_refine_refits_a_mesh_as_the_pair_file_does(tiny, tmp_path):
+    """dce-refine --mesh M --landmarks P --refit MAP renders the same re-fit
+    image as dce-refit drew for that pair's photo view (two routes, one
+    face), and refines it; a map framed at another size is refused."""
+    from dce.cli import refine as refine_cli
+    from dce.gan.inference import Refiner
+    from dce.gan.train import Trainer, TrainSettings
+    from dce.geom.mesh_formats import load_mesh
+    from dce.geom.morphable import load_model
+    from dce.geom.refine import coarse_from_mesh, refit_mesh, view_settings
+    from dce.geom.refit import load_refit_map
+
+    pairs, refit = tiny / "pairs.h5", tiny / "refit.h5"
+    if not refit.exists():
+        refit_pairs(pairs, tiny / "world" / "world_model.npz", refit,
+                    settings=RefitSettings(iterations=3), log=lambda *a: None)
+    settings = TrainSettings(data=str(pairs), out=str(tmp_path / "run"), preset="tiny",
+                             batch_size=2, workers=0, iters_per_resolution=2, log_every=1000,
+                             checkpoint_every=1000)
+    Trainer(settings, log=lambda *a: None).train()
+    checkpoint = tmp_path / "run" / "last.pt"
+    model = load_model(tiny / "world" / "world_model.npz")
+    refit_map = load_refit_map(map_path_of(refit))
+    assert refit_map.image_size == 64 and refit_map.margin == 0.25
+    with h5py.File(refit, "r") as g:
+        sid = g["sample_id"].asstr()[0]
+        assert sid.endswith("/pose0")
+        stem = sid.split("/")[0]
+        drawn = dequantize(g["coarse"][0, 0]), g["coarse_mask"][0] > 0
+    mesh = load_mesh(tiny / "world" / "coarse" / f"{stem}.ply")
+    landmarks_2d = read_points(tiny / "world" / "scans" / f"{stem}.pts")
+    refiner = Refiner(checkpoint)
+    view = view_settings(refiner.normalization)
+    lm3d = mesh.vertices[model.landmarks_68]
+    refitted, landmarks, camera = refit_mesh(mesh, refit_map, model, view,
+                                             landmarks_2d=landmarks_2d, landmarks_3d=lm3d)
+    face = coarse_from_mesh(refitted, refiner, view, camera=camera, landmarks_3d=landmarks)
+    depth = face.image.image[..., 0]
+    assert np.array_equal(face.image.mask, drawn[1])
+    err = np.abs(depth - drawn[0])[drawn[1]]
+    # the cameras agree to rounding, which flips a few pixels at depth edges
+    assert np.median(err) < 1e-4 and (err > 1e-3).mean() < 0.005, (np.median(err),
+                                                                   (err > 1e-3).sum())
+    (tmp_path / "lm.txt").write_text("\n".join(map(str, model.landmarks_68)))
+    argv = [str(checkpoint), "--mesh", str(tiny / "world" / "coarse" / f"{stem}.ply"),
+            "--landmarks", str(tiny / "world" / "scans" / f"{stem}.pts"),
+            "--landmarks-3d", str(tmp_path / "lm.txt"), "--refit", str(map_path_of(refit)),
+            "-o", str(tmp_path / "refined")]
+    assert refine_cli.main(argv) == 0
+    assert load_mesh(tmp_path / "refined" / "coarse.ply").n_faces > 0
+    assert refine_cli.main(argv[:-1] + [str(tmp_path / "big"), "--size", "128"]) == 2
+
+
+def read_points(path):
+    from dce.geom.io import read_landmarks
+
+    return read_landmarks(path, expected=68).points
