@@ -146,7 +146,7 @@ def _depth_jacobian(Q: np.ndarray, dQ: np.ndarray, faces: np.ndarray, size: int)
 
 
 def fit_depth(model: MorphableModel, start: FaceFit, camera: OrthographicCamera,
-              depth_mm: np.ndarray, valid: np.ndarray, iterations: int = 8,
+              depth_mm: np.ndarray, valid: np.ndarray, iterations: int = 6,
               robust_mm: float = 3.0, prior: float = 1.0) -> tuple:
     """The model's face fitted densely to a depth image: (:class:`FaceFit`,
     RMS mm of the fit's depth error over the pixels it covers).
