@@ -12,12 +12,12 @@ same samples, targets, cameras and split as PAIRS, the re-fit faces as
 their coarse images; OUT.map.npz holds the map (reused when run again on
 the same file).
 
-  dce-refit PAIRS.h5 --model world/world_model.npz -o refit.h5
+  dce-refit PAIRS.h5 -o refit.h5            # the model named in PAIRS (or --model)
   dce-eval PAIRS.h5 run/last.pt --refit refit.h5
 
 The coarse meshes PAIRS was built from must exist (their paths are in its
-provenance) and be faces of --model (a synthetic world's coarse/*.ply and
-world_model.npz, or a --coarse-dir of fits of the model).
+provenance) and be faces of the model (a synthetic world's coarse/*.ply and
+world_model.npz, or a --coarse-dir of fits of --model).
 """
 from __future__ import annotations
 
@@ -34,11 +34,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dce-refit", description=__doc__,
                                 formatter_class=HelpFormatter)
     p.add_argument("pairs", type=Path, help="DCE pair file from dce-build")
-    p.add_argument("--model", type=Path, required=True,
-                   help="the morphable model the coarse meshes are faces of (e.g. "
-                        "world/world_model.npz; a .npz, .h5 or .mat model dce-build reads)")
+    p.add_argument("--model", type=Path, default=None,
+                   help="the morphable model the coarse meshes are faces of (a .npz, .h5 or "
+                        ".mat model dce-build reads; default: the one PAIRS's provenance names, "
+                        "e.g. a synthetic world's world_model.npz)")
     p.add_argument("-o", "--out", type=Path, default=Path("refit.h5"),
-                   help="the re-fit pair file to write; its map goes to OUT.map.npz")
+                   help="the re-fit pair file to write; its map goes beside it, named as OUT "
+                        "with .map.npz for .h5")
     p.add_argument("--iterations", type=integer(1), default=defaults.iterations,
                    help="Gauss-Newton steps of each training pair's dense fit")
     p.add_argument("--ridge", type=number(0.0), default=defaults.ridge,

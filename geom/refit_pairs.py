@@ -91,12 +91,14 @@ def photo_view_rows(sample_ids, poses) -> dict:
     return rows
 
 
-def coarse_mesh_of(provenance: str, where: str, pairs: PathLike = ".") -> Path:
-    """The coarse mesh file a row's provenance names. A relative path is
-    the build's working folder's: tried from the current folder, then from
-    the pair file's folder and each one above it. Refused when no such
-    file exists (e.g. the coarse side was a fit made during the build)."""
-    coarse = json.loads(provenance).get("coarse", "")
+def coarse_mesh_of(provenance: str, where: str, pairs: PathLike = ".",
+                   key: str = "coarse") -> Path:
+    """The coarse mesh file a row's provenance names (``key``: or another
+    of its files, e.g. ``coarse_landmarks``). A relative path is the
+    build's working folder's: tried from the current folder, then from the
+    pair file's folder and each one above it. Refused when no such file
+    exists (e.g. the coarse side was a fit made during the build)."""
+    coarse = json.loads(provenance).get(key, "")
     path = Path(coarse)
     bases = [Path.cwd()] + ([] if path.is_absolute() else list(Path(pairs).resolve().parents))
     for base in bases:
@@ -216,17 +218,36 @@ def _learn(pairs_path: str, model_path: str, photo_rows: dict, split,
     return refit_map, coarse
 
 
-def refit_pairs(pairs: PathLike, model_path: PathLike, out: PathLike, *,
+def model_of(pairs: PathLike) -> Path:
+    """The morphable model a pair file's coarse meshes were drawn from, as
+    its first row's provenance names it (a synthetic world's
+    ``world_model.npz`` holds its landmark vertices); FormatError asking
+    for it when the provenance names none."""
+    with h5py.File(pairs, "r") as f:
+        provenance = f["provenance"][0]
+    try:
+        path = coarse_mesh_of(provenance, f"{pairs}: its first pair", pairs, "coarse_landmarks")
+    except FormatError:
+        path = None
+    if path is None or path.suffix.lower() not in (".npz", ".h5", ".mat"):
+        raise FormatError(f"{pairs}: its provenance names no morphable model the coarse meshes "
+                          "came from; give it (dce-refit --model)")
+    return path
+
+
+def refit_pairs(pairs: PathLike, model_path: PathLike | None, out: PathLike, *,
                 map_path: PathLike | None = None, settings: RefitSettings = RefitSettings(),
                 log=print) -> RefitReport:
     """Write ``out``: ``pairs`` with its coarse images re-fitted (module
-    docstring), and the map at ``map_path`` (default :func:`map_path_of`).
+    docstring) with the model at ``model_path`` (None: :func:`model_of`),
+    and the map at ``map_path`` (default :func:`map_path_of`).
     A map already there, learned from this same pair file (its text
     digest) with this model, is reused; otherwise it is learned from the
     training split with ``settings``. Rendering resumes an interrupted run (the file is written
     whole at the end, :class:`~dce.geom.store.PairWriter`)."""
     start = time.perf_counter()
-    pairs, model_path, out = Path(pairs), Path(model_path).resolve(), Path(out)
+    pairs, out = Path(pairs), Path(out)
+    model_path = Path(model_of(pairs) if model_path is None else model_path).resolve()
     map_path = Path(map_path) if map_path is not None else map_path_of(out)
     summary = fmt.validate(pairs)
     config = dict(summary["config"])

@@ -34,7 +34,7 @@ COMMANDS = [
     ("dce-eval-mesh", eval_mesh.build_parser, ["--pred", "p", "--gt", "g"]),
     ("dce-landmarks", landmarks.build_parser, ["photo.png"]),
     ("dce-demo", demo.build_parser, []),
-    ("dce-refit", refit.build_parser, ["pairs.h5", "--model", "model.npz"]),
+    ("dce-refit", refit.build_parser, ["pairs.h5"]),
 ]
 BUILD_SUBCOMMANDS = {
     "synthetic": [], "frgc": ["root"], "bosphorus": ["root"], "manifest": ["pairs.csv"],

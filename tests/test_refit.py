@@ -328,9 +328,12 @@ def test_dce_refit_command(tiny, tmp_path, capsys):
     assert refit_cli.main([str(pairs), "--model", str(tiny / "world" / "world_model.npz"),
                            "-o", str(pairs)]) == 2
     assert "one of the command's inputs" in capsys.readouterr().err
-    out = tmp_path / "refit.h5"
-    assert refit_cli.main([str(pairs), "--model", str(tiny / "world" / "world_model.npz"),
-                           "-o", str(out), "--iterations", "2", "--workers", "2"]) == 0
+    from dce.geom.refit_pairs import model_of
+
+    assert model_of(pairs).resolve() == (tiny / "world" / "world_model.npz").resolve()
+    out = tmp_path / "refit.h5"  # the model: the one the pair file's provenance names
+    assert refit_cli.main([str(pairs), "-o", str(out), "--iterations", "2",
+                           "--workers", "2"]) == 0
     printed = capsys.readouterr().out
     assert re.search(r"\d+ images of \d+ pairs re-fitted ->", printed)
     assert validate(out)["n_samples"] == validate(pairs)["n_samples"]
