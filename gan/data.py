@@ -265,6 +265,11 @@ class PairDataset(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
+    @property
+    def sample_ids(self) -> list:
+        """The ids of this split's samples, in item order."""
+        return [self._ids[i] for i in self.indices]
+
     def _handle(self) -> dict:
         """{name: (dataset, skippable filters)} of the images and masks in
         this process's handle of the file (looking a dataset up by name

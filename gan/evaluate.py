@@ -172,7 +172,7 @@ def refit_inputs(refit, data, dataset, refiner, split: str, resolution, checkpoi
 
     inputs = PairDataset(refit, split, refiner.input_channels, ("depth",),
                          resolution=resolution, augment=False)
-    ours, theirs = (list(np.asarray(d._ids)[d.indices]) for d in (dataset, inputs))
+    ours, theirs = dataset.sample_ids, inputs.sample_ids
     if ours != theirs:
         raise PairFileError(f"{refit}: not a re-fit of {data}: its {split} samples differ "
                             f"({len(theirs)} vs {len(ours)}; run dce-refit on {data})")

@@ -182,10 +182,11 @@ def refit_sample(f: h5py.File, i: int, model, placed: PlacedRefit, config: dict,
                   f["pose"][i], camera_array(camera), f["target_camera"][i], source)
 
 
-def _learn(pairs_path: str, model_path: str, photo_rows: dict, split,
+def _learn(pairs_path: str, model_path: str, model, photo_rows: dict, split,
            settings: RefitSettings, framing: tuple, log) -> tuple:
-    """(the map, {pair id: (identity, expression, features)}) from the
-    training pairs' dense fits."""
+    """(the map, {pair id: (identity, expression)}) from the training
+    pairs' dense fits (``model`` is the one at ``model_path``, which the
+    worker processes read again)."""
     jobs = [(model_path, pairs_path, pid, i, split[i] == fmt.TRAIN, settings.iterations)
             for pid, i in sorted(photo_rows.items())]
     workers = settings.workers
@@ -204,13 +205,12 @@ def _learn(pairs_path: str, model_path: str, photo_rows: dict, split,
         if pool is not None:
             pool.close()
             pool.join()
-    coarse = {pid: (c, e, x) for pid, c, e, x, _, _ in results}
+    coarse = {pid: (c, e) for pid, c, e, _, _, _ in results}
     trained = [(x, y, rms) for _, _, _, x, y, rms in results if y is not None]
     if len(trained) < 2:
         raise ValueError(f"{pairs_path}: {len(trained)} training pairs; a re-fit map needs at "
                          "least 2")
     X, Y, rms = (np.array(a) for a in zip(*trained))
-    model = _open(model_path, pairs_path)[0]
     refit_map = learn_refit_map(X, Y, model.n_identity, model.n_expression, settings.ridge,
                                 model=str(model_path), pairs=len(trained),
                                 fit_rms_mm=float(rms.mean()), image_size=framing[0],
@@ -276,7 +276,7 @@ def refit_pairs(pairs: PathLike, model_path: PathLike | None, out: PathLike, *,
             log(f"dce-refit: {len(photo_rows)} pairs; the model fitted densely to the "
                 f"{int(sum(split[i] == fmt.TRAIN for i in photo_rows.values()))} training "
                 f"pairs' targets")
-            refit_map, coarse = _learn(str(pairs), str(model_path), photo_rows, split,
+            refit_map, coarse = _learn(str(pairs), str(model_path), model, photo_rows, split,
                                        settings, (int(summary["height"]),
                                                   float(config.get("margin", float("nan")))),
                                        log)
@@ -296,7 +296,7 @@ def refit_pairs(pairs: PathLike, model_path: PathLike | None, out: PathLike, *,
                 pid = ids[i].rsplit("/", 1)[0]
                 if pid not in fits:
                     if coarse is not None and pid in coarse:
-                        identity, expression, _ = coarse[pid]
+                        identity, expression = coarse[pid]
                     else:
                         j = photo_rows[pid]
                         where = f"{pairs}: {pid}"

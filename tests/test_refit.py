@@ -176,6 +176,28 @@ def tiny(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="module")
+def tiny_refit(tiny):
+    """The tiny world's pair file re-fitted (3 Gauss-Newton steps)."""
+    out = tiny / "shared" / "refit.h5"
+    out.parent.mkdir(exist_ok=True)
+    refit_pairs(tiny / "pairs.h5", tiny / "world" / "world_model.npz", out,
+                settings=RefitSettings(iterations=3), log=lambda *a: None)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tiny):
+    """A tiny progressive network trained a few iterations on the tiny pairs."""
+    from dce.gan.train import Trainer, TrainSettings
+
+    settings = TrainSettings(data=str(tiny / "pairs.h5"), out=str(tiny / "run"), preset="tiny",
+                             batch_size=2, workers=0, iters_per_resolution=2, log_every=1000,
+                             checkpoint_every=1000)
+    Trainer(settings, log=lambda *a: None).train()
+    return tiny / "run" / "last.pt"
+
+
 def test_refit_pairs_end_to_end(tiny):
     pairs, out = tiny / "pairs.h5", tiny / "refit.h5"
     lines = []
@@ -253,7 +275,8 @@ def test_surface_point_lies_on_a_tilted_plane_and_the_pivot_lands_on_the_anchor(
     assert np.array_equal(moved.rotation, turned.rotation) and moved.scale == turned.scale
 
 
-def test_eval_reads_the_refit_images_and_scores_them_against_the_coarse(tiny, tmp_path):
+def test_eval_reads_the_refit_images_and_scores_them_against_the_coarse(tiny, tiny_refit,
+                                                                      tiny_checkpoint, tmp_path):
     """dce-eval --refit: the coarse row is the plain run's, the refit row
     scores the re-fit file's coarse images as the plain run on that file
     scores its coarse row (same target), and a file of other samples is
@@ -261,17 +284,8 @@ def test_eval_reads_the_refit_images_and_scores_them_against_the_coarse(tiny, tm
     from dce.cli import evaluate as eval_cli
     from dce.gan.evaluate import evaluate
     from dce.gan.h5format import PairFileError
-    from dce.gan.train import Trainer, TrainSettings
 
-    pairs, refit = tiny / "pairs.h5", tiny / "refit.h5"
-    if not refit.exists():
-        refit_pairs(pairs, tiny / "world" / "world_model.npz", refit,
-                    settings=RefitSettings(iterations=3), log=lambda *a: None)
-    settings = TrainSettings(data=str(pairs), out=str(tmp_path / "run"), preset="tiny",
-                             batch_size=2, workers=0, iters_per_resolution=2, log_every=1000,
-                             checkpoint_every=1000)
-    Trainer(settings, log=lambda *a: None).train()
-    checkpoint = tmp_path / "run" / "last.pt"
+    pairs, refit, checkpoint = tiny / "pairs.h5", tiny_refit, tiny_checkpoint
     plain, _, _ = evaluate(checkpoint, pairs)
     with_refit, _, info = evaluate(checkpoint, pairs, refit=refit)
     alone, _, _ = evaluate(checkpoint, refit)
@@ -339,27 +353,19 @@ def test_dce_refit_command(tiny, tmp_path, capsys):
     assert validate(out)["n_samples"] == validate(pairs)["n_samples"]
 
 
-def test_dce_refine_refits_a_mesh_as_the_pair_file_does(tiny, tmp_path):
+def test_dce_refine_refits_a_mesh_as_the_pair_file_does(tiny, tiny_refit, tiny_checkpoint,
+                                                        tmp_path):
     """dce-refine --mesh M --landmarks P --refit MAP renders the same re-fit
     image as dce-refit drew for that pair's photo view (two routes, one
     face), and refines it; a map framed at another size is refused."""
     from dce.cli import refine as refine_cli
     from dce.gan.inference import Refiner
-    from dce.gan.train import Trainer, TrainSettings
     from dce.geom.mesh_formats import load_mesh
     from dce.geom.morphable import load_model
     from dce.geom.refine import coarse_from_mesh, refit_mesh, view_settings
     from dce.geom.refit import load_refit_map
 
-    pairs, refit = tiny / "pairs.h5", tiny / "refit.h5"
-    if not refit.exists():
-        refit_pairs(pairs, tiny / "world" / "world_model.npz", refit,
-                    settings=RefitSettings(iterations=3), log=lambda *a: None)
-    settings = TrainSettings(data=str(pairs), out=str(tmp_path / "run"), preset="tiny",
-                             batch_size=2, workers=0, iters_per_resolution=2, log_every=1000,
-                             checkpoint_every=1000)
-    Trainer(settings, log=lambda *a: None).train()
-    checkpoint = tmp_path / "run" / "last.pt"
+    refit, checkpoint = tiny_refit, tiny_checkpoint
     model = load_model(tiny / "world" / "world_model.npz")
     refit_map = load_refit_map(map_path_of(refit))
     assert refit_map.image_size == 64 and refit_map.margin == 0.25
